@@ -1,0 +1,116 @@
+"""Shared pieces of the MedMoM-Sim generators: the realism knobs and MR artefacts.
+
+Every organ generator returns a :class:`SimCase` (clean-ish signal per modality, lesion mask,
+label, per-modality reports); :func:`apply_artefacts` then adds partial-volume blur, a smooth
+bias field, Rician noise and inter-phase misregistration, all drawn from one seeded
+``numpy.random.Generator`` so a case is a pure function of (seed, index, settings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class SimConfig:
+    """Realism knobs of the simulator (defaults are the benchmark's settings)."""
+
+    size: int = 64                      # cubic volume side, voxels
+    noise: float = 0.04                 # Rician noise sigma, as a fraction of tissue signal ~1
+    bias_field: float = 0.15            # peak relative amplitude of the smooth multiplicative bias
+    blur_sigma: float = 0.6             # partial-volume Gaussian blur, voxels
+    lesion_radius_mm: tuple[float, float] = (8.0, 22.0)   # lesion radius range, mm
+    misregistration_mm: float = 3.0     # max rigid shift of a phase relative to the first, mm
+    p_missing: float = 0.1              # probability that any one non-reference phase is absent
+    fov_mm: float = 240.0               # field of view (liver); brain uses the MNI box
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train / val / test
+
+    @property
+    def spacing_mm(self) -> float:
+        return self.fov_mm / self.size
+
+
+@dataclass
+class SimCase:
+    """One simulated study before it is written to disk."""
+
+    label: str
+    volumes: dict[str, np.ndarray]      # modality -> (S, S, S) float32, RAS voxel order
+    mask: np.ndarray                    # (S, S, S) uint8 lesion mask in the reference grid
+    reports: dict[str, str]             # modality -> report; optional "global"
+    spacing: tuple[float, float, float]  # voxel size, mm
+    meta: dict = field(default_factory=dict)  # generator facts (lesion count, sizes, ...)
+
+
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian random field smoothed with ``sigma`` voxels."""
+    f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return (f - f.mean()) / (f.std() + 1e-8)
+
+
+def bias_field(rng: np.random.Generator, shape: tuple[int, ...], amplitude: float) -> np.ndarray:
+    """A smooth multiplicative field in ``[1 - amplitude, 1 + amplitude]`` (low-order polynomial)."""
+    grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
+    field_ = np.zeros(shape, np.float32)
+    for g in grids:
+        field_ += rng.uniform(-1, 1) * g + rng.uniform(-0.5, 0.5) * g * g
+    field_ /= np.abs(field_).max() + 1e-8
+    return 1.0 + amplitude * field_
+
+
+def rician(rng: np.random.Generator, x: np.ndarray, sigma: float) -> np.ndarray:
+    """Magnitude of the signal plus complex Gaussian noise: MR's Rician noise."""
+    re = x + sigma * rng.standard_normal(x.shape, dtype=np.float32)
+    im = sigma * rng.standard_normal(x.shape, dtype=np.float32)
+    return np.sqrt(re * re + im * im)
+
+
+def shift(x: np.ndarray, offset_vox: np.ndarray, order: int = 1) -> np.ndarray:
+    """Rigidly translate a volume by a sub-voxel offset (edge values repeat)."""
+    return ndimage.shift(x, offset_vox, order=order, mode="nearest")
+
+
+def apply_artefacts(
+    rng: np.random.Generator,
+    volumes: dict[str, np.ndarray],
+    cfg: SimConfig,
+    spacing_mm: float,
+    reference: str,
+) -> dict[str, np.ndarray]:
+    """Blur, bias field, Rician noise and misregistration (not for ``reference``) per phase.
+
+    The bias field is shared by all phases of a study (same coil) with a small per-phase
+    perturbation, as in a real multi-phase exam.
+    """
+    shape = next(iter(volumes.values())).shape
+    shared_bias = bias_field(rng, shape, cfg.bias_field)
+    out: dict[str, np.ndarray] = {}
+    for name, v in volumes.items():
+        x = ndimage.gaussian_filter(v, cfg.blur_sigma) if cfg.blur_sigma > 0 else v
+        x = x * shared_bias * bias_field(rng, shape, cfg.bias_field * 0.25)
+        if name != reference and cfg.misregistration_mm > 0:
+            off = rng.uniform(-1, 1, 3) * cfg.misregistration_mm / spacing_mm
+            x = shift(x, off)
+        x = rician(rng, x.astype(np.float32), cfg.noise)
+        out[name] = x.astype(np.float32)
+    return out
+
+
+def ellipsoid(
+    shape: tuple[int, int, int], center: np.ndarray, radii: np.ndarray
+) -> np.ndarray:
+    """Normalised ellipsoidal distance field: < 1 inside the ellipsoid (axis-aligned radii)."""
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return np.sqrt(
+        ((zz - center[0]) / radii[0]) ** 2
+        + ((yy - center[1]) / radii[1]) ** 2
+        + ((xx - center[2]) / radii[2]) ** 2
+    ).astype(np.float32)
+
+
+def pick(rng: np.random.Generator, options: list[str]) -> str:
+    """One of ``options`` (for varied report wording)."""
+    return options[int(rng.integers(len(options)))]
