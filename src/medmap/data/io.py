@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ def volume_format(path: str | Path) -> str:
 
 
 def _reader(fmt: str):
-    from monai.data import ITKReader, NibabelReader, NrrdReader, PydicomReader  # noqa: F401
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    from monai.data import NibabelReader, NrrdReader, PydicomReader
 
     if fmt == "nifti":
         return NibabelReader()
@@ -90,15 +92,15 @@ def _as_3d(arr: np.ndarray, p: Path) -> np.ndarray:
         arr = arr[..., 0]
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if arr.ndim < 3 or min(arr.shape[:3]) < 2:
+        raise VolumeReadError(
+            f"{p}: expected a 3D volume, got a 2D image of shape {tuple(arr.shape)}; "
+            "stack the slices into one 3D file"
+        )
     if arr.ndim != 3:
         raise VolumeReadError(
             f"{p}: expected a 3D volume, got shape {tuple(arr.shape)} ({arr.ndim}D); "
-            "split multi-frame (4D) series into one file per volume, or stack 2D slices into 3D"
-        )
-    if min(arr.shape) < 2:
-        raise VolumeReadError(
-            f"{p}: volume shape {tuple(arr.shape)} has a singleton spatial axis (a 2D image); "
-            "supply a 3D volume"
+            "split multi-frame series into one 3D file per volume"
         )
     return arr
 

@@ -162,11 +162,10 @@ class Manifest:
             return cls.from_csv(path)
         cases: list[Case] = []
         problems: list[str] = []
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ManifestError([f"not UTF-8 text ({e}); save the manifest as UTF-8"], path)
-        for i, line in enumerate(text.splitlines(), 1):
+        # Decode line by line so one non-UTF-8 report is reported against its case (the
+        # validator flags the undecodable bytes, kept as surrogates) instead of failing the file.
+        for i, raw in enumerate(path.read_bytes().splitlines(), 1):
+            line = raw.decode("utf-8", errors="surrogateescape")
             if not line.strip():
                 continue
             where = f"line {i}"

@@ -1,0 +1,146 @@
+"""Manifest validation: every problem at once, one line each naming the case, field and fix.
+
+Training and evaluation call :func:`require_valid`, which raises :class:`ManifestError` with the
+same lines, so a bad manifest is never a bare traceback or a silent skip.
+
+Example:
+    >>> from medmap.data.manifest import Manifest
+    >>> from medmap.data.validate import validate_manifest
+    >>> problems = validate_manifest(Manifest.load("cases.jsonl"))   # doctest: +SKIP
+    >>> print("\\n".join(problems) or "ok")                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from medmap.data.io import VolumeReadError, read_shape, read_volume
+from medmap.data.manifest import Case, Manifest, ManifestError
+from medmap.data.vocab import GLOBAL_REPORT, ORGANS, SPLITS
+
+
+def _check_volume(path: str) -> tuple[str | None, tuple[int, ...] | None]:
+    """(problem or None, shape or None) for one volume file."""
+    try:
+        vol = read_volume(path)
+    except VolumeReadError as e:
+        msg = str(e)
+        if msg.startswith(f"{path}: "):
+            msg = msg[len(path) + 2:]
+        return msg, None
+    a = vol.array
+    finite = np.isfinite(a)
+    if not finite.all():
+        n_nan = int(np.isnan(a).sum())
+        n_inf = int(np.isinf(a).sum())
+        return (f"{n_nan} NaN and {n_inf} Inf voxels; re-export the volume or replace "
+                "non-finite voxels (e.g. with 0) before use"), a.shape
+    if float(a.max()) == float(a.min()):
+        return (f"constant volume (every voxel = {float(a.min()):g}); the file is blank, "
+                "re-export it or remove the modality from the case"), a.shape
+    return None, a.shape
+
+
+def _volume_line(case: Case, field: str, path: str, what: str) -> str:
+    return f"case {case.case_id!r}: {field} ({path}): {what}"
+
+
+def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int = 2) -> list[str]:
+    """All problems of ``cases`` (paths already absolute), one line each."""
+    cases = list(cases)
+    problems: list[str] = []
+    counts = Counter(c.case_id for c in cases)
+    for cid, n in counts.items():
+        if n > 1:
+            problems.append(f"case {cid!r}: case_id: appears {n} times; case ids must be unique, "
+                            "rename or drop the duplicates")
+    vol_jobs: dict[str, None] = {}
+    for c in cases:
+        tag = f"case {c.case_id!r}"
+        spec = ORGANS.get(c.organ)
+        if spec is None:
+            problems.append(f"{tag}: organ: unknown organ {c.organ!r}; use one of "
+                            f"{', '.join(ORGANS)}")
+        if c.split not in SPLITS:
+            problems.append(f"{tag}: split: {c.split!r} is not a split; use one of "
+                            f"{', '.join(SPLITS)}")
+        if spec is not None and c.label is not None and c.label not in spec.classes:
+            problems.append(f"{tag}: label: {c.label!r} is not a {c.organ} class; use one of "
+                            f"{', '.join(spec.classes)} (or its index 0..{len(spec.classes) - 1})")
+        if not c.modalities:
+            problems.append(f"{tag}: modalities: no volumes; give at least one modality path")
+        for m in c.modalities:
+            if spec is not None and m not in spec.modalities:
+                problems.append(f"{tag}: modalities.{m}: unknown modality for {c.organ}; use one of "
+                                f"{', '.join(spec.modalities)}")
+        for m, text in c.reports.items():
+            field = f"reports.{m}"
+            if m != GLOBAL_REPORT and m not in c.modalities:
+                problems.append(f"{tag}: {field}: report for a modality the case does not have; "
+                                f"add modalities.{m} or remove the report")
+            if not text.strip():
+                problems.append(f"{tag}: {field}: empty report; write the findings or remove the "
+                                "entry")
+            else:
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    problems.append(f"{tag}: {field}: report is not valid UTF-8 text (undecodable "
+                                    "bytes); re-save the report as UTF-8")
+                if "\ufffd" in text:
+                    problems.append(f"{tag}: {field}: report holds U+FFFD replacement characters "
+                                    "(it was decoded from non-UTF-8 bytes); re-export it as UTF-8")
+        for k in c.masks:
+            if k != "lesion" and k not in c.modalities:
+                problems.append(f"{tag}: masks.{k}: mask for a modality the case does not have; "
+                                "key masks by 'lesion' or by one of the case's modalities")
+        if check_files:
+            for p in list(c.modalities.values()) + list(c.masks.values()):
+                vol_jobs[p] = None
+    if not check_files:
+        return problems
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = dict(zip(vol_jobs, pool.map(_check_volume, vol_jobs)))
+    for c in cases:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for m, p in c.modalities.items():
+            msg, shape = results[p]
+            if msg:
+                problems.append(_volume_line(c, f"modalities.{m}", p, msg))
+            if shape is not None:
+                shapes[m] = shape
+        for k, p in c.masks.items():
+            msg, shape = results[p]
+            if msg and not msg.startswith("constant volume"):  # an empty mask is legitimate
+                problems.append(_volume_line(c, f"masks.{k}", p, msg))
+                continue
+            targets = shapes if k == "lesion" else {k: shapes[k]} if k in shapes else {}
+            bad = {m: s for m, s in targets.items() if s != shape}
+            if shape is not None and bad:
+                problems.append(_volume_line(
+                    c, f"masks.{k}", p,
+                    f"mask shape {tuple(shape)} does not match "
+                    + ", ".join(f"{m} {tuple(s)}" for m, s in bad.items())
+                    + "; resample the mask onto its volume's grid"))
+    return problems
+
+
+def validate_manifest(manifest: Manifest, check_files: bool = True) -> list[str]:
+    """Every problem in ``manifest`` (schema, vocabulary, files), one line each."""
+    return validate_cases(manifest.resolved(), check_files=check_files)
+
+
+def require_valid(manifest: Manifest, source: str | Path | None = None) -> Manifest:
+    """Raise :class:`ManifestError` listing every problem, or return ``manifest``."""
+    problems = validate_manifest(manifest)
+    if problems:
+        raise ManifestError(problems, source)
+    return manifest
+
+
+__all__ = ["validate_manifest", "validate_cases", "require_valid", "read_shape"]

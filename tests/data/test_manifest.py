@@ -1,0 +1,149 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medmap.cli import main
+from medmap.data.manifest import Case, Manifest, ManifestError
+from medmap.data.validate import require_valid, validate_manifest
+
+
+def _nii(path, arr):
+    nib.save(nib.Nifti1Image(np.asarray(arr, np.float32), np.eye(4)), str(path))
+    return path.name
+
+
+def _good_volume(rng, shape=(8, 8, 6)):
+    return rng.random(shape).astype(np.float32) + 0.1
+
+
+def test_roundtrip_jsonl_and_csv(tmp_path):
+    m = Manifest([
+        Case("a", "liver", "train", "hepatic_cyst", {"T2WI": "a/T2WI.nii.gz"},
+             {"T2WI": "bright", "global": "cyst"}, {"lesion": "a/m.nii.gz"}),
+        Case("b", "brain", "test", None, {"T1WI": "/abs/b.nii"}),
+    ])
+    p = m.save(tmp_path / "cases.jsonl")
+    back = Manifest.load(p)
+    assert [c.to_json() for c in back] == [c.to_json() for c in m]
+    assert back.resolved()[0].modalities["T2WI"] == str(tmp_path / "a/T2WI.nii.gz")
+    assert back.resolved()[1].modalities["T1WI"] == "/abs/b.nii"
+    csv = tmp_path / "cases.csv"
+    csv.write_text("case_id,organ,split,label,mod:T2WI,report:T2WI,mask:lesion\n"
+                   "a,liver,train,4,a/T2WI.nii.gz,bright,\n", encoding="utf-8")
+    c = Manifest.load(csv).cases[0]
+    assert c.label == "hepatic_cyst" and c.modalities == {"T2WI": "a/T2WI.nii.gz"}
+    assert c.reports == {"T2WI": "bright"} and c.masks == {}
+    assert c.label_index == 4
+
+
+def test_malformed_manifest_lists_every_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"case_id": "a", "organ": "liver", "split": "train", "modalities": {}}\n'
+                 "not json\n"
+                 '{"case_id": "b", "organ": "liver", "split": "train"}\n'
+                 '{"case_id": "c", "organ": "liver", "split": "train", "modalities": {"T2WI": 3},'
+                 ' "colour": 1}\n', encoding="utf-8")
+    with pytest.raises(ManifestError) as e:
+        Manifest.load(p)
+    msg = str(e.value)
+    assert "line 1" not in msg  # parses; the validator reports its empty modalities
+    assert "line 2: invalid JSON" in msg
+    assert "line 3 case 'b': field 'modalities' is missing" in msg
+    assert "unknown field 'colour'" in msg and "entries ['T2WI'] are not strings" in msg
+    assert len(e.value.problems) == 4
+
+
+def _write_bad_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path
+    good = _nii(d / "good.nii.gz", _good_volume(rng))
+    _nii(d / "full.nii.gz", _good_volume(rng, (32, 32, 32)))
+    raw = (d / "full.nii.gz").read_bytes()
+    (d / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
+    flat = _nii(d / "flat.nii.gz", rng.random((8, 8)))
+    frames = _nii(d / "frames.nii.gz", rng.random((8, 8, 6, 3)))
+    fived = _nii(d / "fived.nii.gz", rng.random((4, 4, 4, 2, 2)))
+    one_frame = _nii(d / "oneframe.nii.gz", rng.random((8, 8, 6, 1)) + 0.1)
+    nan = _good_volume(rng)
+    nan[1, 2, 3] = np.nan
+    nan[0, 0, 0] = np.inf
+    nanf = _nii(d / "nan.nii.gz", nan)
+    zero = _nii(d / "zero.nii.gz", np.zeros((8, 8, 6)))
+    mask_bad = _nii(d / "mask_bad.nii.gz", np.zeros((8, 8, 5)))
+    mask_ok = _nii(d / "mask_ok.nii.gz", np.zeros((8, 8, 6)))
+    recs = [
+        {"case_id": "ok", "organ": "liver", "split": "train", "label": 0,
+         "modalities": {"T2WI": good, "DWI": one_frame}, "reports": {"T2WI": "bright lesion"},
+         "masks": {"lesion": mask_ok}},
+        {"case_id": "missing", "organ": "liver", "split": "train", "label": "hepatic_cyst",
+         "modalities": {"T2WI": "nope.nii.gz"}},
+        {"case_id": "cut", "organ": "liver", "split": "train", "label": 1,
+         "modalities": {"C+A": "cut.nii.gz"}},
+        {"case_id": "shapes", "organ": "liver", "split": "val", "label": 1,
+         "modalities": {"C+V": flat, "C+Delay": frames, "C-pre": fived}},
+        {"case_id": "values", "organ": "brain", "split": "test", "label": "benign",
+         "modalities": {"T1WI": nanf, "T1C": zero}},
+        {"case_id": "vocab", "organ": "brain", "split": "train", "label": "glioma",
+         "modalities": {"PET": good}},
+        {"case_id": "vocab", "organ": "brain", "split": "holdout", "label": "benign",
+         "modalities": {"T1WI": good}},
+        {"case_id": "reports", "organ": "liver", "split": "train", "label": 2,
+         "modalities": {"T2WI": good}, "reports": {"T2WI": "  ", "DWI": "restricted"},
+         "masks": {"lesion": mask_bad}},
+    ]
+    lines = [json.dumps(r) for r in recs]
+    # a report with bytes that are not UTF-8 (latin-1 'é')
+    bad_utf8 = ('{"case_id": "latin", "organ": "liver", "split": "train", "label": 3, '
+                '"modalities": {"T2WI": "%s"}, "reports": {"T2WI": "l\xe9sion"}}' % good)
+    p = d / "cases.jsonl"
+    p.write_bytes(("\n".join(lines) + "\n").encode() + bad_utf8.encode("latin-1") + b"\n")
+    return p
+
+
+def test_validate_reports_every_problem(tmp_path):
+    p = _write_bad_dataset(tmp_path)
+    problems = validate_manifest(Manifest.load(p))
+    text = "\n".join(problems)
+    expected = [
+        ("'missing'", "modalities.T2WI", "file not found"),
+        ("'cut'", "modalities.C+A", "unreadable or truncated"),
+        ("'shapes'", "modalities.C+V", "got a 2D image"),
+        ("'shapes'", "modalities.C+Delay", "expected a 3D volume"),
+        ("'shapes'", "modalities.C-pre", "(5D)"),
+        ("'values'", "modalities.T1WI", "1 NaN and 1 Inf voxels"),
+        ("'values'", "modalities.T1C", "constant volume"),
+        ("'vocab'", "case_id", "appears 2 times"),
+        ("'vocab'", "label", "'glioma' is not a brain class"),
+        ("'vocab'", "modalities.PET", "unknown modality for brain"),
+        ("'vocab'", "split", "'holdout' is not a split"),
+        ("'reports'", "reports.T2WI", "empty report"),
+        ("'reports'", "reports.DWI", "modality the case does not have"),
+        ("'reports'", "masks.lesion", "mask shape (8, 8, 5) does not match T2WI (8, 8, 6)"),
+        ("'latin'", "reports.T2WI", "not valid UTF-8"),
+    ]
+    for case, field, what in expected:
+        hits = [ln for ln in problems if case in ln and field in ln and what in ln]
+        assert hits, f"no problem line for {case} {field} {what!r} in:\n{text}"
+    assert not [ln for ln in problems if "'ok'" in ln], text
+    assert len(problems) == len(expected)
+    # every line names a fix
+    assert all(";" in ln for ln in problems), text
+
+
+def test_require_valid_and_cli_exit_codes(tmp_path, capsys):
+    p = _write_bad_dataset(tmp_path)
+    with pytest.raises(ManifestError) as e:
+        require_valid(Manifest.load(p), p)
+    assert "15 problems" in str(e.value)
+    assert main(["data", "validate", str(p)]) == 1
+    out = capsys.readouterr().out
+    assert "case 'cut': modalities.C+A" in out
+    rng = np.random.default_rng(1)
+    good = _nii(tmp_path / "g2.nii.gz", _good_volume(rng))
+    ok = Manifest([Case("x", "liver", "train", "hepatic_cyst", {"T2WI": good})], tmp_path)
+    okp = ok.save(tmp_path / "ok.jsonl")
+    assert main(["data", "validate", str(okp)]) == 0
+    assert "no problems" in capsys.readouterr().out
+    assert main(["data", "validate", str(tmp_path / "absent.jsonl")]) == 1
