@@ -1,0 +1,72 @@
+"""Symmetric InfoNCE (CLIP loss) computed within each MRI modality, gathered across ranks.
+
+For modality ``m`` with paired volume / report features ``v, t`` (both L2-normalised, ``n_m``
+pairs) and temperature ``tau``: ``logits = v @ t.T / tau``;
+``L_v2t = CE(logits, arange)``, ``L_t2v = CE(logits.T, arange)``, ``L^m = (L_v2t + L_t2v) / 2``.
+The returned ``contrastive_loss`` is the mean of ``L^m`` over the modalities with >= 2 pairs in
+the (global) batch.
+
+Under ``torch.distributed`` the features of all ranks are gathered *with gradients* and every
+rank computes the loss of the whole global batch, so a 2-process run computes the same loss (and,
+after DDP's gradient averaging, the same gradient) as one process on the same global batch.
+
+Example:
+    >>> import torch, torch.nn.functional as F
+    >>> v, t = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    >>> out = modality_contrastive_loss(v, t, torch.tensor([0, 0, 1, 1]), torch.tensor(10.0))
+    >>> sorted(out)
+    ['contrastive_loss', 'per_modality', 'v2t_correct']
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks along dim 0, keeping the autograd graph (no-op alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def clip_loss(v: torch.Tensor, t: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of paired rows ``v[i] <-> t[i]``; ``logit_scale`` = 1 / temperature."""
+    logits = logit_scale * v @ t.t()                    # (n, n)
+    target = torch.arange(v.shape[0], device=v.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def modality_contrastive_loss(
+    v: torch.Tensor,
+    t: torch.Tensor,
+    modality: torch.Tensor,
+    logit_scale: torch.Tensor,
+    gather: bool = True,
+) -> dict[str, torch.Tensor | dict[int, torch.Tensor]]:
+    """Per-modality symmetric InfoNCE on (possibly gathered) features.
+
+    Args:
+        v: (B, E) normalised volume embeddings. t: (B, E) normalised report embeddings.
+        modality: (B,) modality index of each pair. logit_scale: scalar, 1 / temperature.
+    Returns ``contrastive_loss`` (scalar), ``per_modality`` {index: loss} and ``v2t_correct``
+    (number of pairs whose top-1 report within their modality is their own).
+    """
+    if gather:
+        v, t, modality = gather_with_grad(v), gather_with_grad(t), gather_with_grad(modality)
+    losses: dict[int, torch.Tensor] = {}
+    correct = v.new_zeros(())
+    for m in torch.unique(modality).tolist():
+        idx = (modality == m).nonzero(as_tuple=True)[0]
+        if idx.numel() < 2:
+            continue
+        vm, tm = v[idx], t[idx]                          # (n_m, E)
+        losses[int(m)] = clip_loss(vm, tm, logit_scale)
+        with torch.no_grad():
+            correct = correct + ((vm @ tm.t()).argmax(1) == torch.arange(len(idx), device=v.device)).sum()
+    total = torch.stack(list(losses.values())).mean() if losses else (v.sum() + t.sum()) * 0.0
+    return {"contrastive_loss": total, "per_modality": losses, "v2t_correct": correct}

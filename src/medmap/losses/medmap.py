@@ -1,0 +1,45 @@
+"""MedMAP fine-tuning objective (paper eq. 2-4) with the ramp-up / ramp-down weights.
+
+``L = lambda_c * BCE(X_prob, one_hot(y)) + lambda_s * KL(f_t, f_fusion)`` with
+``lambda_c = 0.1 * exp(-5 (1 - t / t_max))`` and ``lambda_s = 0.1 * exp(-5 t / t_max)``,
+``t`` the current epoch. The KL term compares the softmax distributions over feature dimensions:
+``KL(softmax(f_t) || softmax(f_fusion))`` (batch mean).
+
+Example:
+    >>> round(ramp_weights(0, 10)[0], 5), round(ramp_weights(0, 10)[1], 5)
+    (0.00067, 0.1)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def ramp_weights(epoch: int | float, max_epochs: int | float) -> tuple[float, float]:
+    """(lambda_c, lambda_s) at ``epoch`` of ``max_epochs`` (paper's ramp-up / ramp-down)."""
+    if max_epochs <= 0:
+        raise ValueError(f"max_epochs must be > 0, got {max_epochs}")
+    r = min(max(epoch / max_epochs, 0.0), 1.0)
+    return 0.1 * math.exp(-5.0 * (1.0 - r)), 0.1 * math.exp(-5.0 * r)
+
+
+def kl_alignment(f_t: torch.Tensor, f_fusion: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(f_t) || softmax(f_fusion)) averaged over the batch; both (B, d)."""
+    return F.kl_div(F.log_softmax(f_fusion, -1), F.log_softmax(f_t, -1), log_target=True,
+                    reduction="batchmean")
+
+
+def medmap_loss(logits: torch.Tensor, labels: torch.Tensor, fusion: torch.Tensor,
+                text_features: torch.Tensor | None, epoch: int | float,
+                max_epochs: int | float) -> dict[str, torch.Tensor]:
+    """Named loss terms: ``cls_loss`` (BCE on sigmoid probabilities vs one-hot labels),
+    ``kl_loss``, their ramp weights and the weighted total ``loss``."""
+    lam_c, lam_s = ramp_weights(epoch, max_epochs)
+    onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)          # (B, K)
+    cls = F.binary_cross_entropy_with_logits(logits, onehot)
+    kl = kl_alignment(text_features, fusion) if text_features is not None else logits.new_zeros(())
+    return {"loss": lam_c * cls + lam_s * kl, "cls_loss": cls, "kl_loss": kl,
+            "lambda_c": logits.new_tensor(lam_c), "lambda_s": logits.new_tensor(lam_s)}

@@ -1,0 +1,211 @@
+"""3D vision encoders behind one interface, built by name from a typed config.
+
+Every encoder maps a volume ``(B, 1, D, H, W)`` to :class:`EncoderOutput`: a token map
+``(B, N, C)``, a pooled vector ``(B, C)`` and the spatial feature map ``(B, C, d, h, w)``.
+
+Example:
+    >>> import torch
+    >>> from medmap.models.encoders import EncoderConfig, build_encoder
+    >>> enc = build_encoder(EncoderConfig(name="cnn", channels=(8, 16)))
+    >>> out = enc(torch.zeros(2, 1, 32, 32, 32))
+    >>> tuple(out.tokens.shape), tuple(out.pooled.shape)
+    ((2, 512, 16), (2, 16))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class EncoderOutput(NamedTuple):
+    tokens: torch.Tensor        # (B, N, C)
+    pooled: torch.Tensor        # (B, C)
+    feature_map: torch.Tensor   # (B, C, d, h, w)
+
+
+@dataclass
+class EncoderConfig:
+    """Architecture of one 3D encoder. Fields not used by ``name`` are ignored.
+
+    ``swin``: MONAI's SwinUNETR encoder (paper: feature_size 48, depths 2-2-2-2, window 7,
+    patch 2); ``out_stage`` picks the Swin stage whose tokens are returned (4 = deepest, /32).
+    ``resnet``: MONAI's 3D ResNet (``depth`` 10/18/34, ``widths`` per layer).
+    ``cnn``: a stack of stride-2 conv-norm-act blocks with ``channels``.
+    """
+
+    name: str = "swin"
+    in_channels: int = 1
+    # swin
+    feature_size: int = 48
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    patch_size: int = 2
+    out_stage: int = 4
+    use_checkpoint: bool = False
+    drop_path_rate: float = 0.0
+    # resnet
+    depth: int = 10
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    # cnn
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    norm: str = "instance"
+
+
+class Encoder3D(nn.Module):
+    """Base class: subclasses set ``out_dim`` and implement ``feature_map``."""
+
+    out_dim: int
+    min_multiple: int = 1
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 5:
+            raise ValueError(f"{type(self).__name__} expects (B, C, D, H, W), got {tuple(x.shape)}")
+        bad = [s for s in x.shape[2:] if s % self.min_multiple]
+        if bad:
+            raise ValueError(
+                f"{type(self).__name__}: spatial size {tuple(x.shape[2:])} does not fit the "
+                f"architecture: every side must be divisible by {self.min_multiple}; "
+                f"resize volumes (preprocess.size) to a multiple of {self.min_multiple}, e.g. "
+                f"{tuple(max(self.min_multiple, round(s / self.min_multiple) * self.min_multiple) for s in x.shape[2:])}"
+            )
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, d, h, w)
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        self.check_input(x)
+        fmap = self.feature_map(x)                       # (B, C, d, h, w)
+        tokens = fmap.flatten(2).transpose(1, 2)         # (B, N=d*h*w, C)
+        return EncoderOutput(tokens, tokens.mean(dim=1), fmap)
+
+
+class SwinEncoder(Encoder3D):
+    """MONAI's 3D Swin Transformer (the SwinUNETR encoder)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        from monai.networks.nets.swin_unetr import SwinTransformer
+
+        if not 1 <= cfg.out_stage <= len(cfg.depths):
+            raise ValueError(f"swin out_stage must be in 1..{len(cfg.depths)}, got {cfg.out_stage}")
+        self.swin = SwinTransformer(
+            in_chans=cfg.in_channels,
+            embed_dim=cfg.feature_size,
+            window_size=(cfg.window_size,) * 3,
+            patch_size=(cfg.patch_size,) * 3,
+            depths=cfg.depths,
+            num_heads=cfg.num_heads,
+            drop_path_rate=cfg.drop_path_rate,
+            use_checkpoint=cfg.use_checkpoint,
+            spatial_dims=3,
+        )
+        # Stage 4 of the default 4-stage Swin has 16 x feature_size channels at 1/32 resolution.
+        # Stages after ``out_stage`` are dropped so every parameter is used.
+        self.out_stage = cfg.out_stage
+        for i in range(cfg.out_stage + 1, len(cfg.depths) + 1):
+            setattr(self.swin, f"layers{i}", nn.ModuleList())
+        self.out_dim = cfg.feature_size * 2 ** cfg.out_stage
+        self.min_multiple = cfg.patch_size * 2 ** len(cfg.depths)
+
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Swin stage outputs 0..out_stage (patch embedding first), layer-normed as in MONAI;
+        for decoders such as SwinUNETR's."""
+        self.check_input(x)
+        sw = self.swin
+        h = sw.pos_drop(sw.patch_embed(x))                # (B, fs, D/2, H/2, W/2)
+        outs = [sw.proj_out(h, True)]
+        for i in range(1, self.out_stage + 1):
+            h = getattr(sw, f"layers{i}")[0](h.contiguous())   # (B, fs*2^i, D/2^(i+1), ...)
+            outs.append(sw.proj_out(h, True))
+        return outs
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden_states(x)[self.out_stage]
+
+
+class ResNetEncoder(Encoder3D):
+    """MONAI's 3D ResNet without its classification head."""
+
+    _layers = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        from monai.networks.nets import ResNet
+
+        if cfg.depth not in self._layers:
+            raise ValueError(f"resnet depth must be one of {sorted(self._layers)}, got {cfg.depth}")
+        net = ResNet(block="basic", layers=self._layers[cfg.depth], block_inplanes=list(cfg.widths),
+                     spatial_dims=3, n_input_channels=cfg.in_channels, conv1_t_stride=2,
+                     feed_forward=False)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.act, net.maxpool)
+        self.layers = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
+        self.out_dim = cfg.widths[-1]
+        self.min_multiple = 16
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x))
+
+
+class ConvEncoder(Encoder3D):
+    """A small stack of stride-2 3D conv-norm-act blocks (MONAI ``Convolution``)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        from monai.networks.blocks import Convolution
+
+        blocks = []
+        c_in = cfg.in_channels
+        for c in cfg.channels:
+            blocks.append(Convolution(3, c_in, c, strides=2, kernel_size=3, norm=cfg.norm,
+                                      act="GELU"))
+            blocks.append(Convolution(3, c, c, strides=1, kernel_size=3, norm=cfg.norm, act="GELU"))
+            c_in = c
+        self.net = nn.Sequential(*blocks)
+        self.out_dim = cfg.channels[-1]
+        self.min_multiple = 2 ** len(cfg.channels)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+ENCODERS: dict[str, Callable[[EncoderConfig], Encoder3D]] = {
+    "swin": SwinEncoder,
+    "resnet": ResNetEncoder,
+    "cnn": ConvEncoder,
+}
+
+
+def register_encoder(name: str, factory: Callable[[EncoderConfig], Encoder3D]) -> None:
+    """Add an encoder to the registry under ``name``."""
+    ENCODERS[name] = factory
+
+
+def build_encoder(cfg: EncoderConfig) -> Encoder3D:
+    """Build the encoder registered as ``cfg.name``."""
+    try:
+        factory = ENCODERS[cfg.name]
+    except KeyError:
+        raise ValueError(f"unknown encoder {cfg.name!r}; registered: {', '.join(ENCODERS)}") from None
+    return factory(cfg)
+
+
+def tiny_encoder_config(name: str = "swin") -> EncoderConfig:
+    """A few-thousand-parameter config of ``name`` for tests (32^3 inputs)."""
+    if name == "swin":
+        return EncoderConfig(name="swin", feature_size=12, depths=(1, 1, 1, 1),
+                             num_heads=(1, 1, 2, 2), window_size=2, out_stage=3)
+    if name == "resnet":
+        return EncoderConfig(name="resnet", depth=10, widths=(8, 8, 16, 16))
+    if name == "cnn":
+        return EncoderConfig(name="cnn", channels=(8, 16))
+    raise ValueError(f"no tiny config for {name!r}")
+
+
+__all__ = ["EncoderConfig", "EncoderOutput", "Encoder3D", "build_encoder", "register_encoder",
+           "tiny_encoder_config", "ENCODERS", "field"]

@@ -1,0 +1,243 @@
+"""MedMAP: modality-aware experts (stage 1) and the CSA + CCT classifier (stage 2).
+
+Stage 1, :class:`ModalityAwareCLIP`: one 3D vision encoder per MRI modality (an *expert*) with a
+projection into the shared embedding space, a trainable projection of the frozen text encoder's
+report embedding, and a learnable temperature. ``shared=True`` trains one modality-agnostic
+encoder instead (the ablation baseline).
+
+Stage 2, :class:`MedMAPClassifier`, per available modality ``m`` of a case:
+
+* Transformer stream: the modality's (pre-trained) Swin expert -> tokens ``T_m`` (B, N, d)
+* convolutional stream: a 3D conv stack on the same volume -> tokens ``f_v`` (B, N', d)
+* CSA: the frozen text embedding of the modality's prompt -> trainable projection ``p_m`` (d),
+  ``f_vt = T_m * p_m`` (element-wise, broadcast over tokens)
+* CCT: bidirectional cross-attention between ``f_v`` and ``f_vt`` -> ``f_fusion_m`` (B, d)
+
+then attention pooling over the case's *present* modalities (missing ones are masked out, never
+zero-filled) -> ``f_fusion`` (B, d) -> classification head (B, K).
+
+Inference uses only the volumes and the stored prompt embeddings: no report, no label.
+
+Example:
+    >>> import torch
+    >>> from medmap.models.medmap import MedMAPConfig, MedMAPClassifier
+    >>> cfg = MedMAPConfig.tiny(modalities=["T2WI", "C+A"], classes=["a", "b"])
+    >>> model = MedMAPClassifier(cfg, prompt_embeddings=torch.randn(2, cfg.text_dim))
+    >>> out = model(torch.randn(3, 2, 1, 32, 32, 32), torch.ones(3, 2, dtype=torch.bool))
+    >>> tuple(out["logits"].shape)
+    (3, 2)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmap.models.encoders import EncoderConfig, build_encoder, tiny_encoder_config
+
+
+@dataclass
+class MedMAPConfig:
+    """Architecture of both MedMAP stages (saved with the weights)."""
+
+    modalities: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    organ: str = ""
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(name="swin"))
+    conv_stream: EncoderConfig = field(
+        default_factory=lambda: EncoderConfig(name="cnn", channels=(16, 32, 64, 96)))
+    embed_dim: int = 256
+    text_dim: int = 384
+    shared_encoder: bool = False        # one modality-agnostic encoder (ablation)
+    use_cct: bool = True                # conv stream + Cross-Cognition Transformer
+    use_csa: bool = True                # text-guided Transformer stream (element-wise product)
+    cct_layers: int = 1
+    cct_heads: int = 4
+    dropout: float = 0.1
+    init_logit_scale: float = math.log(1 / 0.07)
+    prompts: dict[str, str] = field(default_factory=dict)   # modality -> prompt text
+
+    @classmethod
+    def tiny(cls, modalities: list[str], classes: list[str], **kw) -> MedMAPConfig:
+        """A small config for tests at 32^3."""
+        base = dict(modalities=list(modalities), classes=list(classes),
+                    encoder=tiny_encoder_config("swin"),
+                    conv_stream=EncoderConfig(name="cnn", channels=(8, 16, 16)),
+                    embed_dim=32, text_dim=32, cct_heads=2, dropout=0.0)
+        base.update(kw)
+        return cls(**base)
+
+
+class ModalityExperts(nn.Module):
+    """One encoder + projection per modality, or a single shared pair (``shared=True``).
+
+    ``encode(x, modality)`` returns projected tokens (B, N, d) of the given modality's expert.
+    """
+
+    def __init__(self, modalities: list[str], enc_cfg: EncoderConfig, embed_dim: int,
+                 shared: bool = False):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.shared = shared
+        keys = ["shared"] if shared else self.modalities
+        self.encoders = nn.ModuleDict({k: build_encoder(enc_cfg) for k in keys})
+        width = next(iter(self.encoders.values())).out_dim
+        self.proj = nn.ModuleDict({k: nn.Linear(width, embed_dim) for k in keys})
+
+    def key(self, modality: str) -> str:
+        if modality not in self.modalities:
+            raise KeyError(f"no expert for modality {modality!r}; experts: {self.modalities}")
+        return "shared" if self.shared else modality
+
+    def encode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        k = self.key(modality)
+        tokens = self.encoders[k](x).tokens                 # (B, N, C)
+        return self.proj[k](tokens)                          # (B, N, d)
+
+
+class ModalityAwareCLIP(nn.Module):
+    """Stage 1: modality-aware vision-language pre-training model.
+
+    ``forward(images (B,1,D,H,W), modality_index (B,), text (B, text_dim))`` returns the
+    contrastive loss's arguments: normalised ``image_features`` / ``text_features`` (B, d),
+    ``modality`` (B,) and ``logit_scale``.
+    """
+
+    model_type = "medmap_clip"
+
+    def __init__(self, cfg: MedMAPConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.experts = ModalityExperts(cfg.modalities, cfg.encoder, cfg.embed_dim,
+                                       cfg.shared_encoder)
+        self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
+
+    def encode_image(self, images: torch.Tensor, modality_index: torch.Tensor) -> torch.Tensor:
+        """(B, d) unnormalised embeddings, each volume through its modality's expert."""
+        out = None
+        for m in torch.unique(modality_index).tolist():
+            rows = (modality_index == m).nonzero(as_tuple=True)[0]
+            emb = self.experts.encode(images[rows], self.cfg.modalities[m]).mean(1)  # (b, d)
+            if out is None:
+                out = emb.new_zeros(images.shape[0], emb.shape[-1])
+            out = out.index_copy(0, rows, emb)
+        return out
+
+    def forward(self, images: torch.Tensor, modality_index: torch.Tensor,
+                text: torch.Tensor) -> dict[str, torch.Tensor]:
+        v = F.normalize(self.encode_image(images, modality_index), dim=-1)   # (B, d)
+        t = F.normalize(self.text_proj(text), dim=-1)                          # (B, d)
+        return {"image_features": v, "text_features": t, "modality": modality_index,
+                "logit_scale": self.logit_scale.exp().clamp(max=100.0)}
+
+
+class CrossCognitionBlock(nn.Module):
+    """Bidirectional cross-attention: each token set attends to the other (pre-norm + FFN)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm_a, self.norm_b = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.a_from_b = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.b_from_a = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ffn_a = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                   nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.ffn_b = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
+                                   nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        na, nb = self.norm_a(a), self.norm_b(b)           # (B, Na, d), (B, Nb, d)
+        a = a + self.a_from_b(na, nb, nb, need_weights=False)[0]
+        b = b + self.b_from_a(nb, na, na, need_weights=False)[0]
+        return a + self.ffn_a(a), b + self.ffn_b(b)
+
+
+class MedMAPClassifier(nn.Module):
+    """Stage 2: multi-modality abnormality classifier with CSA and CCT (see module doc).
+
+    ``prompt_embeddings`` (M, text_dim): the frozen text encoder's embedding of each modality's
+    prompt, stored as a buffer so inference needs no text model.
+    """
+
+    model_type = "medmap_classifier"
+
+    def __init__(self, cfg: MedMAPConfig, prompt_embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        M, d = len(cfg.modalities), cfg.embed_dim
+        if M == 0 or not cfg.classes:
+            raise ValueError("MedMAPConfig needs at least one modality and one class")
+        self.experts = ModalityExperts(cfg.modalities, cfg.encoder, d, cfg.shared_encoder)
+        self.text_proj = nn.Linear(cfg.text_dim, d)
+        if prompt_embeddings is None:
+            prompt_embeddings = torch.zeros(M, cfg.text_dim)
+        if tuple(prompt_embeddings.shape) != (M, cfg.text_dim):
+            raise ValueError(f"prompt_embeddings must be (M={M}, text_dim={cfg.text_dim}), got "
+                             f"{tuple(prompt_embeddings.shape)}")
+        self.register_buffer("prompt_embeddings", prompt_embeddings.float().clone())
+        self.use_conv = cfg.use_cct or cfg.use_csa
+        if self.use_conv:
+            self.conv_stream = build_encoder(cfg.conv_stream)
+            self.conv_proj = nn.Linear(self.conv_stream.out_dim, d)
+        if cfg.use_cct:
+            self.cct = nn.ModuleList([CrossCognitionBlock(d, cfg.cct_heads, cfg.dropout)
+                                      for _ in range(cfg.cct_layers)])
+        self.merge = nn.Linear(2 * d if self.use_conv else d, d)
+        self.modality_embed = nn.Parameter(torch.zeros(M, d))
+        self.fusion_query = nn.Parameter(torch.zeros(1, 1, d))
+        self.fusion_attn = nn.MultiheadAttention(d, cfg.cct_heads, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, len(cfg.classes)))
+        nn.init.normal_(self.modality_embed, std=0.02)
+        nn.init.normal_(self.fusion_query, std=0.02)
+
+    def modality_feature(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        """Fused feature (b, d) of modality ``m``'s volumes ``x`` (b, 1, D, H, W)."""
+        name = self.cfg.modalities[m]
+        f_swin = self.experts.encode(x, name)                    # (b, N, d) Transformer stream
+        if self.cfg.use_csa:
+            p = self.text_proj(self.prompt_embeddings[m])         # (d,)
+            f_swin = f_swin * p                                   # f_vt: text-guided tokens
+        if not self.use_conv:
+            return self.merge(f_swin.mean(1))
+        f_v = self.conv_proj(self.conv_stream(x).tokens)         # (b, N', d) conv stream
+        if self.cfg.use_cct:
+            for blk in self.cct:
+                f_v, f_swin = blk(f_v, f_swin)
+        return self.merge(torch.cat([f_v.mean(1), f_swin.mean(1)], dim=-1))  # (b, d)
+
+    def forward(self, images: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, M, 1, D, H, W), present (B, M) bool -> logits (B, K), fusion (B, d)."""
+        B, M = present.shape
+        if M != len(self.cfg.modalities):
+            raise ValueError(f"expected {len(self.cfg.modalities)} modalities "
+                             f"{self.cfg.modalities}, got {M}")
+        if not present.any(1).all():
+            empty = (~present.any(1)).nonzero().flatten().tolist()
+            raise ValueError(f"batch rows {empty} have no modality present; every case needs one")
+        feats = images.new_zeros(B, M, self.cfg.embed_dim)       # (B, M, d)
+        for m in range(M):
+            rows = present[:, m].nonzero(as_tuple=True)[0]
+            if rows.numel():
+                feats = feats.index_copy(1, torch.tensor([m], device=feats.device),
+                                         feats[:, m:m + 1].index_copy(
+                                             0, rows, self.modality_feature(images[rows, m], m)[:, None]))
+        feats = feats + self.modality_embed                      # (B, M, d)
+        q = self.fusion_query.expand(B, -1, -1)                  # (B, 1, d)
+        fused = self.fusion_attn(q, feats, feats, key_padding_mask=~present,
+                                 need_weights=False)[0][:, 0]     # (B, d), absent keys masked
+        fusion = self.norm(fused)
+        logits = self.head(fusion)                               # (B, K)
+        return {"logits": logits, "probs": logits.softmax(-1), "fusion": fusion}
+
+    def text_features(self, text: torch.Tensor) -> torch.Tensor:
+        """Projected report / class-prompt embedding ``f_t`` (B, d), training only."""
+        return self.text_proj(text)
+
+
+__all__ = ["MedMAPConfig", "ModalityExperts", "ModalityAwareCLIP", "MedMAPClassifier",
+           "CrossCognitionBlock"]
