@@ -183,12 +183,15 @@ def _read_label_file(path: Path, problems: list[str]) -> list[tuple[str, int | N
     return out
 
 
-def _scan_case(folder: Path, problems: list[str]) -> dict[str, str]:
+def _scan_case(folder: Path, problems: list[str]) -> tuple[dict[str, str], int]:
+    """Phase -> absolute path of one case folder, and the number of NIfTI files seen."""
     mods: dict[str, str] = {}
+    seen = 0
     for p in sorted(folder.iterdir()):
         stem = _nifti_stem(p)
         if stem is None or p.name.startswith("."):
             continue
+        seen += 1
         mod = lld_phase_to_modality(stem)
         if mod is None:
             problems.append(
@@ -202,7 +205,7 @@ def _scan_case(folder: Path, problems: list[str]) -> dict[str, str]:
                             " keep one file per phase")
             continue
         mods[mod] = str(p.resolve())
-    return {m: mods[m] for m in LIVER.modalities if m in mods}
+    return {m: mods[m] for m in LIVER.modalities if m in mods}, seen
 
 
 def import_lld_mmri(
@@ -265,8 +268,8 @@ def import_lld_mmri(
     label_source: dict[str, tuple[int | None, str]] = {}  # key -> (label, where)
     if labels_file is not None:
         lf = Path(labels_file).expanduser()
-        if not lf.is_absolute() and not lf.exists():
-            lf = base / lf if (base / lf).exists() else base / "labels" / lf
+        if not lf.exists() and not lf.is_absolute():  # also try relative to the dataset
+            lf = next((c for c in (base / lf, base / "labels" / lf) if c.exists()), lf)
         if not lf.is_file():
             raise ManifestError(
                 [f"labels file {labels_file} does not exist; pass the path of a 'case_id label' "
@@ -312,8 +315,6 @@ def import_lld_mmri(
                     problems.append(f"case {cid!r}: label {lab} in {where} disagrees with label "
                                     f"{lab0} in {where0}; correct one of the two files")
                 lab = lab0 if lab0 is not None else lab
-            elif label_source and path != Path(labels_file or ""):
-                pass  # labels_file does not cover this case: keep the split file's label
             entries[key] = (cid, split, lab, where)
 
     # ---- cases -----------------------------------------------------------------------------
@@ -325,9 +326,9 @@ def import_lld_mmri(
             problems.append(f"case {cid!r} ({where}): no case folder {images / cid}; add the "
                             "case's images or remove it from the label file")
             continue
-        mods = _scan_case(folder, problems)
+        mods, seen = _scan_case(folder, problems)
         if not mods:
-            if not any(folder.name in q for q in problems):
+            if not seen:  # (unknown files were already reported)
                 problems.append(f"case {folder.name!r}: folder {folder} holds no phase volumes "
                                 "(<phase>.nii.gz); add them or remove the case from " + where)
             continue
