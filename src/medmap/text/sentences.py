@@ -12,8 +12,9 @@ lobe, near the dome)"`` stays whole.  A full stop does not end a sentence when i
 
 and ``?``/``!`` before any word (``"? metastasis"``) does not cut either.  Fragments are stripped
 of surrounding whitespace, bullets and trailing ``. , ; :``; a fragment with no letter or digit is
-dropped, so the result never holds empty or pure-punctuation pieces.  Single line breaks count as
-spaces (reports are often hard-wrapped).
+dropped, so the result never holds empty or pure-punctuation pieces.  A line break ends a sentence
+only before a list item (``"1. "``, ``"2) "``, ``"- "``, ``"* "``); otherwise it counts as a space
+(reports are often hard-wrapped).  List enumerators and bullets are stripped from fragments.
 
 Example:
     >>> split_sentences("A 23 mm lesion (right lobe, near the dome) is bright on T2WI; "
@@ -44,8 +45,10 @@ _CLOSE = {")": "(", "]": "[", "}": "{"}
 _TERMINAL = ".!?"
 _TRAILING_CLOSERS = ")]}\"'\u201d\u2019"
 _STRIP_TRAILING = " \t\r\n.,;:"
-_LEADING_JUNK = re.compile(r"^(?:[-*\u2022\u2013\u2014>]+\s*)+")
-_ENUMERATOR = re.compile(r"^\(?(?:\d{1,2}|[a-zA-Z])[.)]\s+")
+# (used with pattern.match(text, pos): anchored at pos, so no "^")
+_LEADING_JUNK = re.compile(r"(?:[-*\u2022\u2013\u2014>]+\s*)+")
+_ENUMERATOR = re.compile(r"\(?(?:\d{1,2}|[a-zA-Z])[.)]\s+")
+_LIST_ITEM = re.compile(r"[ \t]*(?:\(?\d{1,2}[.)]|[-*\u2022\u2013\u2014])\s")
 _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z.]*)$")
 _ALNUM = re.compile(r"[^\W_]")
 
@@ -107,6 +110,12 @@ def _sentence_ends(text: str, inside: list[bool]) -> list[int]:
                 ends.append(i)
                 start = j
                 i = j + 1
+                continue
+            # a new list item ("1. ...", "- ...") on the next line starts a new sentence
+            if not inside[i] and _LIST_ITEM.match(text, i + 1):
+                ends.append(i)
+                start = i + 1
+                i += 1
                 continue
         if ch in _TERMINAL and not inside[i]:
             j = i
