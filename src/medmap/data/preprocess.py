@@ -1,0 +1,340 @@
+"""Volume preprocessing with MONAI transforms: reorientation, resampling, intensity, fixed size.
+
+The pipeline (image) is::
+
+    read_volume -> MetaTensor (1, X, Y, Z) + RAS affine
+      -> Orientation(axcodes)                       # e.g. "RAS"
+      -> Spacing(pixdim, mode="bilinear")           # skipped when spacing is None
+      -> intensity:  "mri": ClipIntensityPercentiles(p_lo, p_hi) + NormalizeIntensity(nonzero=True)
+                     "ct":  ScaleIntensityRange(hu_lo, hu_hi -> 0, 1, clip=True)
+      -> Resize(size, mode="trilinear")  or  ResizeWithPadOrCrop(size)
+
+and returns a float32 ``torch.Tensor`` of shape ``(1, D, H, W) == (1, *cfg.size)`` whose three
+spatial axes are the voxel axes of ``cfg.orientation`` (for "RAS": left->Right,
+posterior->Anterior, inferior->Superior). Intensity is normalised *before* the final resize /
+pad so zero padding means "background" (MRI: 0 after z-score; CT: 0 == the bottom of the HU
+window, i.e. air), never "average tissue".
+
+Masks (:meth:`Preprocessor.preprocess_mask`) go through the same geometry with nearest
+interpolation and no intensity step, so a mask stored in the image's grid lands voxel-for-voxel
+on the preprocessed image. :meth:`Preprocessor.invert` maps a preprocessed-space tensor (a CAM,
+a predicted mask) back onto the voxel grid of the original file with MONAI's own inverse
+transforms.
+
+Example:
+    >>> from medmap.data.preprocess import PreprocessConfig, Preprocessor
+    >>> pre = Preprocessor(PreprocessConfig(size=(128, 128, 128), modality_intensity={"CT": "ct"}))
+    >>> x = pre("case/T2WI.nii.gz", modality="T2WI")           # doctest: +SKIP
+    >>> x.shape, x.dtype                                        # doctest: +SKIP
+    (torch.Size([1, 128, 128, 128]), torch.float32)
+    >>> cam_native = pre.invert(cam, "case/T2WI.nii.gz")        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from medmap.data import io as mio
+from medmap.data.io import Volume, VolumeReadError
+
+IntensityMode = Literal["mri", "ct"]
+SizeMode = Literal["resize", "crop_pad"]
+
+_INTENSITY_MODES = ("mri", "ct")
+_SIZE_MODES = ("resize", "crop_pad")
+_AXIS_PAIRS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def _tuple(v: Any, n: int, name: str, cast: type) -> tuple:
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != n:
+        raise ValueError(f"PreprocessConfig.{name} must be a sequence of {n} numbers, got {v!r}")
+    try:
+        return tuple(cast(x) for x in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"PreprocessConfig.{name} must hold numbers, got {v!r}") from None
+
+
+@dataclass
+class PreprocessConfig:
+    """Preprocessing settings; every field takes part in the cache key (see ``to_dict``).
+
+    Attributes:
+        spacing: target voxel size in mm along the oriented axes; ``None`` keeps the file's.
+        size: output spatial size ``(D, H, W)``.
+        size_mode: ``"resize"`` (interpolate to ``size``, changes the aspect ratio) or
+            ``"crop_pad"`` (symmetric centre crop / zero pad, keeps the mm scale).
+        orientation: MONAI axis codes, e.g. ``"RAS"``.
+        intensity: default intensity mode, ``"mri"`` or ``"ct"``.
+        percentiles: MRI clipping percentiles (of the whole resampled volume).
+        hu_window: CT window ``(low, high)`` in HU, mapped to ``[0, 1]`` with clipping.
+        modality_intensity: per-modality overrides, e.g. ``{"CT": "ct"}``.
+    """
+
+    spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)
+    size: tuple[int, int, int] = (128, 128, 128)
+    size_mode: SizeMode = "resize"
+    orientation: str = "RAS"
+    intensity: IntensityMode = "mri"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    modality_intensity: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.spacing is not None:
+            self.spacing = _tuple(self.spacing, 3, "spacing", float)
+            if not all(np.isfinite(s) and s > 0 for s in self.spacing):
+                raise ValueError(
+                    f"PreprocessConfig.spacing must be positive mm, got {self.spacing}"
+                )
+        self.size = _tuple(self.size, 3, "size", int)
+        if not all(s > 0 for s in self.size):
+            raise ValueError(
+                f"PreprocessConfig.size must be positive voxel counts, got {self.size}"
+            )
+        if self.size_mode not in _SIZE_MODES:
+            raise ValueError(
+                f"PreprocessConfig.size_mode {self.size_mode!r} unknown; use one of {_SIZE_MODES}"
+            )
+        codes = str(self.orientation).upper()
+        axes = [next((i for i, pair in enumerate(_AXIS_PAIRS) if c in pair), -1) for c in codes]
+        if len(codes) != 3 or sorted(axes) != [0, 1, 2]:
+            raise ValueError(
+                f"PreprocessConfig.orientation {self.orientation!r} is not a valid axis code; "
+                "use three letters, one of L/R, P/A, I/S each, e.g. 'RAS' or 'LPS'"
+            )
+        self.orientation = codes
+        self.percentiles = _tuple(self.percentiles, 2, "percentiles", float)
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(
+                "PreprocessConfig.percentiles must satisfy 0 <= low < high <= 100, "
+                f"got {self.percentiles}"
+            )
+        self.hu_window = _tuple(self.hu_window, 2, "hu_window", float)
+        if not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(
+                f"PreprocessConfig.hu_window must be (low, high), got {self.hu_window}"
+            )
+        if self.intensity not in _INTENSITY_MODES:
+            raise ValueError(
+                f"PreprocessConfig.intensity {self.intensity!r} unknown; "
+                f"use one of {_INTENSITY_MODES}"
+            )
+        self.modality_intensity = dict(self.modality_intensity or {})
+        for mod, mode in self.modality_intensity.items():
+            if mode not in _INTENSITY_MODES:
+                raise ValueError(
+                    f"PreprocessConfig.modality_intensity[{mod!r}] = {mode!r} unknown; "
+                    f"use one of {_INTENSITY_MODES}"
+                )
+
+    def intensity_for(self, modality: str | None) -> str:
+        """The intensity mode used for ``modality`` (its override, else ``intensity``)."""
+        if modality is not None and modality in self.modality_intensity:
+            return self.modality_intensity[modality]
+        return self.intensity
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-friendly dict (tuples as lists, keys sorted in the overrides)."""
+        d = asdict(self)
+        for k in ("spacing", "size", "percentiles", "hu_window"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        d["modality_intensity"] = dict(sorted(d["modality_intensity"].items()))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError naming the allowed ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown PreprocessConfig field(s) {unknown}; allowed: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+
+class Preprocessor:
+    """Callable turning a volume file (NIfTI / NRRD / DICOM folder) into a ``(1, *size)`` tensor.
+
+    Instances are cheap, stateless between calls and picklable (DataLoader workers).
+    """
+
+    def __init__(self, cfg: PreprocessConfig | None = None):
+        self.cfg = cfg if cfg is not None else PreprocessConfig()
+
+    # ---- transform builders -----------------------------------------------------------------
+    def _spatial_pre(self, mask: bool) -> list:
+        from monai.transforms import Orientation, Spacing
+
+        ts: list = [Orientation(axcodes=self.cfg.orientation, labels=_AXIS_PAIRS)]
+        if self.cfg.spacing is not None:
+            ts.append(Spacing(
+                pixdim=self.cfg.spacing, mode="nearest" if mask else "bilinear",
+                padding_mode="zeros" if mask else "border", dtype=np.float32,
+            ))
+        return ts
+
+    def _spatial_post(self, mask: bool) -> list:
+        from monai.transforms import Resize, ResizeWithPadOrCrop
+
+        if self.cfg.size_mode == "crop_pad":
+            return [ResizeWithPadOrCrop(self.cfg.size, mode="constant")]
+        # "nearest-exact" (pixel-centre aligned); torch's legacy "nearest" shifts by ~half a voxel
+        return [Resize(self.cfg.size, mode="nearest-exact" if mask else "trilinear",
+                       align_corners=None if mask else False, anti_aliasing=False)]
+
+    def _intensity(self, mode: str) -> list:
+        from monai.transforms import (
+            ClipIntensityPercentiles,
+            NormalizeIntensity,
+            ScaleIntensityRange,
+        )
+
+        if mode == "ct":
+            lo, hi = self.cfg.hu_window
+            return [ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
+        lo, hi = self.cfg.percentiles
+        return [ClipIntensityPercentiles(lower=lo, upper=hi), NormalizeIntensity(nonzero=True)]
+
+    def transform(self, modality: str | None = None, *, mask: bool = False):
+        """The MONAI ``Compose`` applied to a loaded channel-first MetaTensor."""
+        from monai.transforms import Compose
+
+        mid = [] if mask else self._intensity(self.cfg.intensity_for(modality))
+        return Compose(self._spatial_pre(mask) + mid + self._spatial_post(mask))
+
+    def spatial_transform(self, *, mask: bool = False):
+        """Geometry-only ``Compose`` (same grid as :meth:`transform`); used by :meth:`invert`."""
+        from monai.transforms import Compose
+
+        return Compose(self._spatial_pre(mask) + self._spatial_post(mask))
+
+    # ---- loading ------------------------------------------------------------------------------
+    @staticmethod
+    def load(src: str | Path | Volume):
+        """Read ``src`` into a channel-first MetaTensor ``(1, X, Y, Z)`` carrying its RAS affine.
+
+        Raises :class:`~medmap.data.io.VolumeReadError` (a ValueError) naming the file for an
+        unreadable file or one holding NaN/Inf voxels.
+        """
+        from monai.data import MetaTensor
+
+        if isinstance(src, Volume):
+            vol = src
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # reader-plugin chatter (e.g. nvImageCodec)
+                vol = mio.read_volume(src)
+        arr = np.asarray(vol.array, dtype=np.float32)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_nan = int(np.isnan(arr).sum())
+            n_inf = int(arr.size - finite.sum()) - n_nan
+            raise VolumeReadError(
+                f"{vol.path}: volume holds {n_nan} NaN and {n_inf} Inf voxel(s) of {arr.size}; "
+                "fix or re-export the file (e.g. replace non-finite voxels with 0)"
+            )
+        return MetaTensor(
+            torch.from_numpy(np.ascontiguousarray(arr))[None],
+            affine=torch.as_tensor(np.asarray(vol.affine, dtype=np.float64)),
+            meta={"filename_or_obj": str(vol.path)},
+        )
+
+    # ---- public API ---------------------------------------------------------------------------
+    def __call__(self, src: str | Path | Volume, modality: str | None = None) -> torch.Tensor:
+        """Preprocess one image volume -> float32 tensor ``(1, *cfg.size)``."""
+        img = self.load(src)
+        out = self._run(self.transform(modality), img)
+        return _finish(out, img, "image")
+
+    def preprocess_mask(
+        self, src: str | Path | Volume, reference: str | Path | Volume | None = None
+    ) -> torch.Tensor:
+        """Preprocess a label mask with nearest interpolation -> float32 ``(1, *cfg.size)``.
+
+        Label values are kept (not binarised). If ``reference`` (the image the mask belongs to)
+        is given and its grid differs from the mask's, the mask is first resampled onto the
+        reference grid (nearest) so that it matches ``self(reference)`` voxel for voxel.
+        """
+        m = self.load(src)
+        if reference is not None:
+            ref = self.load(reference)
+            same = tuple(ref.shape) == tuple(m.shape) and torch.allclose(
+                ref.affine.double(), m.affine.double(), atol=1e-4
+            )
+            if not same:
+                from monai.transforms import SpatialResample
+
+                m = SpatialResample(mode="nearest", padding_mode="zeros", dtype=np.float32)(
+                    m, dst_affine=ref.affine, spatial_size=tuple(ref.shape[1:])
+                )
+                m.applied_operations.clear()
+        out = self._run(self.transform(mask=True), m)
+        return _finish(out, m, "mask")
+
+    def invert(
+        self,
+        tensor: torch.Tensor,
+        reference: str | Path | Volume,
+        *,
+        mask: bool = False,
+    ):
+        """Map a preprocessed-space tensor back to the voxel grid of ``reference``.
+
+        ``tensor`` is ``(D, H, W)`` or ``(C, D, H, W)`` with ``(D, H, W) == cfg.size`` (a CAM, a
+        predicted mask, ...). ``reference`` is the original file (or :class:`Volume`) the tensor
+        was computed from. The geometry of the forward pass is replayed on the reference and
+        MONAI's ``Compose.inverse`` undoes it (interpolation: bilinear, or nearest with
+        ``mask=True``).
+
+        Returns a MetaTensor ``(C, X, Y, Z)`` in the reference's voxel order whose ``.affine``
+        is the reference's RAS affine (write it with e.g.
+        ``nib.Nifti1Image(out[0].numpy(), out.affine.numpy())``).
+        """
+        from monai.data import MetaTensor
+
+        t = torch.as_tensor(tensor).detach().to("cpu", torch.float32)
+        if t.ndim == 3:
+            t = t[None]
+        if t.ndim != 4 or tuple(t.shape[1:]) != tuple(self.cfg.size):
+            raise ValueError(
+                f"invert expects a (C, {', '.join(map(str, self.cfg.size))}) or "
+                f"({', '.join(map(str, self.cfg.size))}) tensor, got {tuple(t.shape)}"
+            )
+        ref = self.load(reference)
+        xform = self.spatial_transform(mask=mask)
+        fwd = self._run(xform, ref)
+        meta = {k: v for k, v in fwd.meta.items() if k != "affine"}
+        moved = MetaTensor(t.clone(), affine=fwd.affine.clone(), meta=meta)
+        moved.applied_operations = [dict(op) for op in fwd.applied_operations]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = xform.inverse(moved)
+        return out
+
+    @staticmethod
+    def _run(xform, img):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MONAI deprecation chatter
+            return xform(img)
+
+
+def _finish(out, src, what: str) -> torch.Tensor:
+    t = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+    t = t.to(torch.float32).contiguous()
+    if not torch.isfinite(t).all():
+        name = src.meta.get("filename_or_obj", "<volume>") if hasattr(src, "meta") else "<volume>"
+        raise ValueError(f"{name}: preprocessing produced non-finite values in the {what}; "
+                         "check the file's intensities and the PreprocessConfig")
+    return t
+
+
+__all__ = ["PreprocessConfig", "Preprocessor", "IntensityMode", "SizeMode"]
