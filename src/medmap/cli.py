@@ -48,7 +48,7 @@ def _cmd_import_lld(a: argparse.Namespace) -> int:
 def _cmd_import_radgenome(a: argparse.Namespace) -> int:
     from medmap.data.sources.radgenome import import_radgenome
 
-    m = import_radgenome(a.root, subsets=a.subsets)
+    m = import_radgenome(a.root, subsets=a.subsets, image_root=a.image_root)
     m.save(a.out)
     print(f"wrote {len(m)} cases to {a.out}")
     return 0
@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("root")
     rg.add_argument("--out", default="cases.jsonl")
     rg.add_argument("--subsets", nargs="+", default=None)
+    rg.add_argument("--image-root", default=None,
+                    help="folder of the challenge images when not under ROOT")
     rg.set_defaults(func=_cmd_import_radgenome)
 
     d = sub.add_parser("demo", help="run the end-to-end demo on the embedded benchmark")

@@ -240,4 +240,35 @@ class MedMAPClassifier(nn.Module):
 
 
 __all__ = ["MedMAPConfig", "ModalityExperts", "ModalityAwareCLIP", "MedMAPClassifier",
+           "load_pretrained_experts",
            "CrossCognitionBlock"]
+
+
+def load_pretrained_experts(model: MedMAPClassifier, pretrained: str) -> MedMAPClassifier:
+    """Copy stage-1 experts, their projections and the text projection into ``model``.
+
+    Raises ``ValueError`` naming the fix when the folder holds no pre-trained model, when a
+    modality has no expert, or when the architectures differ: never a silent random init.
+    """
+    from medmap.config import to_dict
+    from medmap.models.hub import from_pretrained
+
+    clip, _ = from_pretrained(pretrained, expect_type="medmap_clip")
+    pc, fc = clip.cfg, model.cfg
+    for name in ("encoder", "embed_dim", "text_dim", "shared_encoder"):
+        a, b = getattr(pc, name), getattr(fc, name)
+        a, b = (to_dict(a), to_dict(b)) if name == "encoder" else (a, b)
+        if a != b:
+            raise ValueError(f"{pretrained}: pre-trained {name} {a} differs from the fine-tuning "
+                             f"config's {b}; use the same model.{name} in both stages")
+    if not fc.shared_encoder:
+        missing = [m for m in fc.modalities if m not in pc.modalities]
+        if missing:
+            raise ValueError(f"{pretrained}: no pre-trained expert for modalities {missing} "
+                             f"(experts: {pc.modalities}); pre-train them or drop them from "
+                             "data.modalities")
+    for k in model.experts.encoders:
+        model.experts.encoders[k].load_state_dict(clip.experts.encoders[k].state_dict())
+        model.experts.proj[k].load_state_dict(clip.experts.proj[k].state_dict())
+    model.text_proj.load_state_dict(clip.text_proj.state_dict())
+    return model

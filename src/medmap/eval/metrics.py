@@ -1,0 +1,176 @@
+"""Classification metrics from scikit-learn: accuracy, balanced accuracy, macro one-vs-rest AUC
+(:func:`classification_metrics`) and the full evaluation set with per-class scores, confusion
+matrix, ROC curves and bootstrap confidence intervals (:func:`full_metrics`).
+
+Example:
+    >>> import numpy as np
+    >>> m = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]))
+    >>> m["accuracy"], m["auc"]
+    (1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """``accuracy``, ``balanced_accuracy`` and ``auc`` (binary AUC for two classes, macro
+    one-vs-rest otherwise, over the classes present; NaN when fewer than two are present)."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(1)
+    out = {"accuracy": float(accuracy_score(labels, pred)),
+           "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+           "auc": _auc(labels, probs)}
+    return out
+
+
+def _renormalised(probs: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The present classes' probability columns rescaled to sum to 1 (uniform where a row has
+    zero probability on all of them)."""
+    sub = probs[:, present]
+    tot = sub.sum(1, keepdims=True)
+    return np.where(tot > 0, sub / np.where(tot > 0, tot, 1.0), 1.0 / len(present))
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Binary AUC (two classes) or macro one-vs-rest AUC over the classes present; NaN when
+    fewer than two classes are present."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    sub = _renormalised(probs, present)
+    if len(present) > 2:
+        return float(roc_auc_score(labels, sub, multi_class="ovr", average="macro",
+                                   labels=present))
+    return float(roc_auc_score(labels == present[1], sub[:, 1]))
+
+
+def _binary_auc_ranks(pos: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUC (ties count 1/2): equal to sklearn's ``roc_auc_score``, ~100x faster."""
+    from scipy.stats import rankdata
+
+    n_pos = int(pos.sum())
+    n_neg = pos.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(scores)
+    return float((r[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _fast_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Same value as :func:`_auc` (used for the bootstrap resamples)."""
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return _binary_auc_ranks(labels == 1, probs[:, 1])
+    sub = _renormalised(probs, present)
+    if len(present) == 2:
+        return _binary_auc_ranks(labels == present[1], sub[:, 1])
+    return float(np.mean([_binary_auc_ranks(labels == c, sub[:, j])
+                          for j, c in enumerate(present)]))
+
+
+# ---- full evaluation metrics ----------------------------------------------------------------
+def _num(x: float) -> float | None:
+    """A JSON-safe float (None for NaN / Inf)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _percentile_ci(values: list[float], level: float = 0.95) -> list[float | None]:
+    if not values:
+        return [None, None]
+    a = (1.0 - level) / 2.0
+    lo, hi = np.percentile(np.asarray(values, dtype=np.float64), [100 * a, 100 * (1 - a)])
+    return [_num(lo), _num(hi)]
+
+
+def full_metrics(labels, probs, class_names, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Every classification metric of the evaluation report, JSON-serialisable.
+
+    Args:
+        labels: (N,) integer class indices (0..K-1).
+        probs: (N, K) class probabilities (rows sum to 1).
+        class_names: the K class names (their order is the probability columns').
+        n_boot: bootstrap resamples for the confidence intervals (0 disables them).
+        seed: bootstrap RNG seed.
+        level: confidence level of the percentile intervals.
+
+    Returns a dict with ``n``, ``accuracy``, ``balanced_accuracy``, ``auc`` (binary AUC for two
+    classes, macro one-vs-rest over the classes present otherwise; None when fewer than two
+    classes are present), ``ci`` (``{"accuracy": [lo, hi], "auc": [lo, hi]}``, percentile
+    bootstrap over cases resampled with replacement; resamples holding one class only are skipped
+    for AUC; ``n_boot`` / ``n_boot_auc`` say how many were used), ``per_class`` (one dict per
+    class: ``class``, ``precision``, ``recall``, ``f1``, ``support``, one-vs-rest ``auc``),
+    ``confusion_matrix`` (K x K list, rows = true class, columns = predicted, sklearn's
+    convention), ``roc`` (per class ``{"class", "fpr", "tpr", "auc"}``, or ``fpr``/``tpr`` None
+    when the class has no positive or no negative case) and ``classes``. Undefined values
+    (NaN) are None.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
+
+    labels = np.asarray(labels).astype(int).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64)
+    names = [str(c) for c in class_names]
+    K = len(names)
+    if probs.ndim != 2 or probs.shape != (labels.shape[0], K):
+        raise ValueError(f"probs must be (N={labels.shape[0]}, K={K}), got {probs.shape}")
+    if labels.size == 0:
+        raise ValueError("full_metrics needs at least one labelled case")
+    bad = labels[(labels < 0) | (labels >= K)]
+    if bad.size:
+        raise ValueError(f"labels {sorted(set(bad.tolist()))} are outside 0..{K - 1} "
+                         f"({', '.join(names)})")
+    pred = probs.argmax(1)
+    base = classification_metrics(labels, probs)
+    ks = list(range(K))
+    prec, rec, f1, sup = precision_recall_fscore_support(labels, pred, labels=ks,
+                                                         zero_division=0)
+    per_class, roc = [], []
+    for k in ks:
+        pos = labels == k
+        auc_k = fpr = tpr = None
+        if pos.any() and (~pos).any():
+            f, t, _ = roc_curve(pos, probs[:, k])
+            fpr, tpr = [float(v) for v in f], [float(v) for v in t]
+            auc_k = _num(roc_auc_score(pos, probs[:, k]))
+        per_class.append({"class": names[k], "precision": float(prec[k]), "recall": float(rec[k]),
+                          "f1": float(f1[k]), "support": int(sup[k]), "auc": auc_k})
+        roc.append({"class": names[k], "fpr": fpr, "tpr": tpr, "auc": auc_k})
+
+    # bootstrap over cases
+    rng = np.random.default_rng(seed)
+    n = labels.size
+    boot_acc: list[float] = []
+    boot_auc: list[float] = []
+    correct = (pred == labels).astype(np.float64)
+    for _ in range(max(0, int(n_boot))):
+        idx = rng.integers(0, n, n)
+        boot_acc.append(float(correct[idx].mean()))
+        if np.unique(labels[idx]).size < 2:
+            continue
+        a = _fast_auc(labels[idx], probs[idx])
+        if np.isfinite(a):
+            boot_auc.append(a)
+    return {
+        "n": int(n),
+        "classes": names,
+        "accuracy": _num(base["accuracy"]),
+        "balanced_accuracy": _num(base["balanced_accuracy"]),
+        "auc": _num(base["auc"]),
+        "ci": {"level": level,
+               "accuracy": _percentile_ci(boot_acc, level),
+               "auc": _percentile_ci(boot_auc, level)},
+        "n_boot": len(boot_acc),
+        "n_boot_auc": len(boot_auc),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(labels, pred, labels=ks).astype(int).tolist(),
+        "roc": roc,
+    }

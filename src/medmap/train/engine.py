@@ -1,0 +1,219 @@
+"""The one Lightning training engine used by every stage.
+
+AdamW with linear warm-up + cosine decay (per optimiser step), gradient accumulation, bf16 mixed
+precision on a GPU, DDP on several devices / nodes, progress bars, CSV + TensorBoard logs,
+a checkpoint every epoch plus ``last.ckpt``, and exact resume: weights, optimiser, scheduler,
+epoch, the epoch-seeded sampler order and the RNG states (restored by :class:`RNGStateCallback`).
+
+Launching on several GPUs / nodes (Lightning reads the usual environment)::
+
+    torchrun --nproc_per_node 4 -m medmap.cli finetune --config c.yaml optim.devices=4
+    srun python -m medmap.cli finetune --config c.yaml optim.devices=4 optim.num_nodes=2  # SLURM
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation and hardware settings of one training stage."""
+
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    accumulate_grad_batches: int = 1
+    gradient_clip: float = 1.0
+    precision: str = "auto"          # auto: bf16-mixed on GPU, 32-true on CPU
+    accelerator: str = "auto"
+    devices: Any = 1                 # int, "auto" or a list of ids
+    num_nodes: int = 1
+    strategy: str = "auto"           # auto: DDP when more than one process
+    num_workers: int = 0
+    seed: int = 0
+    progress: bool = True
+    log_every_n_steps: int = 10
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, cosine to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def configure_adamw(module: torch.nn.Module, cfg: OptimConfig, total_steps: int,
+                    steps_per_epoch: int) -> dict[str, Any]:
+    """AdamW (no decay on biases / norms / embeddings / temperature) + warm-up cosine."""
+    decay, no_decay = [], []
+    for n, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embed" in n or "logit_scale" in n else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total_steps, warm, cfg.min_lr_ratio))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with ``seed + epoch`` and shards across ranks: the order depends only on the
+    epoch, so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per = len(self)
+        order = order + order[: per * self.world - self.n]   # pad so every rank has `per`
+        return iter(order[self.rank::self.world])
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches drawn within one group (here: one MRI modality), groups interleaved.
+
+    Pre-training batches thus hold ``batch_size`` pairs of the same modality, so every
+    contrastive step has full in-modality negatives. The order depends only on ``seed + epoch``
+    (Lightning calls ``self.sampler.set_epoch``), and batches are sharded across ranks.
+    """
+
+    def __init__(self, groups: list[int], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        self.groups, self.batch_size = list(groups), batch_size
+        self.rank, self.world = rank, world_size
+        self.sampler = EpochShuffleSampler(len(self.groups), seed)  # holds seed and epoch
+
+    def _batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)
+        batches: list[list[int]] = []
+        for key in sorted(set(self.groups)):
+            idx = [i for i, k in enumerate(self.groups) if k == key]
+            perm = torch.randperm(len(idx), generator=g).tolist()
+            idx = [idx[j] for j in perm]
+            batches += [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        order = torch.randperm(len(batches), generator=g).tolist()
+        batches = [batches[j] for j in order]
+        per = math.ceil(len(batches) / self.world)
+        batches = batches + batches[: per * self.world - len(batches)]
+        return batches[self.rank::self.world]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    py = s["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def make_rng_callback():
+    """A Lightning callback that stores the RNG states in every checkpoint and restores them on
+    resume (only tensors and plain types: loadable with ``weights_only=True``)."""
+    import lightning as L
+
+    class RNGStateCallback(L.Callback):
+        def state_dict(self) -> dict[str, Any]:
+            return {"rng": _rng_state()}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            self._pending = state_dict["rng"]
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            pending = getattr(self, "_pending", None)
+            if pending is not None:
+                _set_rng_state(pending)
+                self._pending = None
+
+    return RNGStateCallback()
+
+
+def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = None,
+                  mode: str = "max", extra_callbacks: list | None = None):
+    """A Lightning ``Trainer`` writing logs and checkpoints under ``run_dir``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    run_dir = Path(run_dir)
+    gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if gpu else "32-true")
+    n_proc = (cfg.devices if isinstance(cfg.devices, int) else 2) * cfg.num_nodes
+    strategy = cfg.strategy
+    if strategy == "auto" and n_proc > 1:
+        strategy = "ddp_find_unused_parameters_true"
+    ckpt_every = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
+                                 auto_insert_metric_name=False, save_top_k=-1, save_last=True,
+                                 every_n_epochs=1)
+    callbacks = [ckpt_every, make_rng_callback(), LearningRateMonitor("step")]
+    if monitor:
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
+                                         monitor=monitor, mode=mode, save_top_k=1,
+                                         auto_insert_metric_name=False))
+    callbacks += extra_callbacks or []
+    loggers = [CSVLogger(run_dir, name="logs", version=""),
+               TensorBoardLogger(run_dir, name="tensorboard", version="")]
+    return L.Trainer(
+        default_root_dir=run_dir, max_epochs=cfg.epochs, accelerator=cfg.accelerator,
+        devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy, precision=precision,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.gradient_clip or None, callbacks=callbacks, logger=loggers,
+        enable_progress_bar=cfg.progress, log_every_n_steps=cfg.log_every_n_steps,
+        use_distributed_sampler=False, deterministic=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """``checkpoints/last.ckpt`` of a run, if any."""
+    p = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return p if p.exists() else None

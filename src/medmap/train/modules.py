@@ -1,0 +1,127 @@
+"""Lightning modules of the MedMAP stages. Model outputs are dicts whose keys are the loss's
+arguments, so the loop never branches on which loss it runs; every ``*_loss`` term is logged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from medmap.losses.contrastive import modality_contrastive_loss
+from medmap.losses.medmap import medmap_loss
+from medmap.models.medmap import MedMAPClassifier, ModalityAwareCLIP
+from medmap.train.engine import OptimConfig, configure_adamw
+
+
+class _Base(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig):
+        super().__init__()
+        self.model = model
+        self.optim = optim
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        return configure_adamw(self.model, self.optim, total, per_epoch)
+
+    def _log_terms(self, prefix: str, terms: dict[str, torch.Tensor], bs: int, **kw) -> None:
+        for k, v in terms.items():
+            if isinstance(v, torch.Tensor) and v.ndim == 0:
+                self.log(f"{prefix}/{k}", v.detach().float(), batch_size=bs, sync_dist=True, **kw)
+
+
+class PretrainModule(_Base):
+    """Stage 1: per-modality symmetric InfoNCE between experts and the projected report text.
+
+    Batch: ``image`` (B,1,D,H,W), ``model_modality`` (B,) index into the model's modalities,
+    ``text`` (B, text_dim) frozen report embeddings.
+    """
+
+    model: ModalityAwareCLIP
+
+    def __init__(self, model: ModalityAwareCLIP, optim: OptimConfig):
+        super().__init__(model, optim)
+        self._val: list[tuple[torch.Tensor, ...]] = []
+
+    def _step(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = self.model(batch["image"], batch["model_modality"], batch["text"])
+        return modality_contrastive_loss(out["image_features"], out["text_features"],
+                                         out["modality"], out["logit_scale"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        res = self._step(batch)
+        bs = batch["image"].shape[0]
+        terms = {"contrastive_loss": res["contrastive_loss"],
+                 "temperature": 1.0 / self.model.logit_scale.exp().detach()}
+        for m, v in res["per_modality"].items():
+            terms[f"{self.model.cfg.modalities[m]}_loss"] = v
+        self._log_terms("train", terms, bs, prog_bar=False)
+        self.log("train/loss", res["contrastive_loss"].detach(), batch_size=bs, prog_bar=True)
+        return res["contrastive_loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.model(batch["image"], batch["model_modality"], batch["text"])
+        self._val.append((out["image_features"].float(), out["text_features"].float(),
+                          out["modality"]))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        v, t, m = (torch.cat(x) for x in zip(*self._val))
+        self._val.clear()
+        if self.trainer.world_size > 1:
+            v, t, m = (self.all_gather(x).flatten(0, 1) for x in (v, t, m))
+        res = modality_contrastive_loss(v, t, m, self.model.logit_scale.exp(), gather=False)
+        n = max(1, int(sum((m == k).sum() for k in res["per_modality"])))
+        self.log("val/contrastive_loss", res["contrastive_loss"], sync_dist=False)
+        self.log("val/retrieval_top1", res["v2t_correct"].float() / n, prog_bar=True)
+        for k in res["per_modality"]:
+            sel = m == k
+            vk, tk = v[sel], t[sel]
+            acc = ((vk @ tk.t()).argmax(1) == torch.arange(len(vk), device=vk.device)).float().mean()
+            self.log(f"val/{self.model.cfg.modalities[k]}_retrieval_top1", acc)
+
+
+class FinetuneModule(_Base):
+    """Stage 2: ``lambda_c * BCE + lambda_s * KL(f_t, f_fusion)`` with the epoch ramps.
+
+    Batch: ``images`` (B,M,1,D,H,W), ``present`` (B,M), ``label`` (B,), ``text`` (B, text_dim)
+    frozen embedding of the case report (or class prompt), used only by the KL term.
+    """
+
+    model: MedMAPClassifier
+
+    def __init__(self, model: MedMAPClassifier, optim: OptimConfig):
+        super().__init__(model, optim)
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model(batch["images"], batch["present"])
+        f_t = self.model.text_features(batch["text"])
+        terms = medmap_loss(out["logits"], batch["label"], out["fusion"], f_t,
+                            epoch=self.current_epoch, max_epochs=self.optim.epochs)
+        bs = batch["label"].shape[0]
+        acc = (out["logits"].argmax(-1) == batch["label"]).float().mean()
+        self._log_terms("train", {**{k: v for k, v in terms.items() if k != "loss"}, "acc": acc}, bs)
+        self.log("train/loss", terms["loss"].detach(), batch_size=bs, prog_bar=True)
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.model(batch["images"], batch["present"])
+        self._val.append((out["probs"].float(), batch["label"]))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        p, y = (torch.cat(x) for x in zip(*self._val))
+        self._val.clear()
+        if self.trainer.world_size > 1:
+            p, y = self.all_gather(p).flatten(0, 1), self.all_gather(y).flatten(0, 1)
+        from medmap.eval.metrics import classification_metrics
+
+        met = classification_metrics(y.cpu().numpy(), p.cpu().numpy())
+        self.log("val/acc", met["accuracy"], prog_bar=True)
+        self.log("val/auc", float(np.nan_to_num(met["auc"], nan=0.5)), prog_bar=True)
+        self.log("val/balanced_acc", met["balanced_accuracy"])

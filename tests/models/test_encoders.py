@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from medmap.models.encoders import EncoderConfig, build_encoder, tiny_encoder_config
+
+
+@pytest.mark.parametrize("name", ["swin", "resnet", "cnn"])
+def test_encoder_interface(name):
+    enc = build_encoder(tiny_encoder_config(name))
+    out = enc(torch.randn(2, 1, 32, 32, 32))
+    B, N, C = out.tokens.shape
+    assert B == 2 and C == enc.out_dim and N == out.feature_map[0, 0].numel()
+    assert out.pooled.shape == (2, enc.out_dim)
+    assert torch.allclose(out.pooled, out.tokens.mean(1))
+    out.pooled.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
+
+
+def test_swin_matches_monai_forward_at_full_depth():
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(name="swin", feature_size=12, window_size=2))
+    x = torch.randn(1, 1, 32, 32, 32)
+    assert torch.allclose(enc.feature_map(x), enc.swin(x)[4], atol=1e-6)
+
+
+def test_clear_errors():
+    enc = build_encoder(tiny_encoder_config("swin"))
+    with pytest.raises(ValueError, match="divisible by 32.*preprocess.size"):
+        enc(torch.randn(1, 1, 30, 32, 32))
+    with pytest.raises(ValueError, match=r"expects \(B, C, D, H, W\)"):
+        enc(torch.randn(1, 32, 32, 32))
+    with pytest.raises(ValueError, match="unknown encoder 'vit'; registered: swin, resnet, cnn"):
+        build_encoder(EncoderConfig(name="vit"))

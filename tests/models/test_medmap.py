@@ -1,0 +1,143 @@
+import pytest
+import torch
+
+from medmap.losses.contrastive import modality_contrastive_loss
+from medmap.losses.medmap import medmap_loss
+from medmap.models.encoders import EncoderConfig
+from medmap.models.hub import from_pretrained, save_pretrained
+from medmap.models.medmap import (
+    MedMAPClassifier,
+    MedMAPConfig,
+    ModalityAwareCLIP,
+    load_pretrained_experts,
+)
+from medmap.text.encoder import FrozenTextEncoder
+from medmap.text.testing import build_tiny_bert
+
+MODS = ["T2WI", "C+A", "C+V"]
+CLASSES = ["hepatic_cyst", "hepatocellular_carcinoma"]
+
+
+@pytest.fixture(scope="module")
+def text_encoder(tmp_path_factory):
+    return FrozenTextEncoder(build_tiny_bert(tmp_path_factory.mktemp("bert")))
+
+
+def _cfg(**kw):
+    return MedMAPConfig.tiny(MODS, CLASSES, **kw)
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_text_encoder_none(text_encoder):
+    torch.manual_seed(0)
+    prompts = text_encoder.encode([f"{m} MRI of the liver" for m in MODS])
+    model = MedMAPClassifier(_cfg(), prompts)
+    images = torch.randn(3, 3, 1, 32, 32, 32)
+    present = torch.ones(3, 3, dtype=torch.bool)
+    reports = text_encoder.encode(["cyst in segment vii", "mass with washout", "small cyst"])
+    out = model(images, present)
+    terms = medmap_loss(out["logits"], torch.tensor([0, 1, 0]), out["fusion"],
+                        model.text_features(reports), epoch=1, max_epochs=4)
+    terms["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    assert all(not p.requires_grad and p.grad is None for p in text_encoder.model.parameters())
+
+
+def test_pretraining_model_gradients_reach_every_expert(text_encoder):
+    model = ModalityAwareCLIP(_cfg())
+    images = torch.randn(6, 1, 32, 32, 32)
+    mod = torch.tensor([0, 0, 1, 1, 2, 2])
+    text = text_encoder.encode([f"report {i}" for i in range(6)])
+    out = model(images, mod, text)
+    loss = modality_contrastive_loss(out["image_features"], out["text_features"], out["modality"],
+                                     out["logit_scale"])["contrastive_loss"]
+    loss.backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+    assert model.experts.encoders["T2WI"] is not model.experts.encoders["C+A"]
+
+
+def test_shared_encoder_switch():
+    model = ModalityAwareCLIP(_cfg(shared_encoder=True))
+    assert list(model.experts.encoders) == ["shared"]
+    out = model(torch.randn(2, 1, 32, 32, 32), torch.tensor([0, 2]), torch.randn(2, 32))
+    assert out["image_features"].shape == (2, 32)
+
+
+def test_missing_modalities_are_ignored_not_zero_filled():
+    torch.manual_seed(0)
+    model = MedMAPClassifier(_cfg(), torch.randn(3, 32)).eval()
+    images = torch.randn(2, 3, 1, 32, 32, 32)
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    a = model(images, present)["probs"]
+    images2 = images.clone()
+    images2[0, 1] = torch.randn(1, 32, 32, 32) * 100  # whatever sits in an absent slot
+    b = model(images2, present)["probs"]
+    assert torch.allclose(a[0], b[0], atol=1e-6)
+    # a present modality does matter
+    images3 = images.clone()
+    images3[0, 0] += 5
+    assert not torch.allclose(model(images3, present)["probs"][0], a[0])
+    with pytest.raises(ValueError, match="no modality present"):
+        model(images, torch.tensor([[False, False, False], [True, True, True]]))
+
+
+@pytest.mark.parametrize("flags", [dict(use_cct=False, use_csa=False),
+                                   dict(use_cct=True, use_csa=False),
+                                   dict(use_cct=True, use_csa=True),
+                                   dict(use_cct=False, use_csa=True)])
+def test_ablation_switches_build_and_run(flags):
+    model = MedMAPClassifier(_cfg(**flags), torch.randn(3, 32))
+    assert hasattr(model, "conv_stream") == (flags["use_cct"] or flags["use_csa"])
+    assert hasattr(model, "cct") == flags["use_cct"]
+    out = model(torch.randn(1, 3, 1, 32, 32, 32), torch.ones(1, 3, dtype=torch.bool))
+    assert out["logits"].shape == (1, 2)
+
+
+def test_csa_uses_the_modality_prompt():
+    torch.manual_seed(0)
+    p = torch.randn(3, 32)
+    model = MedMAPClassifier(_cfg(), p).eval()
+    x, present = torch.randn(1, 3, 1, 32, 32, 32), torch.ones(1, 3, dtype=torch.bool)
+    a = model(x, present)["logits"]
+    model.prompt_embeddings.copy_(torch.randn(3, 32))
+    assert not torch.allclose(model(x, present)["logits"], a)
+
+
+def test_save_and_load_pretrained_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = MedMAPClassifier(_cfg(), torch.randn(3, 32)).eval()
+    save_pretrained(model, tmp_path / "m", preprocess={"size": [32, 32, 32]})
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    loaded, doc = from_pretrained(tmp_path / "m")
+    assert doc["config"]["modalities"] == MODS and doc["config"]["classes"] == CLASSES
+    assert doc["preprocess"] == {"size": [32, 32, 32]} and "medmap_version" in doc
+    x, present = torch.randn(2, 3, 1, 32, 32, 32), torch.ones(2, 3, dtype=torch.bool)
+    assert torch.allclose(model(x, present)["logits"], loaded(x, present)["logits"], atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="not a medmap model folder"):
+        from_pretrained(tmp_path / "nothing")
+
+
+def test_load_pretrained_experts_copies_and_refuses_mismatch(tmp_path):
+    torch.manual_seed(0)
+    clip = ModalityAwareCLIP(_cfg())
+    save_pretrained(clip, tmp_path / "pre")
+    model = MedMAPClassifier(_cfg(), torch.randn(3, 32))
+    load_pretrained_experts(model, str(tmp_path / "pre"))
+    for k in MODS:
+        a = clip.experts.encoders[k].state_dict()
+        b = model.experts.encoders[k].state_dict()
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert torch.equal(model.text_proj.weight, clip.text_proj.weight)
+
+    more = MedMAPClassifier(MedMAPConfig.tiny(MODS + ["DWI"], CLASSES), torch.randn(4, 32))
+    with pytest.raises(ValueError, match=r"no pre-trained expert for modalities \['DWI'\]"):
+        load_pretrained_experts(more, str(tmp_path / "pre"))
+    other = MedMAPClassifier(_cfg(encoder=EncoderConfig(name="cnn", channels=(8, 16))),
+                             torch.randn(3, 32))
+    with pytest.raises(ValueError, match="pre-trained encoder .* differs"):
+        load_pretrained_experts(other, str(tmp_path / "pre"))
+    save_pretrained(model, tmp_path / "cls")
+    with pytest.raises(ValueError, match="expected 'medmap_clip'"):
+        load_pretrained_experts(model, str(tmp_path / "cls"))
+    with pytest.raises(FileNotFoundError):
+        load_pretrained_experts(model, str(tmp_path / "absent"))
