@@ -39,20 +39,22 @@ _ORGAN_SEED = {"liver": 1, "brain": 2}
 
 
 def _plan(organ: str, n: int, seed: int, fractions: Sequence[float]) -> list[tuple[str, str]]:
-    """(label, split) per case index: classes balanced round-robin, splits stratified by class."""
+    """(label, split) per case index: classes balanced round-robin; splits stratified by class.
+
+    Cases are walked class by class and each takes the split of a low-discrepancy sequence
+    (golden-ratio steps), so every split gets its fraction of each class and small benchmarks
+    still have validation and test cases.
+    """
     spec = get_organ(organ)
     rng = np.random.default_rng([seed, _ORGAN_SEED[organ], 0])
     labels = [spec.classes[i % len(spec.classes)] for i in range(n)]
     rng.shuffle(labels)
+    order = sorted(range(n), key=lambda i: (spec.classes.index(labels[i]), i))
+    cut_train, cut_val = fractions[0], fractions[0] + fractions[1]
     splits: list[str] = [""] * n
-    for cls in spec.classes:
-        idx = [i for i, lab in enumerate(labels) if lab == cls]
-        k = len(idx)
-        n_val = int(round(k * fractions[1]))
-        n_test = int(round(k * fractions[2]))
-        n_train = max(k - n_val - n_test, 0)
-        for j, i in enumerate(idx):
-            splits[i] = SPLITS[0] if j < n_train else SPLITS[1] if j < n_train + n_val else SPLITS[2]
+    for j, i in enumerate(order):
+        u = (0.5 + j * 0.6180339887498949) % 1.0
+        splits[i] = SPLITS[0] if u < cut_train else SPLITS[1] if u < cut_val else SPLITS[2]
     return list(zip(labels, splits))
 
 

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medmap.data.manifest import Manifest, ManifestError
+from medmap.train.run import finetune, pretrain
+
+
+class CrashAtEpoch:
+    """Simulates a killed run: raises at the start of epoch ``k``."""
+
+    def __new__(cls, k: int):
+        import lightning as L
+
+        class _Crash(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                if trainer.current_epoch == k:
+                    raise RuntimeError(f"simulated kill at epoch {k}")
+
+        return _Crash()
+
+
+def test_pretrain_then_finetune_writes_a_complete_run(tiny_experiment, tmp_path):
+    pre = pretrain(tiny_experiment, tmp_path / "pre")
+    doc = json.loads((pre / "config.json").read_text())
+    assert doc["model_type"] == "medmap_clip" and doc["config"]["modalities"] == ["T2WI", "C+A"]
+    assert doc["preprocess"]["size"] == [32, 32, 32]
+    metrics = json.loads((tmp_path / "pre" / "metrics.json").read_text())
+    assert "train/T2WI_loss" in metrics and "val/retrieval_top1" in metrics
+    ft = finetune(tiny_experiment, tmp_path / "ft", init=pre)
+    run = tmp_path / "ft"
+    for name in ("config.yaml", "run_info.json", "metrics.json", "checkpoints/last.ckpt",
+                 "checkpoints/epoch000.ckpt", "model/model.safetensors", "logs/metrics.csv"):
+        assert (run / name).exists(), name
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["medmap_version"] and info["stage"] == "finetune"
+    # the experts were initialised from stage 1 (not random): config records it
+    assert json.loads((ft / "config.json").read_text())["init"] == str(pre)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_experiment, tmp_path):
+    cfg = tiny_experiment
+    full = finetune(cfg, tmp_path / "full")
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        finetune(cfg, tmp_path / "killed", callbacks=[CrashAtEpoch(2)])
+    assert (tmp_path / "killed" / "checkpoints" / "last.ckpt").exists()
+    resumed = finetune(cfg, tmp_path / "killed", resume=True)
+    a = load_file(str(full / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff < 1e-6, diff
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt"):
+        finetune(cfg, tmp_path / "never-ran", resume=True)
+
+
+def test_training_refuses_an_invalid_manifest(tiny_experiment, tmp_path):
+    m = Manifest.load(tiny_experiment.data.manifest)
+    m.cases[0].modalities["T2WI"] = "missing.nii.gz"
+    m.cases[1].label = "not_a_class"
+    bad = m.save(tmp_path / "bad.jsonl")
+    # relative paths of the copy point elsewhere: keep the root by saving next to the data
+    bad = m.save(tiny_experiment.data.manifest.replace("manifest.jsonl", "bad.jsonl"))
+    tiny_experiment.data.manifest = str(bad)
+    with pytest.raises(ManifestError) as e:
+        finetune(tiny_experiment, tmp_path / "ft")
+    msg = str(e.value)
+    assert f"case {m.cases[0].case_id!r}: modalities.T2WI" in msg and "file not found" in msg
+    assert f"case {m.cases[1].case_id!r}: label" in msg
