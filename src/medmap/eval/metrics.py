@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
@@ -129,7 +131,9 @@ def full_metrics(labels, probs, class_names, n_boot: int = 1000, seed: int = 0,
         raise ValueError(f"labels {sorted(set(bad.tolist()))} are outside 0..{K - 1} "
                          f"({', '.join(names)})")
     pred = probs.argmax(1)
-    base = classification_metrics(labels, probs)
+    with warnings.catch_warnings():     # "y_pred contains classes not in y_true": expected here
+        warnings.simplefilter("ignore", UserWarning)
+        base = classification_metrics(labels, probs)
     ks = list(range(K))
     prec, rec, f1, sup = precision_recall_fscore_support(labels, pred, labels=ks,
                                                          zero_division=0)

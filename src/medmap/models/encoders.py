@@ -161,10 +161,14 @@ class ConvEncoder(Encoder3D):
 
         blocks = []
         c_in = cfg.in_channels
-        for c in cfg.channels:
+        for i, c in enumerate(cfg.channels):
             blocks.append(Convolution(3, c_in, c, strides=2, kernel_size=3, norm=cfg.norm,
                                       act="GELU"))
-            blocks.append(Convolution(3, c, c, strides=1, kernel_size=3, norm=cfg.norm, act="GELU"))
+            # The last conv is left un-normalised: an instance norm there would fix every
+            # channel's spatial mean, leaving the pooled vector almost no information.
+            last = i == len(cfg.channels) - 1
+            blocks.append(Convolution(3, c, c, strides=1, kernel_size=3, norm=cfg.norm,
+                                      act="GELU", conv_only=last))
             c_in = c
         self.net = nn.Sequential(*blocks)
         self.out_dim = cfg.channels[-1]

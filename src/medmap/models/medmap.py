@@ -187,13 +187,15 @@ class MedMAPClassifier(nn.Module):
             self.cct = nn.ModuleList([CrossCognitionBlock(d, cfg.cct_heads, cfg.dropout)
                                       for _ in range(cfg.cct_layers)])
         self.merge = nn.Linear(2 * d if self.use_conv else d, d)
+        # Cross-modality fusion: a Transformer layer over the present modalities' tokens
+        # (modality embeddings as positions, absent ones masked out), then a masked mean.
         self.modality_embed = nn.Parameter(torch.zeros(M, d))
-        self.fusion_query = nn.Parameter(torch.zeros(1, 1, d))
-        self.fusion_attn = nn.MultiheadAttention(d, cfg.cct_heads, batch_first=True)
+        self.fusion = nn.TransformerEncoderLayer(d, cfg.cct_heads, 2 * d, cfg.dropout,
+                                                 activation="gelu", batch_first=True,
+                                                 norm_first=True)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, len(cfg.classes)))
         nn.init.normal_(self.modality_embed, std=0.02)
-        nn.init.normal_(self.fusion_query, std=0.02)
 
     def modality_feature(self, x: torch.Tensor, m: int) -> torch.Tensor:
         """Fused feature (b, d) of modality ``m``'s volumes ``x`` (b, 1, D, H, W)."""
@@ -227,10 +229,9 @@ class MedMAPClassifier(nn.Module):
                                          feats[:, m:m + 1].index_copy(
                                              0, rows, self.modality_feature(images[rows, m], m)[:, None]))
         feats = feats + self.modality_embed                      # (B, M, d)
-        q = self.fusion_query.expand(B, -1, -1)                  # (B, 1, d)
-        fused = self.fusion_attn(q, feats, feats, key_padding_mask=~present,
-                                 need_weights=False)[0][:, 0]     # (B, d), absent keys masked
-        fusion = self.norm(fused)
+        feats = self.fusion(feats, src_key_padding_mask=~present)  # absent tokens never attended
+        w = present.unsqueeze(-1).to(feats.dtype)                # (B, M, 1)
+        fusion = self.norm((feats * w).sum(1) / w.sum(1))        # (B, d) mean over present
         logits = self.head(fusion)                               # (B, K)
         return {"logits": logits, "probs": logits.softmax(-1), "fusion": fusion}
 

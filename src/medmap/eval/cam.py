@@ -1,0 +1,237 @@
+"""3D Grad-CAM per modality for :class:`~medmap.models.medmap.MedMAPClassifier`, and lesion
+localisation metrics of the maps.
+
+The target layer of modality ``m`` is the output of its expert's ``feature_map`` (the Swin /
+ResNet / CNN feature map ``(B, C, d, h, w)`` that the expert's tokens are read from). The CAM
+itself is MONAI's :class:`monai.visualize.GradCAM`: a thin wrapper module takes modality ``m``'s
+volume as its only tensor input (the case's other modalities and ``present`` mask are passed
+through as fixed keyword arguments) and routes the expert's feature map through an identity
+"tap" layer that MONAI hooks. Maps are upsampled (trilinear) to the input size and min-max
+normalised to ``[0, 1]`` per case (a map that is constant, e.g. all zero after the ReLU, becomes
+all zero).
+
+Localisation (where a lesion mask exists):
+
+* pointing game: 1 when the CAM's argmax voxel lies inside the mask (0 for a constant CAM);
+* CAM AUC: ROC AUC of the CAM values separating lesion from non-lesion voxels.
+
+Example:
+    >>> import torch
+    >>> from medmap.models.medmap import MedMAPConfig, MedMAPClassifier
+    >>> model = MedMAPClassifier(MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"])).eval()
+    >>> cams = gradcam(model, torch.randn(2, 2, 1, 32, 32, 32), torch.ones(2, 2, dtype=torch.bool))
+    >>> tuple(cams["T2WI"].shape)
+    (2, 32, 32, 32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["gradcam", "pointing_game", "cam_auc", "localisation", "aggregate_localisation",
+           "normalise_cam"]
+
+
+class _Tap(nn.Module):
+    """Identity layer whose output (the expert feature map) MONAI's hooks record."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.requires_grad:          # frozen experts: still give Grad-CAM a gradient
+            x = x.detach().requires_grad_(True)
+        return x * 1.0                   # a new node, so the full backward hook sees its grad
+
+
+class _ModalityCAMNet(nn.Module):
+    """``forward(x, images, present) -> logits`` with modality ``m``'s volumes replaced by ``x``
+    and its expert's feature map routed through ``self.tap``."""
+
+    def __init__(self, model: nn.Module, m: int):
+        super().__init__()
+        self.model = model
+        self.m = m
+        self.name = model.cfg.modalities[m]
+        self.tap = _Tap()
+
+    def forward(self, x: torch.Tensor, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        imgs = torch.cat([images[:, :self.m], x[:, None], images[:, self.m + 1:]], dim=1)
+        experts = self.model.experts
+        encode = type(experts).encode
+        tap, name = self.tap, self.name
+
+        def tapped_encode(x_m: torch.Tensor, modality: str) -> torch.Tensor:
+            if modality != name:
+                return encode(experts, x_m, modality)
+            enc = experts.encoders[experts.key(modality)]
+            feature_map = type(enc).feature_map
+            enc.feature_map = lambda v: tap(feature_map(enc, v))
+            try:
+                return encode(experts, x_m, modality)
+            finally:
+                del enc.feature_map
+
+        experts.encode = tapped_encode
+        try:
+            return self.model(imgs, present)["logits"]
+        finally:
+            del experts.encode
+
+
+def _hooks_cls():
+    from monai.visualize.class_activation_maps import ModelWithHooks
+
+    class _PerSampleHooks(ModelWithHooks):
+        """MONAI's hooks with a per-sample class score (MONAI's default indexes every sample
+        with every sample's class when ``class_idx`` is a tensor)."""
+
+        def class_score(self, logits: torch.Tensor, class_idx) -> torch.Tensor:
+            idx = torch.as_tensor(class_idx, device=logits.device).long().reshape(-1)
+            if idx.numel() == 1:
+                idx = idx.expand(logits.shape[0])
+            return logits.gather(1, idx[:, None])[:, 0]
+
+    return _PerSampleHooks
+
+
+def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-max scaling of ``(B, ...)`` maps to ``[0, 1]`` (constant maps -> 0)."""
+    flat = cam.reshape(cam.shape[0], -1)
+    lo = flat.min(1, keepdim=True).values
+    rng = flat.max(1, keepdim=True).values - lo
+    out = torch.where(rng > 0, (flat - lo) / rng.clamp_min(1e-12), torch.zeros_like(flat))
+    return out.reshape(cam.shape)
+
+
+def _class_indices(class_index, B: int) -> torch.Tensor | None:
+    if class_index is None:
+        return None
+    idx = torch.as_tensor(class_index).long().reshape(-1)
+    if idx.numel() == 1:
+        return idx.expand(B).clone()
+    if idx.numel() != B:
+        raise ValueError(f"class_index must be an int or hold one index per case ({B}), "
+                         f"got {idx.numel()}")
+    return idx
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, present: torch.Tensor,
+            class_index: int | Sequence[int] | torch.Tensor | None = None,
+            modalities: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Grad-CAM of every modality's expert feature map.
+
+    Args:
+        model: a :class:`MedMAPClassifier` (put in eval mode for the call, restored after).
+        images: (B, M, 1, D, H, W); present: (B, M) bool.
+        class_index: the class explained: None = each case's predicted class; an int for every
+            case, or one index per case.
+        modalities: restrict to these modalities (default: all of the model's).
+
+    Returns ``{modality: (B, D, H, W) float32 CPU tensor in [0, 1]}`` for every modality present
+    in at least one case; rows of cases without the modality are all zero.
+    """
+    from monai.visualize import GradCAM
+
+    cfg = model.cfg
+    B, M = present.shape
+    if images.ndim != 6 or images.shape[:2] != present.shape:
+        raise ValueError(f"images must be (B, M, 1, D, H, W) matching present "
+                         f"{tuple(present.shape)}, got {tuple(images.shape)}")
+    wanted = list(cfg.modalities) if modalities is None else list(modalities)
+    unknown = [m for m in wanted if m not in cfg.modalities]
+    if unknown:
+        raise ValueError(f"gradcam: modalities {unknown} are not the model's {cfg.modalities}")
+    device = next(model.parameters()).device
+    images, present = images.to(device), present.to(device).bool()
+    was_training = model.training
+    model.eval()
+    out: dict[str, torch.Tensor] = {}
+    try:
+        with torch.enable_grad():
+            idx = _class_indices(class_index, B)
+            if idx is None:
+                with torch.no_grad():
+                    idx = model(images, present)["logits"].argmax(1)
+            idx = idx.to(device)
+            hooks_cls = _hooks_cls()
+            spatial = tuple(images.shape[3:])
+            for name in wanted:
+                m = cfg.modalities.index(name)
+                rows = present[:, m].nonzero(as_tuple=True)[0]
+                if rows.numel() == 0:
+                    continue
+                net = _ModalityCAMNet(model, m)
+                cam = GradCAM(nn_module=hooks_cls(net, "tap", register_forward=True,
+                                                  register_backward=True),
+                              target_layers="tap", postprocessing=normalise_cam)
+                maps = cam(images[rows, m], class_idx=idx[rows], images=images[rows],
+                           present=present[rows])                # (b, 1, D, H, W)
+                full = torch.zeros((B, *spatial), dtype=torch.float32)
+                full[rows.cpu()] = maps[:, 0].detach().float().cpu()
+                out[name] = full
+                net.zero_grad(set_to_none=True)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return out
+
+
+# ---- localisation ---------------------------------------------------------------------------
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def pointing_game(cam, mask) -> float | None:
+    """1.0 when the CAM's (first) argmax voxel is inside ``mask`` (> 0), else 0.0; None for an
+    empty mask. A constant CAM points nowhere (0.0)."""
+    c, m = _np(cam).reshape(-1), _np(mask).reshape(-1) > 0
+    if c.shape != m.shape:
+        raise ValueError(f"cam and mask sizes differ: {_np(cam).shape} vs {_np(mask).shape}")
+    if not m.any():
+        return None
+    if float(c.max()) == float(c.min()):
+        return 0.0
+    return float(m[int(np.argmax(c))])
+
+
+def cam_auc(cam, mask) -> float | None:
+    """ROC AUC of the CAM values for lesion (mask > 0) vs non-lesion voxels; None when the mask
+    is empty or covers everything."""
+    from medmap.eval.metrics import _binary_auc_ranks
+
+    c, m = _np(cam).reshape(-1).astype(np.float64), _np(mask).reshape(-1) > 0
+    if c.shape != m.shape:
+        raise ValueError(f"cam and mask sizes differ: {_np(cam).shape} vs {_np(mask).shape}")
+    if not m.any() or m.all():
+        return None
+    return _binary_auc_ranks(m, c)
+
+
+def localisation(cam, mask) -> dict[str, float | None]:
+    """``{"pointing_hit", "cam_auc"}`` of one case's CAM (D, H, W) against its mask."""
+    return {"pointing_hit": pointing_game(cam, mask), "cam_auc": cam_auc(cam, mask)}
+
+
+def aggregate_localisation(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate per-case records ``{"case_id", "modality", "pointing_hit", "cam_auc"}``.
+
+    Returns ``{"per_modality": {modality: {"n", "pointing_game", "cam_auc"}}, "overall": {...}}``
+    with means over the cases where each value is defined (None when none is).
+    """
+    def summary(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        hits = [r["pointing_hit"] for r in rs if r.get("pointing_hit") is not None]
+        aucs = [r["cam_auc"] for r in rs if r.get("cam_auc") is not None]
+        return {"n": len(rs),
+                "pointing_game": float(np.mean(hits)) if hits else None,
+                "cam_auc": float(np.mean(aucs)) if aucs else None}
+
+    by_mod: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_mod.setdefault(r["modality"], []).append(r)
+    return {"per_modality": {k: summary(v) for k, v in by_mod.items()},
+            "overall": summary(records)}

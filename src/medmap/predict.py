@@ -1,0 +1,277 @@
+"""Predict with a fine-tuned MedMAP classifier on new studies.
+
+``predict(model_dir, input, out_csv)`` accepts three kinds of ``input``:
+
+* a manifest (``.jsonl`` / ``.csv``): every case of the model's organ (validated first);
+* a case folder: one volume per modality, the file stem matched case-insensitively (and through
+  :data:`~medmap.data.vocab.MODALITY_ALIASES`) to the model's modalities, e.g. ``T2WI.nii.gz``,
+  ``c+a.nii.gz``, ``FLAIR.nrrd``; a sub-folder named after a modality is read as a DICOM series.
+  Files matching no modality are listed in a warning and ignored;
+* a single volume file (or a DICOM series folder): its modality is ``modality`` (the CLI's
+  ``--modality``) or else its file stem.
+
+Only what the model folder stores is used: preprocessing settings, modalities, classes. Missing
+modalities are allowed (the model masks them out) and listed per case. One CSV row per case:
+``case_id, predicted, prob_<class>..., modalities_used, modalities_missing, label, source``
+(modality lists joined with ``;``; ``label`` is the manifest's label when known).
+
+With ``cam_dir``, the Grad-CAM of the predicted class is written per case and modality as
+``<cam_dir>/<case_id>/<modality>_cam.nii.gz`` on the source volume's own voxel grid (same shape
+and affine), mapped back through :meth:`Preprocessor.invert`.
+
+Example:
+    >>> from medmap.predict import predict
+    >>> rows = predict("runs/finetune/model", "new_case/", "preds.csv")    # doctest: +SKIP
+    >>> rows[0]["predicted"], rows[0]["modalities_missing"]                # doctest: +SKIP
+    ('hepatic_cyst', 'C+V')
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["predict", "PredictInputError", "prediction_row", "write_rows_csv",
+           "match_modality", "resolve_input", "PredictCase"]
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".dcm")
+_MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+class PredictInputError(ValueError):
+    """The prediction input cannot be used; the message names the file / case and the fix."""
+
+
+@dataclass
+class PredictCase:
+    """One study to predict: modality -> volume path (only the model's modalities)."""
+
+    case_id: str
+    volumes: dict[str, str]
+    label: str | None = None
+    source: str = ""
+
+
+# ---- rows -----------------------------------------------------------------------------------
+def prediction_row(case_id: str, probs: Sequence[float], classes: Sequence[str],
+                   used: Sequence[str], missing: Sequence[str], label: str | None = None,
+                   source: str | None = None) -> dict[str, Any]:
+    """One output row (the CSV columns, in order)."""
+    p = np.asarray(probs, dtype=np.float64)
+    row: dict[str, Any] = {"case_id": case_id, "predicted": str(classes[int(p.argmax())])}
+    for c, v in zip(classes, p):
+        row[f"prob_{c}"] = float(v)
+    row["modalities_used"] = ";".join(used)
+    row["modalities_missing"] = ";".join(missing)
+    row["label"] = "" if label is None else str(label)
+    row["source"] = "" if source is None else str(source)
+    return row
+
+
+def write_rows_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write rows (same keys each, first row's order) as a CSV file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(rows[0].keys()) if rows else ["case_id", "predicted"]
+    with p.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
+    return p
+
+
+# ---- input resolution -----------------------------------------------------------------------
+def _stem(p: Path) -> str:
+    name = p.name
+    low = name.lower()
+    for s in _VOLUME_SUFFIXES:
+        if low.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def match_modality(name: str, modalities: Sequence[str]) -> str | None:
+    """The model modality ``name`` denotes: case-insensitive, then through MODALITY_ALIASES."""
+    from medmap.data.vocab import MODALITY_ALIASES
+
+    low = name.strip().lower()
+    for m in modalities:
+        if m.lower() == low:
+            return m
+    for alias, canon in MODALITY_ALIASES.items():
+        if alias.lower() == low and canon in modalities:
+            return canon
+    return None
+
+
+def _is_dicom_folder(p: Path) -> bool:
+    files = [f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")]
+    return bool(files) and all(f.suffix.lower() == ".dcm" or "." not in f.name for f in files)
+
+
+def _case_folder(folder: Path, modalities: Sequence[str]) -> PredictCase:
+    found: dict[str, list[Path]] = {}
+    unknown: list[str] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        is_vol = entry.is_dir() or entry.name.lower().endswith(_VOLUME_SUFFIXES)
+        m = match_modality(_stem(entry), modalities) if is_vol else None
+        if m is None:
+            unknown.append(entry.name + ("/" if entry.is_dir() else ""))
+        else:
+            found.setdefault(m, []).append(entry)
+    dup = {m: ps for m, ps in found.items() if len(ps) > 1}
+    if dup:
+        raise PredictInputError(
+            f"case folder {folder}: several files for one modality ("
+            + "; ".join(f"{m}: {', '.join(p.name for p in ps)}" for m, ps in dup.items())
+            + "); keep one file per modality")
+    if not found:
+        raise PredictInputError(
+            f"case folder {folder}: no file matches the model's modalities "
+            f"({', '.join(modalities)}); name each volume after its modality, e.g. "
+            f"{modalities[0]}.nii.gz (found: {', '.join(unknown) or 'nothing'})")
+    if unknown:
+        warnings.warn(f"case folder {folder}: ignoring {len(unknown)} file(s) that match none of "
+                      f"the model's modalities ({', '.join(modalities)}): {', '.join(unknown)}",
+                      stacklevel=3)
+    return PredictCase(folder.name, {m: str(ps[0]) for m, ps in found.items()},
+                       source=str(folder))
+
+
+def _single_volume(path: Path, modalities: Sequence[str], modality: str | None) -> PredictCase:
+    if modality is not None:
+        m = match_modality(modality, modalities)
+        if m is None:
+            raise PredictInputError(f"{path}: --modality {modality!r} is not one of the model's "
+                                    f"modalities ({', '.join(modalities)})")
+    else:
+        m = match_modality(_stem(path), modalities)
+        if m is None:
+            raise PredictInputError(
+                f"{path}: cannot tell the modality from the file name {_stem(path)!r}; pass "
+                f"--modality with one of {', '.join(modalities)} (or rename the file, e.g. "
+                f"{modalities[0]}.nii.gz)")
+    return PredictCase(_stem(path), {m: str(path)}, source=str(path))
+
+
+def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None) -> list[PredictCase]:
+    from medmap.data.manifest import Manifest, ManifestError
+    from medmap.data.validate import require_valid
+
+    manifest = require_valid(Manifest.load(path), path)
+    cases = manifest.resolved()
+    other = [c.case_id for c in cases if organ and c.organ != organ]
+    if other:
+        warnings.warn(f"{path}: skipping {len(other)} case(s) of organs other than the model's "
+                      f"{organ!r}: {other}", stacklevel=3)
+    cases = [c for c in cases if not organ or c.organ == organ]
+    if not cases:
+        raise ManifestError([f"no {organ} case; the model predicts {organ} cases"], path)
+    out, none, ignored = [], [], set()
+    for c in cases:
+        vols = {m: c.modalities[m] for m in modalities if m in c.modalities}
+        ignored |= set(c.modalities) - set(modalities)
+        if not vols:
+            none.append(c.case_id)
+            continue
+        out.append(PredictCase(c.case_id, vols, c.label, str(path)))
+    if none:
+        raise ManifestError([f"case {cid!r}: modalities: none of the model's modalities "
+                             f"({', '.join(modalities)}); add one or drop the case"
+                             for cid in none], path)
+    if ignored:
+        warnings.warn(f"{path}: modalities {sorted(ignored)} are not inputs of this model and are "
+                      "ignored", stacklevel=3)
+    return out
+
+
+def resolve_input(input: str | Path, modalities: Sequence[str], organ: str | None = None,
+                  modality: str | None = None) -> list[PredictCase]:
+    """The cases an input path denotes (see the module doc)."""
+    p = Path(input)
+    if not p.exists():
+        raise PredictInputError(f"{p}: not found; give a manifest (.jsonl/.csv), a case folder "
+                                "(one volume per modality) or a single volume file")
+    if p.is_file() and p.name.lower().endswith(_MANIFEST_SUFFIXES):
+        if modality is not None:
+            raise PredictInputError(f"{p}: --modality applies to a single volume, not a manifest")
+        return _manifest_cases(p, modalities, organ)
+    if p.is_dir():
+        if modality is not None or _is_dicom_folder(p):    # one DICOM series
+            return [_single_volume(p, modalities, modality)]
+        return [_case_folder(p, modalities)]
+    if not p.name.lower().endswith(_VOLUME_SUFFIXES):
+        raise PredictInputError(f"{p}: unsupported input; give a manifest (.jsonl/.csv), a case "
+                                "folder, or a volume (.nii/.nii.gz/.nrrd, DICOM folder)")
+    return [_single_volume(p, modalities, modality)]
+
+
+# ---- prediction -----------------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+._-]", "_", name) or "_"
+
+
+def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None,
+            cam_dir: str | Path | None = None, modality: str | None = None,
+            device: str | torch.device | None = None,
+            preprocess_override: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Predict every case of ``input``; writes ``out_csv`` (unless None) and returns its rows.
+
+    Raises :class:`PredictInputError` (bad input: names the path and the fix),
+    :class:`~medmap.data.manifest.ManifestError` (invalid manifest, every problem listed) or
+    :class:`~medmap.data.io.VolumeReadError` (an unreadable volume, naming case and file).
+    """
+    import nibabel as nib
+
+    from medmap.data.io import VolumeReadError
+    from medmap.data.preprocess import Preprocessor
+    from medmap.eval.cam import gradcam
+    from medmap.eval.evaluate import load_classifier
+
+    model, doc, pcfg, _ = load_classifier(model_dir, preprocess_override, device)
+    cfg = model.cfg
+    mods, classes = list(cfg.modalities), list(cfg.classes)
+    organ = doc.get("organ") or cfg.organ or None
+    cases = resolve_input(input, mods, organ, modality)
+    pre = Preprocessor(pcfg)
+    dev = next(model.parameters()).device
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        images = torch.zeros(1, len(mods), 1, *pcfg.size)
+        present = torch.zeros(1, len(mods), dtype=torch.bool)
+        for m, path in case.volumes.items():
+            try:
+                images[0, mods.index(m)] = pre(path, m)
+            except VolumeReadError as e:
+                raise VolumeReadError(f"case {case.case_id!r}, modality {m}: {e}") from None
+            present[0, mods.index(m)] = True
+        images, present = images.to(dev), present.to(dev)
+        with torch.no_grad():
+            probs = model(images, present)["probs"][0].float().cpu().numpy()
+        used = [m for m in mods if m in case.volumes]
+        missing = [m for m in mods if m not in case.volumes]
+        rows.append(prediction_row(case.case_id, probs, classes, used, missing,
+                                   label=case.label, source=case.source))
+        if cam_dir is not None:
+            cams = gradcam(model, images, present, class_index=int(probs.argmax()))
+            folder = Path(cam_dir) / _safe(case.case_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            for m in used:
+                native = pre.invert(cams[m][0], case.volumes[m])          # (1, X, Y, Z)
+                arr = np.asarray(native[0].detach().cpu().numpy(), dtype=np.float32)
+                aff = np.asarray(native.affine.detach().cpu().numpy(), dtype=np.float64)
+                nib.save(nib.Nifti1Image(arr, aff), str(folder / f"{_safe(m)}_cam.nii.gz"))
+    if out_csv is not None:
+        write_rows_csv(rows, out_csv)
+    return rows

@@ -1,0 +1,181 @@
+"""medmap.predict: case folders (missing modalities, case-insensitive names), manifests, single
+volumes, CAMs written on the source's own grid, and clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medmap.data.io import VolumeReadError
+from medmap.data.manifest import Manifest, ManifestError
+from medmap.data.preprocess import PreprocessConfig, Preprocessor
+from medmap.data.vocab import get_organ
+from medmap.eval.cam import gradcam
+from medmap.models.hub import from_pretrained, save_pretrained
+from medmap.models.medmap import MedMAPClassifier, MedMAPConfig
+from medmap.predict import PredictInputError, predict
+
+MODS = ["T2WI", "DWI", "C+A"]
+CLASSES = list(get_organ("liver").classes)
+COLUMNS = ["case_id", "predicted", *[f"prob_{c}" for c in CLASSES], "modalities_used",
+           "modalities_missing", "label", "source"]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    from medmap.data.sim import simulate
+
+    root = tmp_path_factory.mktemp("pred_sim")
+    simulate(root, cases=7, size=32, seed=0, organs=("liver",), workers=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = MedMAPConfig.tiny(MODS, CLASSES, organ="liver")
+    model = MedMAPClassifier(cfg, torch.randn(len(MODS), cfg.text_dim))
+    out = tmp_path_factory.mktemp("model") / "model"
+    save_pretrained(model, out, organ="liver",
+                    preprocess=PreprocessConfig(spacing=None, size=(32, 32, 32)).to_dict())
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_case(sim):
+    """A simulated case folder holding all of MODS."""
+    for c in Manifest.load(sim / "manifest.jsonl").resolved():
+        if all(m in c.modalities for m in MODS):
+            return Path(c.modalities["T2WI"]).parent
+    pytest.skip("no simulated case with all of T2WI, DWI, C+A")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def check_probs(row) -> None:
+    p = np.array([float(row[f"prob_{c}"]) for c in CLASSES])
+    assert np.all(p >= 0) and p.sum() == pytest.approx(1.0, abs=1e-5)
+    assert row["predicted"] == CLASSES[int(p.argmax())]
+
+
+def test_case_folder_with_missing_modality(model_dir, full_case, tmp_path):
+    case = tmp_path / "patient_7"
+    case.mkdir()
+    shutil.copy(full_case / "T2WI.nii.gz", case / "t2wi.nii.gz")       # case-insensitive
+    shutil.copy(full_case / "DWI.nii.gz", case / "DWI.nii.gz")         # C+A missing
+    shutil.copy(full_case / "lesion_mask.nii.gz", case / "lesion_mask.nii.gz")
+    (case / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match=r"ignoring 2 file.*lesion_mask\.nii\.gz, notes\.txt"):
+        rows = predict(model_dir, case, tmp_path / "preds.csv")
+    assert len(rows) == 1 and list(rows[0]) == COLUMNS
+    r = rows[0]
+    assert r["case_id"] == "patient_7"
+    assert r["modalities_used"] == "T2WI;DWI" and r["modalities_missing"] == "C+A"
+    check_probs(r)
+    on_disk = read_csv(tmp_path / "preds.csv")
+    assert list(on_disk[0]) == COLUMNS and on_disk[0]["modalities_missing"] == "C+A"
+    check_probs(on_disk[0])
+
+
+def test_manifest_input(model_dir, sim, tmp_path):
+    cases = Manifest.load(sim / "manifest.jsonl").resolved()
+    rows = predict(model_dir, sim / "manifest.jsonl", tmp_path / "preds.csv")
+    assert [r["case_id"] for r in rows] == [c.case_id for c in cases]
+    for r, c in zip(rows, cases):
+        check_probs(r)
+        assert r["label"] == c.label
+        assert r["modalities_used"].split(";") == [m for m in MODS if m in c.modalities]
+        assert r["modalities_missing"] == ";".join(m for m in MODS if m not in c.modalities)
+    assert len(read_csv(tmp_path / "preds.csv")) == len(cases)
+
+
+def test_single_volume(model_dir, full_case, tmp_path):
+    rows = predict(model_dir, full_case / "C+A.nii.gz", None)        # modality from the stem
+    assert rows[0]["case_id"] == "C+A" and rows[0]["modalities_used"] == "C+A"
+    assert rows[0]["modalities_missing"] == "T2WI;DWI"
+    check_probs(rows[0])
+    scan = tmp_path / "scan.nii.gz"
+    shutil.copy(full_case / "T2WI.nii.gz", scan)
+    rows = predict(model_dir, scan, tmp_path / "one.csv", modality="t2wi")
+    assert rows[0]["modalities_used"] == "T2WI"
+    with pytest.raises(PredictInputError,
+                       match=r"scan\.nii\.gz: cannot tell the modality.*--modality"):
+        predict(model_dir, scan, None)
+    with pytest.raises(PredictInputError, match="'FLAIR' is not one of the model's modalities"):
+        predict(model_dir, scan, None, modality="FLAIR")
+
+
+def test_cam_nifti_on_source_grid(model_dir, full_case, tmp_path):
+    arr = np.asarray(nib.load(str(full_case / "T2WI.nii.gz")).dataobj, dtype=np.float32)
+    arr = arr[1:31, 2:30, 3:29]                                         # (30, 28, 26)
+    affine = np.array([[0.0, -0.9, 0.0, 12.0],                          # permuted, flipped axes
+                       [1.2, 0.0, 0.0, -20.0],
+                       [0.0, 0.0, 2.0, 5.0],
+                       [0.0, 0.0, 0.0, 1.0]])
+    case = tmp_path / "oblique"
+    case.mkdir()
+    nib.save(nib.Nifti1Image(arr, affine), str(case / "T2WI.nii.gz"))
+    rows = predict(model_dir, case, None, cam_dir=tmp_path / "cams")
+    out = tmp_path / "cams" / "oblique" / "T2WI_cam.nii.gz"
+    assert out.is_file() and rows[0]["modalities_used"] == "T2WI"
+    assert sorted(p.name for p in (tmp_path / "cams" / "oblique").iterdir()) == ["T2WI_cam.nii.gz"]
+    cam = nib.load(str(out))
+    src = nib.load(str(case / "T2WI.nii.gz"))
+    assert cam.shape == src.shape == (30, 28, 26)
+    assert np.allclose(cam.affine, src.affine, atol=1e-5)
+    data = cam.get_fdata()
+    assert np.isfinite(data).all() and data.min() >= -1e-4 and data.max() <= 1 + 1e-4
+    assert data.max() > 0
+    # the native CAM carried back through the forward geometry matches the model-space CAM
+    model, doc = from_pretrained(model_dir)
+    pre = Preprocessor(PreprocessConfig.from_dict(doc["preprocess"]))
+    x = torch.zeros(1, 3, 1, 32, 32, 32)
+    x[0, 0] = pre(case / "T2WI.nii.gz", "T2WI")
+    present = torch.tensor([[True, False, False]])
+    ref = gradcam(model, x, present, class_index=CLASSES.index(rows[0]["predicted"]))["T2WI"][0]
+    back = pre.spatial_transform()(pre.load(out))[0]
+    r = np.corrcoef(np.asarray(back).ravel(), ref.numpy().ravel())[0, 1]
+    assert r > 0.9, r
+
+
+def test_bad_inputs(model_dir, full_case, sim, tmp_path):
+    with pytest.raises(PredictInputError, match="nowhere: not found"):
+        predict(model_dir, tmp_path / "nowhere", None)
+    empty = tmp_path / "case_x"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    shutil.copy(full_case / "lesion_mask.nii.gz", empty / "mask.nii.gz")
+    with pytest.raises(PredictInputError,
+                       match=r"case_x: no file matches the model's modalities \(T2WI, DWI, C\+A\)"
+                             r"; name each volume after its modality"):
+        predict(model_dir, empty, None)
+    dup = tmp_path / "case_dup"
+    dup.mkdir()
+    shutil.copy(full_case / "T2WI.nii.gz", dup / "T2WI.nii.gz")
+    shutil.copy(full_case / "T2WI.nii.gz", dup / "t2wi.nii")
+    with pytest.raises(PredictInputError, match="several files for one modality"):
+        predict(model_dir, dup, None)
+    broken = tmp_path / "case_broken"
+    broken.mkdir()
+    (broken / "T2WI.nii.gz").write_bytes(gzip.compress(b"not a nifti file" * 10)[:40])
+    with pytest.raises(VolumeReadError,
+                       match=r"case 'case_broken', modality T2WI: .*T2WI\.nii\.gz: unreadable"):
+        predict(model_dir, broken, None)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(PredictInputError, match="unsupported input"):
+        predict(model_dir, tmp_path / "notes.txt", None)
+    cases = Manifest.load(sim / "manifest.jsonl").resolved()
+    cases[0].modalities["T2WI"] = str(tmp_path / "gone.nii.gz")
+    bad = Manifest(cases, tmp_path).save(tmp_path / "bad.jsonl")
+    with pytest.raises(ManifestError, match=r"gone\.nii\.gz\): file not found"):
+        predict(model_dir, bad, None)
