@@ -54,6 +54,58 @@ def _cmd_import_radgenome(a: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(a: argparse.Namespace):
+    from medmap.config import load_config
+    from medmap.train.run import ExperimentConfig
+
+    return load_config(ExperimentConfig, a.config, a.overrides)
+
+
+def _cmd_pretrain(a: argparse.Namespace) -> int:
+    from medmap.train.run import pretrain
+
+    out = pretrain(_experiment(a), a.run_dir, resume=a.resume)
+    print(f"pre-trained experts: {out}")
+    return 0
+
+
+def _cmd_finetune(a: argparse.Namespace) -> int:
+    from medmap.train.run import finetune
+
+    out = finetune(_experiment(a), a.run_dir, init=a.init, resume=a.resume)
+    print(f"fine-tuned model: {out}")
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from medmap.eval.evaluate import evaluate
+
+    res = evaluate(a.run, a.manifest, split=a.split, out_dir=a.out, n_cam_cases=a.n_cam_cases,
+                   batch_size=a.batch_size, n_boot=a.n_boot, localise=not a.no_localise,
+                   device=a.device, cache_dir=a.cache_dir)
+    m = res["metrics"]
+    print(f"{a.split}: n={m['n']} accuracy={m['accuracy']:.3f} "
+          f"balanced_accuracy={m['balanced_accuracy']:.3f} auc={m['auc']}")
+    for name, path in res["files"].items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from medmap.predict import predict
+
+    rows = predict(a.model, a.input, a.out, cam_dir=a.cam, modality=a.modality, device=a.device)
+    print(f"wrote {len(rows)} prediction(s) to {a.out}" + (f"; CAMs in {a.cam}" if a.cam else ""))
+    return 0
+
+
+def _cmd_ablation(a: argparse.Namespace) -> int:
+    from medmap.ablation import run_ablation
+
+    run_ablation(_experiment(a), a.out, seeds=a.seeds, rows=a.rows, split=a.split)
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from medmap.demo import run_demo
 
@@ -100,6 +152,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder of the challenge images when not under ROOT")
     rg.set_defaults(func=_cmd_import_radgenome)
 
+    for name, helptext in (("pretrain", "stage 1: modality-aware vision-language pre-training"),
+                           ("finetune", "stage 2: fine-tune MedMAP (CSA + CCT) for detection")):
+        t = sub.add_parser(name, help=helptext)
+        t.add_argument("--config", default=None, help="YAML file (see configs/)")
+        t.add_argument("--run-dir", default=f"runs/{name}")
+        t.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last.ckpt")
+        if name == "finetune":
+            t.add_argument("--init", default=None, help="pre-trained model folder (runs/pretrain/model)")
+        t.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=5")
+        t.set_defaults(func=_cmd_pretrain if name == "pretrain" else _cmd_finetune)
+
+    e = sub.add_parser("evaluate", help="metrics, CAMs and an HTML report for a trained model")
+    e.add_argument("run", help="a run folder (uses RUN/model) or a model folder")
+    e.add_argument("--manifest", default=None, help="default: the run's data.manifest")
+    e.add_argument("--split", default="test")
+    e.add_argument("--out", default=None, help="default: RUN/eval-SPLIT")
+    e.add_argument("--n-cam-cases", type=int, default=2)
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--n-boot", type=int, default=1000)
+    e.add_argument("--no-localise", action="store_true")
+    e.add_argument("--device", default=None)
+    e.add_argument("--cache-dir", default=None)
+    e.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict new cases (no report needed)")
+    pr.add_argument("model", help="a model folder or run folder")
+    pr.add_argument("input", help="a manifest, a case folder or a single volume")
+    pr.add_argument("--out", default="preds.csv")
+    pr.add_argument("--cam", default=None, help="write CAM NIfTIs in the input space here")
+    pr.add_argument("--modality", default=None, help="modality of a single-volume input")
+    pr.add_argument("--device", default=None)
+    pr.set_defaults(func=_cmd_predict)
+
+    ab = sub.add_parser("ablation", help="Table 2 rows + a global-CLIP baseline over seeds")
+    ab.add_argument("--config", default=None)
+    ab.add_argument("--out", default="runs/ablation")
+    ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ab.add_argument("--rows", nargs="+", default=["baseline", "+MAVLP", "+CCT", "+CSA",
+                                                   "global-CLIP"])
+    ab.add_argument("--split", default="test")
+    ab.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=5")
+    ab.set_defaults(func=_cmd_ablation)
+
     d = sub.add_parser("demo", help="run the end-to-end demo on the embedded benchmark")
     d.add_argument("--out", default="medmap-demo")
     d.add_argument("--full", action="store_true", help="larger, slower setting")
@@ -111,11 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medmap`` console command."""
     args = build_parser().parse_args(argv)
+    from medmap.config import ConfigError
     from medmap.data.manifest import ManifestError
 
     try:
         return int(args.func(args) or 0)
-    except (ManifestError, FileNotFoundError, ValueError) as e:
+    except (ManifestError, FileNotFoundError, ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -36,6 +36,7 @@ def _loss(proj, x, t, mod):
 
 def _worker(rank: int, world: int, port: int, out: dict):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         x, t, mod, proj = _problem()

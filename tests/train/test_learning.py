@@ -21,14 +21,15 @@ def test_tiny_model_learns_a_separable_toy_task():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     model = MedMAPClassifier(MedMAPConfig.tiny(["A", "B"], ["left", "right"]), torch.randn(2, 32))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     present = torch.ones(8, 2, dtype=torch.bool)
     epochs = 25
     for step in range(epochs):
         x, y = _toy_batch(8, g)
         out = model(x, present)
         f_t = model.text_features(torch.randn(8, 32, generator=g))
-        loss = medmap_loss(out["logits"], y, out["fusion"], f_t, epoch=step, max_epochs=epochs)
+        # the paper's loss with its weights at the end of the ramp (lambda_c = 0.1)
+        loss = medmap_loss(out["logits"], y, out["fusion"], f_t, epoch=epochs, max_epochs=epochs)
         opt.zero_grad()
         loss["loss"].backward()
         opt.step()

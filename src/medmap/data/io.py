@@ -71,10 +71,10 @@ def read_volume(path: str | Path) -> Volume:
     if not p.exists():
         raise VolumeReadError(f"{p}: file not found; check the path in the manifest")
     fmt = volume_format(p)
-    loader = LoadImage(reader=_reader(fmt), image_only=True, dtype=np.float32)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # MONAI's optional-GPU-codec notices
+            loader = LoadImage(reader=_reader(fmt), image_only=True, dtype=np.float32)
             img = loader(str(p))
             arr = np.asarray(img)  # forces decompression of lazily read data
     except Exception as e:  # the readers raise many types (EOFError, zlib.error, OSError, ...)

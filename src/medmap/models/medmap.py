@@ -181,8 +181,13 @@ class MedMAPClassifier(nn.Module):
         self.register_buffer("prompt_embeddings", prompt_embeddings.float().clone())
         self.use_conv = cfg.use_cct or cfg.use_csa
         if self.use_conv:
-            self.conv_stream = build_encoder(cfg.conv_stream)
-            self.conv_proj = nn.Linear(self.conv_stream.out_dim, d)
+            # One conv stream per modality (like the experts); LayerNorm puts its tokens on the
+            # Swin tokens' scale (those are layer-normed).
+            keys = ["shared"] if cfg.shared_encoder else cfg.modalities
+            self.conv_stream = nn.ModuleDict({k: build_encoder(cfg.conv_stream) for k in keys})
+            width = next(iter(self.conv_stream.values())).out_dim
+            self.conv_proj = nn.ModuleDict({k: nn.Sequential(nn.Linear(width, d), nn.LayerNorm(d))
+                                            for k in keys})
         if cfg.use_cct:
             self.cct = nn.ModuleList([CrossCognitionBlock(d, cfg.cct_heads, cfg.dropout)
                                       for _ in range(cfg.cct_layers)])
@@ -206,7 +211,8 @@ class MedMAPClassifier(nn.Module):
             f_swin = f_swin * p                                   # f_vt: text-guided tokens
         if not self.use_conv:
             return self.merge(f_swin.mean(1))
-        f_v = self.conv_proj(self.conv_stream(x).tokens)         # (b, N', d) conv stream
+        k = self.experts.key(name)
+        f_v = self.conv_proj[k](self.conv_stream[k](x).tokens)  # (b, N', d) conv stream
         if self.cfg.use_cct:
             for blk in self.cct:
                 f_v, f_swin = blk(f_v, f_swin)

@@ -1,0 +1,71 @@
+import json
+
+from medmap.ablation import run_ablation, summarise, to_markdown
+from medmap.cli import main
+from medmap.demo import DemoSettings, demo_config, run_demo
+
+
+def test_demo_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypatch):
+    import medmap.demo as demo
+
+    settings = DemoSettings(cases={"liver": 14, "brain": 8}, sim_size=32, size=32,
+                            pretrain_epochs=1, finetune_epochs=1, batch_size=4, feature_size=12)
+    real = demo.demo_config
+
+    def tiny_text(*a, **kw):  # the bundled MiniLM works too, the tiny BERT is faster
+        cfg = real(*a, **kw)
+        cfg.text.model = str(tiny_bert)
+        cfg.pretrain.progress = cfg.finetune.progress = False
+        return cfg
+
+    monkeypatch.setattr(demo, "demo_config", tiny_text)
+    summary = run_demo(tmp_path / "demo", settings=settings)
+    for organ in ("liver", "brain"):
+        r = summary[organ]
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["n_test"] > 0
+        report = tmp_path / "demo" / "runs" / organ / "finetune" / "eval-test" / "report.html"
+        assert report.exists() and r["report"] == str(report)
+        assert (tmp_path / "demo" / "runs" / organ / "pretrain" / "model" / "model.safetensors").exists()
+    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert saved["liver"]["chance"] == 1 / 7 and saved["brain"]["chance"] == 0.5
+    assert (tmp_path / "demo" / "data" / "DATASHEET.md").exists()
+
+
+def test_ablation_rows_and_table(tiny_experiment, tmp_path):
+    cfg = tiny_experiment
+    cfg.finetune.epochs = 1
+    cfg.pretrain.epochs = 1
+    doc = run_ablation(cfg, tmp_path / "abl", seeds=(0,), rows=("baseline", "+CSA"),
+                       split="val")
+    assert set(doc["rows"]) == {"baseline", "+CSA"}
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| +CSA |" in md and "±" in md
+    # +CSA used the pre-trained experts; baseline did not
+    assert (tmp_path / "abl" / "seed0" / "pretrain-experts" / "model").exists()
+    cfg_doc = json.loads((tmp_path / "abl" / "seed0" / "plus-CSA" / "model" / "config.json").read_text())
+    assert cfg_doc["init"].endswith("pretrain-experts/model")
+    assert cfg_doc["config"]["use_csa"] is True
+
+
+def test_summarise_and_markdown():
+    s = summarise([{"accuracy": 0.5, "auc": 0.6, "balanced_accuracy": 0.5},
+                   {"accuracy": 0.7, "auc": 0.8, "balanced_accuracy": 0.6}])
+    assert abs(s["accuracy_mean"] - 0.6) < 1e-9 and abs(s["accuracy_std"] - 0.1414) < 1e-3
+    md = to_markdown({"organ": "liver", "split": "test", "seeds": [0, 1], "rows": {"x": s}})
+    assert "| x | 0.600 ± 0.141 |" in md
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("finetune: {epochs: many}\n")
+    assert main(["finetune", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "finetune.epochs" in err and "expected int" in err
+    assert main(["finetune", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert main(["finetune", "data.manifest="]) == 2
+    assert "data.manifest is empty" in capsys.readouterr().err
+
+
+def test_demo_config_fits_the_encoder():
+    cfg = demo_config("liver", "m.jsonl", __import__("pathlib").Path("c"), DemoSettings())
+    assert cfg.data.preprocess.size[0] % 32 == 0 and cfg.model.encoder.name == "swin"
