@@ -136,6 +136,12 @@ class ModalityAwareCLIP(nn.Module):
                 "logit_scale": self.logit_scale.exp().clamp(max=100.0)}
 
 
+def _pool(tokens: torch.Tensor) -> torch.Tensor:
+    """(b, N, d) -> (b, 2d): mean and max over tokens. Lesions are small against the volume;
+    the max keeps their response where the mean alone dilutes it."""
+    return torch.cat([tokens.mean(1), tokens.amax(1)], dim=-1)
+
+
 class CrossCognitionBlock(nn.Module):
     """Bidirectional cross-attention: each token set attends to the other (pre-norm + FFN)."""
 
@@ -191,7 +197,7 @@ class MedMAPClassifier(nn.Module):
         if cfg.use_cct:
             self.cct = nn.ModuleList([CrossCognitionBlock(d, cfg.cct_heads, cfg.dropout)
                                       for _ in range(cfg.cct_layers)])
-        self.merge = nn.Linear(2 * d if self.use_conv else d, d)
+        self.merge = nn.Linear((4 if self.use_conv else 2) * d, d)
         # Cross-modality fusion: a Transformer layer over the present modalities' tokens
         # (modality embeddings as positions, absent ones masked out), then a masked mean.
         self.modality_embed = nn.Parameter(torch.zeros(M, d))
@@ -210,13 +216,13 @@ class MedMAPClassifier(nn.Module):
             p = self.text_proj(self.prompt_embeddings[m])         # (d,)
             f_swin = f_swin * p                                   # f_vt: text-guided tokens
         if not self.use_conv:
-            return self.merge(f_swin.mean(1))
+            return self.merge(_pool(f_swin))
         k = self.experts.key(name)
         f_v = self.conv_proj[k](self.conv_stream[k](x).tokens)  # (b, N', d) conv stream
         if self.cfg.use_cct:
             for blk in self.cct:
                 f_v, f_swin = blk(f_v, f_swin)
-        return self.merge(torch.cat([f_v.mean(1), f_swin.mean(1)], dim=-1))  # (b, d)
+        return self.merge(torch.cat([_pool(f_v), _pool(f_swin)], dim=-1))  # (b, d)
 
     def forward(self, images: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, M, 1, D, H, W), present (B, M) bool -> logits (B, K), fusion (B, d)."""

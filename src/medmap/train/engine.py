@@ -44,6 +44,7 @@ class OptimConfig:
     strategy: str = "auto"           # auto: DDP when more than one process
     num_workers: int = 0
     seed: int = 0
+    loss_ramp_epochs: int = 0        # t_max of MedMAP's lambda ramps; 0 = epochs (the paper)
     progress: bool = True
     log_every_n_steps: int = 10
 

@@ -100,8 +100,9 @@ class FinetuneModule(_Base):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.model(batch["images"], batch["present"])
         f_t = self.model.text_features(batch["text"])
+        t_max = self.optim.loss_ramp_epochs or self.optim.epochs
         terms = medmap_loss(out["logits"], batch["label"], out["fusion"], f_t,
-                            epoch=self.current_epoch, max_epochs=self.optim.epochs)
+                            epoch=self.current_epoch, max_epochs=t_max)
         bs = batch["label"].shape[0]
         acc = (out["logits"].argmax(-1) == batch["label"]).float().mean()
         self._log_terms("train", {**{k: v for k, v in terms.items() if k != "loss"}, "acc": acc}, bs)
