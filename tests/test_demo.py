@@ -62,7 +62,10 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "finetune.epochs" in err and "expected int" in err
     assert main(["finetune", "--config", str(tmp_path / "none.yaml")]) == 2
+    capsys.readouterr()
     assert main(["finetune", "data.manifest="]) == 2
+    assert "data.manifest: expected text, got None" in capsys.readouterr().err
+    assert main(["finetune", "data.manifest=''"]) == 2
     assert "data.manifest is empty" in capsys.readouterr().err
 
 
