@@ -65,8 +65,10 @@ def demo_config(organ: str, manifest: Path, cache: Path, s: DemoSettings,
     # 2e-4: at 1e-3 the Swin experts collapsed to a constant prediction (measured)
     cfg.pretrain = OptimConfig(epochs=s.pretrain_epochs, batch_size=s.batch_size, lr=2e-4,
                                warmup_epochs=0.5, seed=seed)
+    # The paper's lambda ramps run over 500 epochs; compressed into the first 3 of this short
+    # run, the classes are learned (brain val AUC 0.71-0.77 vs ~0.5 with the full-length ramp).
     cfg.finetune = OptimConfig(epochs=s.finetune_epochs, batch_size=s.batch_size, lr=2e-4,
-                               warmup_epochs=1.0, seed=seed)
+                               warmup_epochs=1.0, seed=seed, loss_ramp_epochs=3)
     return cfg
 
 
