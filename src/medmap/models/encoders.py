@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -57,8 +59,8 @@ class EncoderConfig:
     norm: str = "instance"
 
 
-class Encoder3D(nn.Module):
-    """Base class: subclasses set ``out_dim`` and implement ``feature_map``."""
+class Encoder3D(nn.Module, abc.ABC):
+    """Abstract base: subclasses set ``out_dim`` and implement ``feature_map``."""
 
     out_dim: int
     min_multiple: int = 1
@@ -75,8 +77,9 @@ class Encoder3D(nn.Module):
                 f"{tuple(max(self.min_multiple, round(s / self.min_multiple) * self.min_multiple) for s in x.shape[2:])}"
             )
 
+    @abc.abstractmethod
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, d, h, w)
-        raise NotImplementedError
+        """The encoder's last spatial feature map."""
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         self.check_input(x)
@@ -212,4 +215,4 @@ def tiny_encoder_config(name: str = "swin") -> EncoderConfig:
 
 
 __all__ = ["EncoderConfig", "EncoderOutput", "Encoder3D", "build_encoder", "register_encoder",
-           "tiny_encoder_config", "ENCODERS", "field"]
+           "tiny_encoder_config", "ENCODERS"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from medmap.config import save_config, to_dict
+from medmap.config import save_config
 from medmap.data.manifest import Manifest, ManifestError
 from medmap.data.preprocess import PreprocessConfig
 from medmap.data.vocab import get_organ
@@ -235,5 +235,4 @@ def finetune(cfg: ExperimentConfig, run_dir: str | Path, init: str | Path | None
     return out
 
 
-__all__ = ["ExperimentConfig", "DataConfig", "TextConfig", "pretrain", "finetune", "load_cases",
-           "to_dict"]
+__all__ = ["ExperimentConfig", "DataConfig", "TextConfig", "pretrain", "finetune", "load_cases"]
