@@ -62,10 +62,13 @@ def _experiment(a: argparse.Namespace):
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
-    from medmap.train.run import pretrain
+    if a.recipe == "mg3d":
+        from medmap.train.mg3d import pretrain_mg3d as run
+    else:
+        from medmap.train.run import pretrain as run
 
-    out = pretrain(_experiment(a), a.run_dir, resume=a.resume)
-    print(f"pre-trained experts: {out}")
+    out = run(_experiment(a), a.run_dir, resume=a.resume)
+    print(f"pre-trained ({a.recipe}): {out}")
     return 0
 
 
@@ -111,6 +114,140 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
     run_demo(a.out, full=a.full, seed=a.seed)
     return 0
+
+
+# ---- downstream tasks of a pre-trained vision-language model (medmap.downstream) -----------
+def _downstream_model(a: argparse.Namespace):
+    """MODEL: a pre-trained model folder, or ``none`` (no pre-training; needs --config)."""
+    if a.model.lower() not in ("none", "random"):
+        return a.model
+    if not a.config:
+        raise ValueError("MODEL 'none' (no pre-training) needs --config: an experiment YAML "
+                         "(e.g. a pre-training run's config.yaml) for architecture and data")
+    from medmap.downstream.common import load_vlm
+
+    return load_vlm(None, experiment=_experiment(argparse.Namespace(config=a.config,
+                                                                     overrides=[])),
+                    device=a.device, seed=a.seed)
+
+
+def _cmd_zeroshot(a: argparse.Namespace) -> int:
+    from medmap.downstream.zeroshot import zeroshot
+
+    r = zeroshot(_downstream_model(a), a.manifest, split=a.split, prompts=a.prompts, out_dir=a.out,
+                 modality=a.modality, cache_dir=a.cache_dir, batch_size=a.batch_size,
+                 device=a.device, seed=a.seed)
+    print(f"{a.split}: n={r['n']} macro_auc={r['macro_auc']} "
+          f"accuracy={r['multiclass'].get('accuracy')}; {Path(a.out) / 'zeroshot.json'}")
+    return 0
+
+
+def _cmd_retrieve(a: argparse.Namespace) -> int:
+    from medmap.downstream.retrieval import retrieval
+
+    r = retrieval(_downstream_model(a), a.manifest, split=a.split, out_dir=a.out,
+                  cache_dir=a.cache_dir, batch_size=a.batch_size, device=a.device, seed=a.seed)
+    r2v = r["pair"]["report_to_volume"]
+    print(f"{a.split}: n={r2v['n']} report->volume " + " ".join(
+        f"{k}={r2v[k]:.3f}" for k in r2v if k.startswith("R@"))
+        + f" median_rank={r2v['median_rank']}; {Path(a.out) / 'retrieval.json'}")
+    return 0
+
+
+def _cmd_segment(a: argparse.Namespace) -> int:
+    from medmap.downstream.segment import segment
+
+    r = segment(_downstream_model(a), a.manifest, a.out, modality=a.modality,
+                train_split=a.train_split, eval_split=a.split, epochs=a.epochs,
+                batch_size=a.batch_size, lr=a.lr, seed=a.seed, write_masks=not a.no_masks,
+                cache_dir=a.cache_dir, device=a.device)
+    print(f"{a.split}: dice={r['dice']} ({r['modality']}); {Path(a.out) / 'segment.json'}")
+    return 0
+
+
+def _cmd_generate_report(a: argparse.Namespace) -> int:
+    from medmap.downstream.report_gen import report_generation
+
+    r = report_generation(_downstream_model(a), a.manifest, a.out, train_split=a.train_split,
+                          eval_split=a.split, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                          seed=a.seed, cache_dir=a.cache_dir, device=a.device)
+    bleu = r["bleu"] or {}
+    print(f"{a.split}: n={r['n_eval']} " + " ".join(f"{k}={v:.3f}" for k, v in bleu.items())
+          + f"; {Path(a.out) / 'report_gen.json'}")
+    return 0
+
+
+def _cmd_probe(a: argparse.Namespace) -> int:
+    from medmap.downstream.probe import probe
+
+    r = probe(_downstream_model(a), a.manifest, a.out, mode=a.mode, train_split=a.train_split,
+              eval_split=a.split, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+              seed=a.seed, cache_dir=a.cache_dir, device=a.device)
+    m = r[a.split] or {}
+    print(f"{a.split} ({a.mode}): n={m.get('n', 0)} accuracy={m.get('accuracy')} "
+          f"auc={m.get('auc')}; {Path(a.out) / f'probe-{a.mode}.json'}")
+    return 0
+
+
+def _cmd_embed(a: argparse.Namespace) -> int:
+    from medmap.downstream.embed import export_embeddings
+
+    r = export_embeddings(_downstream_model(a), a.manifest, a.out, split=a.split,
+                          cache_dir=a.cache_dir, batch_size=a.batch_size, device=a.device,
+                          seed=a.seed)
+    print(f"volume embeddings {r['volume_embeddings']['shape']}, text embeddings "
+          f"{r['text_embeddings']['shape']}; {Path(a.out) / 'embeddings.json'}")
+    return 0
+
+
+def _add_downstream_parsers(sub) -> None:
+    def common(name: str, helptext: str, split: str | None = "test", train: bool = False,
+               epochs: int | None = None):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("model", help="pre-trained model folder (save_pretrained), or 'none' for "
+                                     "no pre-training (with --config)")
+        q.add_argument("--manifest", required=True)
+        q.add_argument("--out", required=True, help="output folder (metrics JSON and files)")
+        q.add_argument("--split", default=split,
+                       help="evaluation split" if split else "only this split (default: all)")
+        if train:
+            q.add_argument("--train-split", default="train")
+        if epochs is not None:
+            q.add_argument("--epochs", type=int, default=epochs)
+            q.add_argument("--lr", type=float, default=1e-3)
+        q.add_argument("--config", default=None,
+                       help="experiment YAML for MODEL 'none' (architecture, data, text model)")
+        q.add_argument("--batch-size", type=int, default=4)
+        q.add_argument("--cache-dir", default=None, help="preprocessed-volume cache folder")
+        q.add_argument("--device", default=None)
+        q.add_argument("--seed", type=int, default=0)
+        return q
+
+    z = common("zeroshot", "zero-shot abnormality classification with text prompts")
+    z.add_argument("--prompts", default=None,
+                   help="prompt YAML (default: built-in = configs/zeroshot-prompts.yaml)")
+    z.add_argument("--modality", default=None, help="use one modality (default: mean of all)")
+    z.set_defaults(func=_cmd_zeroshot)
+
+    common("retrieve", "report-to-volume / volume-to-report retrieval (Recall@K)"
+           ).set_defaults(func=_cmd_retrieve)
+
+    sg = common("segment", "lesion segmentation: SwinUNETR decoder on the pre-trained encoder",
+                train=True, epochs=20)
+    sg.add_argument("--modality", default=None, help="input modality (default: the first)")
+    sg.add_argument("--no-masks", action="store_true", help="do not write predicted masks")
+    sg.set_defaults(func=_cmd_segment)
+
+    common("generate-report", "report generation: Transformer decoder over visual tokens",
+           train=True, epochs=20).set_defaults(func=_cmd_generate_report)
+
+    pb = common("probe", "classification by linear probe or full fine-tuning", train=True,
+                epochs=5)
+    pb.add_argument("--mode", choices=["linear", "finetune"], default="linear")
+    pb.set_defaults(func=_cmd_probe)
+
+    common("embed", "export volume and report embeddings (.npy + CSV index)",
+           split=None).set_defaults(func=_cmd_embed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last.ckpt")
         if name == "finetune":
             t.add_argument("--init", default=None, help="pre-trained model folder (runs/pretrain/model)")
+        else:
+            t.add_argument("--recipe", choices=("medmap", "mg3d"), default="medmap",
+                           help="medmap: modality-aware contrastive (default); mg3d: multi-grained")
         t.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=5")
         t.set_defaults(func=_cmd_pretrain if name == "pretrain" else _cmd_finetune)
 
@@ -200,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--full", action="store_true", help="larger, slower setting")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+
+    _add_downstream_parsers(sub)
     return p
 
 

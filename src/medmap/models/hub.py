@@ -43,6 +43,9 @@ def _register_builtin() -> None:
     register_model_type(
         "medmap_classifier", MedMAPConfig,
         lambda c, sd: MedMAPClassifier(c, sd.get("prompt_embeddings")))
+    from medmap.mg3d.model import MG3DConfig, MG3DModel
+
+    register_model_type("mg3d", MG3DConfig, lambda c, sd: MG3DModel(c))
 
 
 def model_type_of(model: nn.Module) -> str:
@@ -88,14 +91,18 @@ def load_pretrained_config(path: str | Path) -> dict[str, Any]:
 
 
 def from_pretrained(path: str | Path, map_location: str = "cpu",
-                    expect_type: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from its folder; returns ``(model, config_document)``."""
+                    expect_type: str | tuple[str, ...] | None = None,
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its folder; returns ``(model, config_document)``.
+    ``expect_type``: the accepted model type(s); anything else is a ``ValueError``."""
     if not _MODEL_TYPES:
         _register_builtin()
     doc = load_pretrained_config(path)
     mtype = doc.get("model_type")
-    if expect_type is not None and mtype != expect_type:
-        raise ValueError(f"{path}: holds a {mtype!r} model, expected {expect_type!r}")
+    accepted = (expect_type,) if isinstance(expect_type, str) else expect_type
+    if accepted is not None and mtype not in accepted:
+        raise ValueError(f"{path}: holds a {mtype!r} model, expected "
+                         f"{' or '.join(repr(t) for t in accepted)}")
     if mtype not in _MODEL_TYPES:
         raise ValueError(f"{path}: unknown model_type {mtype!r}; known: {sorted(_MODEL_TYPES)}")
     cfg_cls, builder = _MODEL_TYPES[mtype]

@@ -258,7 +258,8 @@ __all__ = ["MedMAPConfig", "ModalityExperts", "ModalityAwareCLIP", "MedMAPClassi
 
 
 def load_pretrained_experts(model: MedMAPClassifier, pretrained: str) -> MedMAPClassifier:
-    """Copy stage-1 experts, their projections and the text projection into ``model``.
+    """Copy stage-1 experts, their projections and the text projection into ``model``
+    (from a MedMAP contrastive or an MG-3D pre-trained folder).
 
     Raises ``ValueError`` naming the fix when the folder holds no pre-trained model, when a
     modality has no expert, or when the architectures differ: never a silent random init.
@@ -266,7 +267,8 @@ def load_pretrained_experts(model: MedMAPClassifier, pretrained: str) -> MedMAPC
     from medmap.config import to_dict
     from medmap.models.hub import from_pretrained
 
-    clip, _ = from_pretrained(pretrained, expect_type="medmap_clip")
+    # MedMAP's contrastive experts or MG-3D's (same experts / text_proj layout)
+    clip, _ = from_pretrained(pretrained, expect_type=("medmap_clip", "mg3d"))
     pc, fc = clip.cfg, model.cfg
     for name in ("encoder", "embed_dim", "text_dim", "shared_encoder"):
         a, b = getattr(pc, name), getattr(fc, name)

@@ -132,7 +132,10 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        # A generator, so the order is drawn at the first ``next`` and not when the DataLoader
+        # iterator is created: Lightning creates it before calling ``set_epoch`` on a resumed
+        # run, which would otherwise replay epoch 0's order.
+        yield from self._batches()
 
 
 def _rng_state() -> dict[str, Any]:

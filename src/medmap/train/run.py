@@ -27,6 +27,7 @@ from medmap.config import save_config
 from medmap.data.manifest import Manifest, ManifestError
 from medmap.data.preprocess import PreprocessConfig
 from medmap.data.vocab import get_organ
+from medmap.mg3d.model import MG3DConfig
 from medmap.models.medmap import MedMAPConfig
 from medmap.train.engine import OptimConfig
 
@@ -63,6 +64,10 @@ class ExperimentConfig:
     model: MedMAPConfig = field(default_factory=MedMAPConfig)
     pretrain: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    # MG-3D pre-training recipe (medmap.train.mg3d.pretrain_mg3d): masking, fusion layers and
+    # loss switches / weights (mg3d.losses); encoder / embed_dim / shared_encoder left null
+    # follow model.*
+    mg3d: MG3DConfig = field(default_factory=MG3DConfig)
 
 
 # ---------------------------------------------------------------------------------------------

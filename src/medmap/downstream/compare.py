@@ -1,0 +1,143 @@
+"""Compare pre-training methods on the downstream tasks, on the same data and splits.
+
+:func:`compare_pretraining` runs, for every named model (a pre-trained model folder, or None
+for "no pre-training": a seeded random ``ModalityAwareCLIP`` with the architecture,
+preprocessing and text model of the first named folder, or of ``experiment``):
+
+* zero-shot classification (macro AUC over classes, multi-class accuracy) on ``split``;
+* report-to-volume retrieval (pair level: R@1/5/10/50, median rank) on ``split``;
+* lesion segmentation (SwinUNETR decoder fine-tuned on ``train_split``, Dice on ``split``);
+* report generation (decoder trained on ``train_split``, BLEU-1..4 on ``split``);
+
+with the same seed, epochs and splits for all, and writes ``comparison.json`` (every task's full
+result under ``results[name][task]``, a one-line ``summary`` per model) and ``comparison.md``
+(one table). A task that cannot run for a model (e.g. segmentation of a non-Swin encoder)
+records its error instead of stopping the comparison.
+
+Example:
+    >>> from medmap.downstream.compare import compare_pretraining
+    >>> compare_pretraining({"none": None, "MedMAP": "runs/pretrain/model"},
+    ...                     "sim/manifest.jsonl", "runs/compare")                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medmap.data.manifest import Manifest
+from medmap.downstream.common import LoadedVLM, load_vlm, safe_name, write_json
+
+__all__ = ["compare_pretraining", "TASKS", "summary_row", "markdown_table"]
+
+TASKS = ("zeroshot", "retrieval", "segment", "report_gen")
+
+_COLUMNS = [("zeroshot_macro_auc", "zero-shot AUC"), ("zeroshot_accuracy", "zero-shot acc"),
+            ("R@1", "R@1"), ("R@5", "R@5"), ("R@10", "R@10"), ("R@50", "R@50"),
+            ("median_rank", "median rank"), ("dice", "Dice"), ("BLEU-1", "BLEU-1"),
+            ("BLEU-2", "BLEU-2"), ("BLEU-3", "BLEU-3"), ("BLEU-4", "BLEU-4")]
+
+
+def summary_row(results: Mapping[str, Any]) -> dict[str, float | None]:
+    """The headline numbers of one model's task results."""
+    row: dict[str, float | None] = {k: None for k, _ in _COLUMNS}
+    zs = results.get("zeroshot")
+    if isinstance(zs, dict) and "macro_auc" in zs:
+        row["zeroshot_macro_auc"] = zs["macro_auc"]
+        row["zeroshot_accuracy"] = zs.get("multiclass", {}).get("accuracy")
+    rt = results.get("retrieval")
+    if isinstance(rt, dict) and "pair" in rt:
+        r2v = rt["pair"]["report_to_volume"]
+        for k in ("R@1", "R@5", "R@10", "R@50", "median_rank"):
+            row[k] = r2v.get(k)
+    sg = results.get("segment")
+    if isinstance(sg, dict) and "dice" in sg:
+        row["dice"] = sg["dice"]
+    rg = results.get("report_gen")
+    if isinstance(rg, dict) and rg.get("bleu"):
+        row.update(rg["bleu"])
+    return row
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
+    return str(v)
+
+
+def markdown_table(summary: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
+    """A Markdown table: one row per model, one column per headline number."""
+    head = "| pre-training | " + " | ".join(label for _, label in _COLUMNS) + " |"
+    sep = "|---|" + "---|" * len(_COLUMNS)
+    rows = [f"| {name} | " + " | ".join(_fmt(s.get(k)) for k, _ in _COLUMNS) + " |"
+            for name, s in summary.items()]
+    return "\n".join(([f"# {title}", ""] if title else []) + [head, sep] + rows) + "\n"
+
+
+def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
+                        manifest: Manifest | str | Path, out_dir: str | Path, *,
+                        split: str = "test", train_split: str = "train",
+                        tasks: Sequence[str] = TASKS, prompts: str | Path | dict | None = None,
+                        seg_epochs: int = 10, gen_epochs: int = 20, batch_size: int = 4,
+                        seed: int = 0, experiment=None, cache_dir: str | Path | None = None,
+                        device: str | None = None) -> dict[str, Any]:
+    """Run ``tasks`` for every model of ``models`` (name -> folder / LoadedVLM / None); see the
+    module doc. Returns the ``comparison.json`` content."""
+    from medmap.downstream.report_gen import report_generation
+    from medmap.downstream.retrieval import retrieval
+    from medmap.downstream.segment import segment
+    from medmap.downstream.zeroshot import zeroshot
+
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+    if not models:
+        raise ValueError("no model to compare")
+    out = Path(out_dir)
+    manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    loaded: dict[str, LoadedVLM | None] = {}
+    first: LoadedVLM | None = None
+    for name, m in models.items():
+        if m is not None:
+            loaded[name] = load_vlm(m, device=device)
+            first = first or loaded[name]
+    if first is None and experiment is None and any(m is None for m in models.values()):
+        raise ValueError("'no pre-training' (None) needs the architecture of a named model or "
+                         "an ExperimentConfig (experiment=)")
+    results: dict[str, dict[str, Any]] = {}
+    summary: dict[str, dict[str, Any]] = {}
+    for name, m in models.items():
+        vlm = loaded.get(name) or load_vlm(None, like=first, experiment=experiment, seed=seed,
+                                           device=device)
+        folder = out / safe_name(name)
+        loader = vlm.loader(cache_dir)
+        res: dict[str, Any] = {"model": vlm.name}
+        runs = {
+            "zeroshot": lambda: zeroshot(vlm, manifest, split, prompts, folder / "zeroshot",
+                                         loader=loader, batch_size=batch_size),
+            "retrieval": lambda: retrieval(vlm, manifest, split, folder / "retrieval",
+                                           loader=loader, batch_size=batch_size),
+            "segment": lambda: segment(vlm, manifest, folder / "segment", train_split=train_split,
+                                       eval_split=split, epochs=seg_epochs, seed=seed,
+                                       loader=loader, write_masks=False),
+            "report_gen": lambda: report_generation(vlm, manifest, folder / "report_gen",
+                                                    train_split=train_split, eval_split=split,
+                                                    epochs=gen_epochs, seed=seed, loader=loader),
+        }
+        for task in tasks:
+            try:
+                res[task] = runs[task]()
+            except ValueError as e:
+                res[task] = {"error": str(e)}
+        results[name] = res
+        summary[name] = {"model": vlm.name, **summary_row(res)}
+    doc = {"split": split, "train_split": train_split, "tasks": list(tasks), "seed": seed,
+           "seg_epochs": seg_epochs, "gen_epochs": gen_epochs, "summary": summary,
+           "results": results}
+    write_json(doc, out / "comparison.json")
+    (out / "comparison.md").write_text(
+        markdown_table(summary, f"Downstream comparison ({split} split)"), encoding="utf-8")
+    return doc

@@ -1,0 +1,320 @@
+"""Report generation: a small Transformer decoder over a pre-trained expert's visual tokens.
+
+Unit: one (case, modality) volume and that modality's own report (the pairs the experts were
+pre-trained on). Memory = the expert's projected tokens ``experts.encode(x, modality)``
+(B, N, embed_dim) -> ``Linear + LayerNorm`` to ``d_model``, plus a learned embedding of the
+modality (so the decoder knows which sequence it describes). The encoder is frozen by default
+(``train_encoder=False``: tokens are computed once), the decoder is trained from scratch.
+
+Text: the pre-trained model's own Hugging Face tokenizer (that of its frozen text encoder). The
+output vocabulary is compacted to the tokenizer ids that occur in the training reports plus
+PAD / BOS / EOS / UNK (a 30k-way softmax would dominate a small decoder); generated ids are
+mapped back and detokenised with ``tokenizer.decode``. Training: teacher forcing,
+cross-entropy (PAD ignored), ``nn.TransformerDecoder`` (pre-norm, causal mask), learned
+positions. Decoding: greedy, up to ``max_len`` tokens or EOS.
+
+BLEU-1..4: NLTK's ``corpus_bleu`` (cumulative n-gram BLEU with the brevity penalty, one
+reference per report, no smoothing -- an order without any match gives 0: the standard corpus-level definition used by report
+generation papers) on lower-cased word tokens (``\\w+``, punctuation dropped).
+
+Example:
+    >>> from medmap.downstream.report_gen import report_generation
+    >>> res = report_generation("runs/pretrain/model", "sim/manifest.jsonl", "runs/gen")  # doctest: +SKIP
+    >>> res["bleu"]["BLEU-4"]                                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmap.data.manifest import Manifest
+from medmap.downstream.common import (
+    ListDataset,
+    LoadedVLM,
+    VolumeItem,
+    fit,
+    load_vlm,
+    write_json,
+)
+from medmap.train.engine import OptimConfig
+
+__all__ = ["ReportGenConfig", "ReportGenerator", "CompactVocab", "bleu_scores", "bleu_tokens",
+           "train_report_generator", "generate_reports", "report_generation", "load_tokenizer"]
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+
+
+@dataclass
+class ReportGenConfig:
+    """Decoder architecture (``d_model`` 0 = the model's embed_dim)."""
+
+    d_model: int = 0
+    heads: int = 4
+    layers: int = 2
+    ff_mult: int = 4
+    dropout: float = 0.1
+    max_len: int = 64
+
+
+def bleu_tokens(text: str) -> list[str]:
+    """Lower-cased word tokens used for BLEU."""
+    return re.findall(r"\w+", text.lower())
+
+
+def bleu_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU-1..4 (NLTK ``corpus_bleu``, cumulative uniform weights, one reference per
+    hypothesis, no smoothing)."""
+    from nltk.translate.bleu_score import corpus_bleu
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references vs {len(hypotheses)} hypotheses")
+    if not references:
+        return {f"BLEU-{n}": float("nan") for n in range(1, 5)}
+    refs = [[bleu_tokens(r)] for r in references]
+    hyps = [bleu_tokens(h) for h in hypotheses]
+    weights = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
+    with warnings.catch_warnings():   # NLTK warns when an n-gram order has no match (BLEU 0)
+        warnings.simplefilter("ignore")
+        scores = {f"BLEU-{n}": float(corpus_bleu(refs, hyps, weights=w))
+                  for n, w in enumerate(weights, 1)}
+    # without smoothing NLTK returns ~1e-78 instead of 0 when an n-gram order has no match
+    return {k: (v if v > 1e-9 else 0.0) for k, v in scores.items()}
+
+
+class CompactVocab:
+    """Tokenizer ids of the training reports <-> a compact output vocabulary."""
+
+    def __init__(self, tokenizer, ids: Sequence[int]):
+        self.tokenizer = tokenizer
+        self.ids = sorted(set(int(i) for i in ids))            # compact index 4.. -> HF id
+        self.index = {h: i + 4 for i, h in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids) + 4
+
+    @classmethod
+    def build(cls, tokenizer, texts: Sequence[str], max_len: int) -> CompactVocab:
+        ids = [i for t in texts for i in cls._hf_ids(tokenizer, t, max_len)]
+        return cls(tokenizer, ids)
+
+    @staticmethod
+    def _hf_ids(tokenizer, text: str, max_len: int) -> list[int]:
+        return tokenizer(text, add_special_tokens=False, truncation=True,
+                         max_length=max_len - 2)["input_ids"]
+
+    def encode(self, text: str, max_len: int) -> list[int]:
+        """BOS + compact ids + EOS (at most ``max_len``)."""
+        return [BOS] + [self.index.get(i, UNK) for i in self._hf_ids(self.tokenizer, text, max_len)] + [EOS]
+
+    def decode(self, seq: Sequence[int]) -> str:
+        hf = [self.ids[i - 4] for i in seq if i >= 4]
+        return self.tokenizer.decode(hf, skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=True).strip()
+
+
+class ReportGenerator(nn.Module):
+    """Transformer decoder: memory = projected visual tokens + modality embedding."""
+
+    def __init__(self, cfg: ReportGenConfig, vocab_size: int, visual_dim: int, n_modalities: int):
+        super().__init__()
+        d = cfg.d_model or visual_dim
+        self.cfg = cfg
+        self.mem_proj = nn.Sequential(nn.Linear(visual_dim, d), nn.LayerNorm(d))
+        self.modality_embed = nn.Embedding(n_modalities, d)
+        self.tok_embed = nn.Embedding(vocab_size, d, padding_idx=PAD)
+        self.pos_embed = nn.Parameter(torch.zeros(cfg.max_len, d))
+        layer = nn.TransformerDecoderLayer(d, cfg.heads, cfg.ff_mult * d, cfg.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.layers)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab_size)
+        nn.init.normal_(self.pos_embed, std=0.02)
+
+    def memory(self, tokens: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        return self.mem_proj(tokens) + self.modality_embed(modality)[:, None]   # (B, N, d)
+
+    def forward(self, memory: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """memory (B, N, d), seq (B, L) compact ids -> logits (B, L, V)."""
+        L = seq.shape[1]
+        x = self.tok_embed(seq) + self.pos_embed[:L]
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), 1)
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=seq == PAD)
+        return self.head(self.norm(h))
+
+    @torch.no_grad()
+    def greedy(self, memory: torch.Tensor) -> list[list[int]]:
+        B = memory.shape[0]
+        seq = torch.full((B, 1), BOS, dtype=torch.long, device=memory.device)
+        done = torch.zeros(B, dtype=torch.bool, device=memory.device)
+        for _ in range(self.cfg.max_len - 1):
+            nxt = self(memory, seq)[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            done |= nxt == EOS
+            if done.all():
+                break
+        out = []
+        for row in seq[:, 1:].tolist():
+            out.append(row[:row.index(EOS)] if EOS in row else row)
+        return out
+
+
+def load_tokenizer(vlm: LoadedVLM):
+    """The Hugging Face tokenizer of the model's frozen text encoder."""
+    if vlm._text_encoder is not None and hasattr(vlm._text_encoder, "tokenizer"):
+        return vlm._text_encoder.tokenizer
+    if not vlm.text_model:
+        raise ValueError(f"{vlm.name}: the model folder names no text model; pass tokenizer=")
+    from transformers import AutoTokenizer
+
+    from medmap.text.encoder import _quiet_transformers, resolve_model_path
+
+    folder = resolve_model_path(vlm.text_model)
+    with _quiet_transformers():
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def _visual_tokens(vlm: LoadedVLM, loader, items: Sequence[VolumeItem], grad: bool = False,
+                   batch_size: int = 4) -> list[torch.Tensor]:
+    model, dev = vlm.model, vlm.device
+    out: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
+    with torch.set_grad_enabled(grad):
+        for s in range(0, len(items), batch_size):
+            chunk = list(range(s, min(len(items), s + batch_size)))
+            for m in sorted({items[i].modality for i in chunk}):
+                rows = [i for i in chunk if items[i].modality == m]
+                x = torch.stack([loader.get(items[i].path, m) for i in rows]).to(dev)
+                tok = model.experts.encode(x, m)
+                for i, t in zip(rows, tok):
+                    out[i] = t if grad else t.detach()
+    return out
+
+
+def _pad(seqs: list[list[int]]) -> torch.Tensor:
+    L = max(len(s) for s in seqs)
+    return torch.tensor([s + [PAD] * (L - len(s)) for s in seqs], dtype=torch.long)
+
+
+def train_report_generator(vlm: LoadedVLM, items: Sequence[VolumeItem], loader,
+                           cfg: ReportGenConfig | None = None, optim: OptimConfig | None = None,
+                           tokenizer=None, train_encoder: bool = False,
+                           ) -> tuple[ReportGenerator, CompactVocab, list[float]]:
+    """Train a decoder on ``items`` (each with a report); returns (generator, vocab, losses)."""
+    cfg = cfg or ReportGenConfig()
+    optim = optim or OptimConfig(epochs=20, batch_size=4, lr=1e-3, warmup_epochs=1.0)
+    items = [it for it in items if it.report]
+    if not items:
+        raise ValueError("no (volume, report) pair to train the report generator on")
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(vlm)
+    vocab = CompactVocab.build(tokenizer, [it.report for it in items], cfg.max_len)
+    gen = ReportGenerator(cfg, len(vocab), int(vlm.model.cfg.embed_dim),
+                          len(vlm.modalities)).to(vlm.device)
+    seqs = [vocab.encode(it.report, cfg.max_len) for it in items]
+    mods = [it.modality_index for it in items]
+    dev = vlm.device
+    if train_encoder:
+        ds = ListDataset(list(range(len(items))))
+
+        def tokens_of(idx):
+            return torch.stack(_visual_tokens(vlm, loader, [items[i] for i in idx], grad=True))
+        groups = [(gen, 1.0), (vlm.model.experts, 0.1)]
+        train_modules = [gen, vlm.model]
+    else:
+        cache = torch.stack(_visual_tokens(vlm, loader, items))      # (n, N, embed_dim)
+        ds = ListDataset(list(range(len(items))))
+
+        def tokens_of(idx):
+            return cache[idx]
+        groups = [(gen, 1.0)]
+        train_modules = [gen]
+
+    def step(idx: list[int]) -> torch.Tensor:
+        seq = _pad([seqs[i] for i in idx]).to(dev)
+        mem = gen.memory(tokens_of(idx).to(dev), torch.tensor([mods[i] for i in idx], device=dev))
+        logits = gen(mem, seq[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, 1:].reshape(-1),
+                               ignore_index=PAD)
+
+    losses = fit(step, ds, list, groups, optim, train_modules=train_modules)
+    return gen, vocab, losses
+
+
+@torch.no_grad()
+def generate_reports(gen: ReportGenerator, vocab: CompactVocab, vlm: LoadedVLM,
+                     items: Sequence[VolumeItem], loader, batch_size: int = 8) -> list[str]:
+    """Greedy-decoded report of every item's volume."""
+    gen.eval()
+    vlm.model.eval()
+    dev = vlm.device
+    out: list[str] = []
+    for s in range(0, len(items), batch_size):
+        chunk = list(items[s:s + batch_size])
+        tok = torch.stack(_visual_tokens(vlm, loader, chunk)).to(dev)
+        mem = gen.memory(tok, torch.tensor([it.modality_index for it in chunk], device=dev))
+        out += [vocab.decode(seq) for seq in gen.greedy(mem)]
+    return out
+
+
+def report_generation(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Path,
+                      out_dir: str | Path | None = None, *, train_split: str = "train",
+                      eval_split: str = "test", epochs: int = 20, batch_size: int = 4,
+                      lr: float = 1e-3, cfg: ReportGenConfig | None = None,
+                      train_encoder: bool = False, seed: int = 0, tokenizer=None, loader=None,
+                      cache_dir: str | Path | None = None, device: str | None = None,
+                      experiment=None) -> dict[str, Any]:
+    """Train on ``train_split``'s (volume, report) pairs, generate for ``eval_split``'s, BLEU.
+
+    With ``out_dir``: ``report_gen.json`` (metrics), ``generated.jsonl`` (case, modality,
+    reference, generated) and ``generator/`` (weights + config + vocabulary).
+    """
+    vlm = load_vlm(model, experiment=experiment, device=device, seed=seed)
+    if train_encoder:     # never modify the caller's model in place
+        import copy
+
+        vlm = copy.copy(vlm)
+        vlm.model = copy.deepcopy(vlm.model)
+    if loader is None:
+        loader = vlm.loader(cache_dir)
+    train = vlm.volume_items(manifest, train_split, require_report=True)
+    test = vlm.volume_items(manifest, eval_split, require_report=True)
+    optim = OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                        warmup_epochs=min(1.0, epochs / 10), weight_decay=0.01)
+    torch.manual_seed(seed)
+    cfg = cfg or ReportGenConfig()
+    gen, vocab, losses = train_report_generator(vlm, train, loader, cfg, optim, tokenizer,
+                                                train_encoder)
+    hyps = generate_reports(gen, vocab, vlm, test, loader) if test else []
+    refs = [it.report for it in test]
+    res: dict[str, Any] = {"model": vlm.name, "organ": vlm.organ, "train_split": train_split,
+                           "eval_split": eval_split, "n_train": len(train), "n_eval": len(test),
+                           "epochs": epochs, "vocab_size": len(vocab), "train_loss": losses,
+                           "bleu": bleu_scores(refs, hyps) if test else None,
+                           "config": asdict(cfg), "train_encoder": train_encoder}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "generated.jsonl").open("w", encoding="utf-8") as f:
+            for it, h in zip(test, hyps):
+                f.write(json.dumps({"case_id": it.case.case_id, "modality": it.modality,
+                                    "reference": it.report, "generated": h},
+                                   ensure_ascii=False) + "\n")
+        from safetensors.torch import save_file
+
+        (out / "generator").mkdir(exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()},
+                  str(out / "generator" / "model.safetensors"))
+        write_json({"config": asdict(cfg), "vocab_hf_ids": vocab.ids, "model": vlm.name,
+                    "modalities": vlm.modalities, "visual_dim": int(vlm.model.cfg.embed_dim)},
+                   out / "generator" / "config.json")
+        write_json(res, out / "report_gen.json")
+    return res

@@ -1,0 +1,115 @@
+"""Report-to-volume and volume-to-report retrieval (MG-3D's cross-modal retrieval task).
+
+Global features: ``encode_image`` of a volume and ``text_proj`` of its report's frozen text
+embedding, both L2-normalised; similarity = cosine. Two granularities over a split:
+
+* ``pair`` (default, how the experts were pre-trained): every (case, modality) volume that has
+  its own report; the query's match is the volume/report of the same pair. Also per modality
+  (queries and gallery of one modality only).
+* ``case``: one volume feature per case (mean of its normalised modality embeddings,
+  re-normalised) against the case report (the ``global`` report, else the modality reports
+  joined).
+
+Rank of the match = 1 + the number of gallery items scored strictly higher (ties with the match
+count in its favour, so identical reports are not penalised). ``R@K`` = fraction of queries whose
+match ranks <= min(K, N); also the median and mean rank.
+
+Example:
+    >>> from medmap.downstream.retrieval import retrieval
+    >>> res = retrieval("runs/pretrain/model", "sim/manifest.jsonl", split="test")  # doctest: +SKIP
+    >>> res["pair"]["report_to_volume"]["R@5"]                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmap.data.manifest import Manifest
+from medmap.downstream.common import (
+    LoadedVLM,
+    case_embeddings,
+    case_report,
+    load_vlm,
+    text_embeddings,
+    volume_embeddings,
+    write_json,
+)
+
+__all__ = ["retrieval", "retrieval_metrics", "match_ranks", "recall_at_k", "DEFAULT_KS"]
+
+DEFAULT_KS = (1, 5, 10, 50)
+
+
+def match_ranks(sim: np.ndarray) -> np.ndarray:
+    """1-based rank of the diagonal entry of each row of a square similarity matrix
+    (queries x gallery, query ``i`` matches gallery item ``i``)."""
+    sim = np.asarray(sim, dtype=np.float64)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"expected a square similarity matrix, got {sim.shape}")
+    diag = np.diag(sim)[:, None]
+    return 1 + (sim > diag).sum(1)
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Fraction of queries whose match ranks within ``min(k, N)``."""
+    ranks = np.asarray(ranks)
+    return float((ranks <= min(k, len(ranks))).mean()) if len(ranks) else float("nan")
+
+
+def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
+    """Both directions from ``sim`` (reports x volumes): ``report_to_volume`` uses the rows,
+    ``volume_to_report`` the columns. Each: ``R@K`` for every K (capped at N), median and mean
+    rank, ``n``."""
+    sim = np.asarray(sim, dtype=np.float64)
+
+    def one(s: np.ndarray) -> dict[str, Any]:
+        r = match_ranks(s)
+        out: dict[str, Any] = {f"R@{k}": recall_at_k(r, k) for k in ks}
+        out.update({"median_rank": float(np.median(r)) if len(r) else None,
+                    "mean_rank": float(np.mean(r)) if len(r) else None, "n": int(len(r))})
+        return out
+
+    return {"report_to_volume": one(sim), "volume_to_report": one(sim.T), "n": int(len(sim))}
+
+
+def retrieval(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Path,
+              split: str = "test", out_dir: str | Path | None = None, *,
+              ks: Sequence[int] = DEFAULT_KS, text_encoder=None, loader=None,
+              cache_dir: str | Path | None = None, batch_size: int = 4,
+              device: str | None = None, experiment=None, seed: int = 0) -> dict[str, Any]:
+    """Retrieval metrics of ``split`` at pair and case level (see module doc); writes
+    ``retrieval.json`` to ``out_dir`` when given."""
+    vlm = load_vlm(model, experiment=experiment, device=device, seed=seed)
+    items = vlm.volume_items(manifest, split)
+    paired = [i for i, it in enumerate(items) if it.report is not None]
+    if not paired:
+        raise ValueError(f"no {vlm.organ} volume with a report in split {split!r}; retrieval "
+                         "needs per-modality reports")
+    if loader is None:
+        loader = vlm.loader(cache_dir)
+    vemb = volume_embeddings(vlm, items, loader, batch_size)
+    cases, cemb = case_embeddings(items, vemb)
+    creports = [case_report(c, vlm.modalities) for c in cases]
+    keep = [i for i, r in enumerate(creports) if r is not None]
+    texts = [items[i].report for i in paired] + [creports[i] for i in keep]
+    temb = text_embeddings(vlm, texts, text_encoder)
+    t_pair, t_case = temb[:len(paired)], temb[len(paired):]
+    v_pair = vemb[paired]
+    res: dict[str, Any] = {"model": vlm.name, "organ": vlm.organ, "split": split,
+                           "ks": list(ks)}
+    res["pair"] = retrieval_metrics(t_pair @ v_pair.T, ks)
+    per_mod: dict[str, Any] = {}
+    mods = np.array([items[i].modality for i in paired])
+    for m in vlm.modalities:
+        sel = np.nonzero(mods == m)[0]
+        if len(sel):
+            per_mod[m] = retrieval_metrics(t_pair[sel] @ v_pair[sel].T, ks)
+    res["pair"]["per_modality"] = per_mod
+    res["case"] = retrieval_metrics(t_case @ cemb[keep].T, ks) if keep else None
+    if out_dir is not None:
+        write_json(res, Path(out_dir) / "retrieval.json")
+    return res

@@ -1,0 +1,29 @@
+"""compare_pretraining: every task for a pre-trained model and for no pre-training."""
+
+import json
+
+
+def test_compare_pretraining_writes_json_and_markdown(pretrained, tiny_sim, vcache, tmp_path):
+    from medmap.downstream.compare import compare_pretraining
+
+    doc = compare_pretraining({"no pre-training": None, "MedMAP": pretrained}, tiny_sim,
+                              tmp_path, split="val", seg_epochs=1, gen_epochs=1,
+                              cache_dir=vcache)
+    assert list(doc["summary"]) == ["no pre-training", "MedMAP"]
+    for name, row in doc["summary"].items():
+        assert row["R@1"] is not None and row["BLEU-1"] is not None, name
+        assert row["zeroshot_accuracy"] is not None
+        assert "dice" in row
+        assert set(doc["results"][name]) >= {"zeroshot", "retrieval", "segment", "report_gen"}
+    assert doc["summary"]["no pre-training"]["model"] == "no-pretraining"
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["summary"].keys() == doc["summary"].keys()
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| no pre-training |" in md and "| MedMAP |" in md and "BLEU-4" in md
+
+
+def test_markdown_table_formats_missing_values():
+    from medmap.downstream.compare import markdown_table
+
+    md = markdown_table({"a": {"R@1": 0.25, "dice": None}})
+    assert "| a | - | - | 0.250 |" in md

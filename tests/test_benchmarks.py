@@ -1,0 +1,96 @@
+"""Smoke tests of the benchmark scripts' ``--quick`` modes: each runs and prints a Markdown table
+(and writes its ``--json``). No timing is asserted: the numbers are only printed."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _run(name: str, args: list[str], capsys, tmp_path) -> tuple[str, dict]:
+    out_json = tmp_path / f"{name}.json"
+    threads = torch.get_num_threads()
+    try:
+        _load(name).main([*args, "--json", str(out_json)])
+    finally:
+        torch.set_num_threads(threads)
+    text = capsys.readouterr().out
+    return text, json.loads(out_json.read_text())
+
+
+def _assert_table(text: str, header_start: str) -> None:
+    lines = text.splitlines()
+    i = next((k for k, ln in enumerate(lines) if ln.startswith(header_start)), None)
+    assert i is not None, f"no table starting {header_start!r} in:\n{text}"
+    assert lines[i + 1].startswith("|---|")
+    assert lines[i + 2].startswith("| ")
+
+
+def test_train_step_quick(capsys, tmp_path):
+    text, js = _run("train_step", ["--quick"], capsys, tmp_path)
+    _assert_table(text, "| config | step | s/step | volumes/s | peak memory (MB)")
+    _assert_table(text, "| config | overhead ratio |")
+    steps = [r["step"] for r in js["raw"]]
+    assert any(s.startswith("fine-tuning step") for s in steps)
+    assert any(s.startswith("pre-training step") for s in steps)
+    assert all(r["peak_mb"] > 0 for r in js["raw"])
+
+
+def test_data_pipeline_quick(capsys, tmp_path):
+    text, js = _run("data_pipeline", ["--quick"], capsys, tmp_path)
+    _assert_table(text, "| stage | s/case | cases/s | volumes/s |")
+    assert "cold: read + preprocess" in text and "cached (VolumeCache hit)" in text
+    assert "fine-tuning step" in text and js["data_fraction_of_step"] > 0
+
+
+def test_text_cache_quick(capsys, tmp_path):
+    text, js = _run("text_cache", ["--quick"], capsys, tmp_path)
+    _assert_table(text, "| setting | s/epoch | s/step | pairs/s |")
+    assert "speed-up per pre-training epoch" in text and js["speedup"] > 0
+
+
+def test_inference_quick(capsys, tmp_path):
+    text, js = _run("inference", ["--quick"], capsys, tmp_path)
+    _assert_table(text, "| model | cases/call | s/call | s/case | peak memory (MB)")
+    assert len(js["rows"]) == 1
+
+
+def test_gpu_cpu_flops_quick(capsys, tmp_path):
+    text, js = _run("gpu", ["--quick", "--cpu-flops", "--device", "cpu"], capsys, tmp_path)
+    _assert_table(text, "| stage | variant | s/step | volumes/s | TFLOP/step")
+    flops = {r["stage"]: r["flops"] for r in js["raw"]}
+    assert flops["pretrain"] > 0 and flops["finetune"] > flops["pretrain"] / 10
+    assert "N/A" in text          # no peak for a CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="gpu.py's bf16/compile path needs CUDA")
+def test_gpu_quick_cuda(capsys, tmp_path):
+    text, _ = _run("gpu", ["--quick", "--variants", "eager", "--stages", "pretrain"],
+                   capsys, tmp_path)
+    _assert_table(text, "| stage | variant | s/step |")
+
+
+def test_peak_table():
+    gpu = _load("gpu")
+    assert gpu.peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989
+    assert gpu.peak_bf16_tflops("NVIDIA H200") == 989
+    assert gpu.peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312
+    assert gpu.peak_bf16_tflops("NVIDIA L4") == 121
+    assert gpu.peak_bf16_tflops("NVIDIA H100 PCIe") == 756
+    assert gpu.peak_bf16_tflops("Some Future GPU") is None
