@@ -119,17 +119,22 @@ class SwinEncoder(Encoder3D):
     def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Swin stage outputs 0..out_stage (patch embedding first), layer-normed as in MONAI;
         for decoders such as SwinUNETR's."""
+        return self._stages(x, keep_all=True)
+
+    def _stages(self, x: torch.Tensor, keep_all: bool) -> list[torch.Tensor]:
         self.check_input(x)
         sw = self.swin
         h = sw.pos_drop(sw.patch_embed(x))                # (B, fs, D/2, H/2, W/2)
-        outs = [sw.proj_out(h, True)]
+        outs = [sw.proj_out(h, True)] if keep_all else []
         for i in range(1, self.out_stage + 1):
             h = getattr(sw, f"layers{i}")[0](h.contiguous())   # (B, fs*2^i, D/2^(i+1), ...)
-            outs.append(sw.proj_out(h, True))
+            if keep_all or i == self.out_stage:
+                outs.append(sw.proj_out(h, True))
         return outs
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hidden_states(x)[self.out_stage]
+        # only the returned stage is normalised (the others' layer norms would be wasted work)
+        return self._stages(x, keep_all=False)[-1]
 
 
 class ResNetEncoder(Encoder3D):

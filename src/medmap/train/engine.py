@@ -65,8 +65,13 @@ def configure_adamw(module: torch.nn.Module, cfg: OptimConfig, total_steps: int,
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "embed" in n or "logit_scale" in n else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel over all tensors instead of ~10 ops per parameter tensor (MedMAP has
+    # ~900 small tensors; the per-tensor loop cost 2-5% of a CPU step)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                for p in decay + no_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, total_steps, warm, cfg.min_lr_ratio))
