@@ -308,4 +308,13 @@ def text_encoder(name: str, folder: str | Path):
         except (OSError, ModuleNotFoundError) as e:
             print(f"note: MiniLM did not load offline ({type(e).__name__}: {e}); "
                   "using the tiny BERT")
+    if name == "bert-base":
+        # BioBERT's / BERT-base's architecture (12 layers, 768 wide), random weights: the paper's
+        # text encoder's compute without a hub download
+        from medmap.text.encoder import FrozenTextEncoder
+        from medmap.text.testing import build_tiny_bert
+
+        path = build_tiny_bert(Path(folder) / "bert-base", hidden=768, layers=12, heads=12,
+                               max_position_embeddings=512)
+        return FrozenTextEncoder(str(path), device="cpu"), "bert-base-sized (random)"
     return tiny_text_encoder(folder), "tiny-bert"

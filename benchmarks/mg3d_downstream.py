@@ -36,6 +36,8 @@ def build_config(args: argparse.Namespace, manifest: Path):
     cfg.data.preprocess.size = (args.size,) * 3
     cfg.pretrain.epochs = args.pretrain_epochs
     cfg.pretrain.progress = False
+    if args.modalities:
+        cfg.data.modalities = list(args.modalities)
     if args.smoke:
         from medmap.models.medmap import MedMAPConfig
 
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-epochs", type=int, default=None, help="default 3, smoke 1")
     p.add_argument("--seg-epochs", type=int, default=None, help="default 10, smoke 1")
     p.add_argument("--gen-epochs", type=int, default=None, help="default 20, smoke 1")
+    p.add_argument("--modalities", nargs="+", default=None,
+                   help="MRI sequences to use (default: all of the organ's)")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny models, 10 cases, 1 epoch each")

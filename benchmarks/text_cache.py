@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", type=int, default=32, help="volume side")
     ap.add_argument("--phases", type=int, default=8, help="liver phases used (<= 8)")
     ap.add_argument("--batch", type=int, default=8, help="pairs per step (demo: 8)")
-    ap.add_argument("--text-model", choices=["minilm", "tiny"], default="minilm")
+    ap.add_argument("--text-model", choices=["minilm", "bert-base", "tiny"], default="minilm",
+                    help="bert-base: BioBERT-sized random BERT (the paper's text encoder's cost)")
     ap.add_argument("--epochs", type=int, default=1, help="timed epochs per setting")
     a = ap.parse_args(argv)
     if a.quick:

