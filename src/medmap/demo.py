@@ -2,7 +2,7 @@
 
 Simulates liver (8 phases, 7 classes) and brain (4 sequences, benign vs malignant) studies,
 pre-trains the modality experts, fine-tunes MedMAP (CSA + CCT), evaluates on the test split and
-writes an HTML report per organ. The default took 11.7 minutes and 4.7 GB on 2 CPU cores;
+writes an HTML report per organ. The default took 14.5 minutes and 5.1 GB on 2 CPU cores;
 ``full=True`` runs a larger, slower setting.
 
 Example:
