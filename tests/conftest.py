@@ -23,9 +23,9 @@ def tiny_bert(tmp_path_factory):
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-@pytest.fixture
-def tiny_experiment(tiny_sim, tiny_bert, tmp_path):
-    """An ExperimentConfig with tiny models on the tiny benchmark (2 liver phases)."""
+def tiny_experiment_config(tiny_sim, tiny_bert, epochs: tuple[int, int] = (2, 3)):
+    """An ExperimentConfig with tiny models on the tiny benchmark (2 liver phases);
+    ``epochs`` = (pre-training, fine-tuning)."""
     from medmap.data.preprocess import PreprocessConfig
     from medmap.models.medmap import MedMAPConfig
     from medmap.train.engine import OptimConfig
@@ -40,6 +40,18 @@ def tiny_experiment(tiny_sim, tiny_bert, tmp_path):
     cfg.text.model = str(tiny_bert)
     cfg.text.cache_dir = str(tiny_sim.parent / "text-cache")
     cfg.model = MedMAPConfig.tiny([], [])
-    cfg.pretrain = OptimConfig(epochs=2, batch_size=4, progress=False, lr=1e-3)
-    cfg.finetune = OptimConfig(epochs=3, batch_size=4, progress=False, lr=1e-3)
+    cfg.pretrain = OptimConfig(epochs=epochs[0], batch_size=4, progress=False, lr=1e-3)
+    cfg.finetune = OptimConfig(epochs=epochs[1], batch_size=4, progress=False, lr=1e-3)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment_factory(tiny_sim, tiny_bert):
+    """``factory(epochs=(pretrain, finetune))`` -> a fresh tiny ExperimentConfig."""
+    return lambda epochs=(2, 3): tiny_experiment_config(tiny_sim, tiny_bert, epochs)
+
+
+@pytest.fixture
+def tiny_experiment(tiny_sim, tiny_bert, tmp_path):
+    """An ExperimentConfig with tiny models on the tiny benchmark (2 liver phases)."""
+    return tiny_experiment_config(tiny_sim, tiny_bert)

@@ -7,28 +7,9 @@ is the conftest's ``tiny_experiment`` setting (2 liver phases, tiny Swin, tiny B
 import pytest
 
 
-def _tiny_config(tiny_sim, tiny_bert):
-    from medmap.data.preprocess import PreprocessConfig
-    from medmap.models.medmap import MedMAPConfig
-    from medmap.train.engine import OptimConfig
-    from medmap.train.run import ExperimentConfig
-
-    cfg = ExperimentConfig()
-    cfg.data.manifest = str(tiny_sim)
-    cfg.data.organ = "liver"
-    cfg.data.modalities = ["T2WI", "C+A"]
-    cfg.data.preprocess = PreprocessConfig(spacing=None, size=(32, 32, 32))
-    cfg.data.cache_dir = str(tiny_sim.parent / "volume-cache")
-    cfg.text.model = str(tiny_bert)
-    cfg.text.cache_dir = str(tiny_sim.parent / "text-cache")
-    cfg.model = MedMAPConfig.tiny([], [])
-    cfg.pretrain = OptimConfig(epochs=1, batch_size=4, progress=False, lr=1e-3)
-    return cfg
-
-
 @pytest.fixture(scope="session")
-def tiny_pretrain_config(tiny_sim, tiny_bert):
-    return _tiny_config(tiny_sim, tiny_bert)
+def tiny_pretrain_config(tiny_experiment_factory):
+    return tiny_experiment_factory(epochs=(1, 1))
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from medmap.data.datasets import collate_pairs
 from medmap.mg3d.losses import LOSS_NAMES
 from medmap.mg3d.model import MG3DConfig, MG3DModel, sentence_mean
 from medmap.train.engine import OptimConfig, configure_adamw, warmup_cosine
-from medmap.train.modules import _Base
+from medmap.train.modules import _Base, per_modality_top1
 
 __all__ = ["MG3DTextTable", "MG3DCollator", "MG3DPretrainModule", "complete_mg3d_config",
            "pretrain_mg3d", "token_sentence_index"]
@@ -246,20 +246,13 @@ class MG3DPretrainModule(_Base):
                           batch["model_modality"]))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        gathered = self._gather_val()
+        if gathered is None:
             return
-        v, t, m = (torch.cat(x) for x in zip(*self._val))
-        self._val.clear()
-        if self.trainer.world_size > 1:
-            v, t, m = (self.all_gather(x).flatten(0, 1) for x in (v, t, m))
-        accs = []
-        for k in torch.unique(m).tolist():
-            sel = m == k
-            vk, tk = v[sel], t[sel]
-            acc = ((vk @ tk.t()).argmax(1) == torch.arange(len(vk), device=vk.device)).float().mean()
+        accs = per_modality_top1(*gathered)
+        for k, acc in accs.items():
             self.log(f"val/{self.model.cfg.modalities[k]}_retrieval_top1", acc)
-            accs.append(acc)
-        self.log("val/retrieval_top1", torch.stack(accs).mean(), prog_bar=True)
+        self.log("val/retrieval_top1", torch.stack(list(accs.values())).mean(), prog_bar=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)

@@ -15,6 +15,17 @@ from medmap.models.medmap import MedMAPClassifier, ModalityAwareCLIP
 from medmap.train.engine import OptimConfig, configure_adamw
 
 
+def per_modality_top1(v: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Volume -> report top-1 accuracy within each modality: v, t (N, d) normalised features,
+    m (N,) modality index -> {modality index: accuracy}."""
+    out = {}
+    for k in torch.unique(m).tolist():
+        sel = m == k
+        vk, tk = v[sel], t[sel]
+        out[k] = ((vk @ tk.t()).argmax(1) == torch.arange(len(vk), device=vk.device)).float().mean()
+    return out
+
+
 class _Base(L.LightningModule):
     def __init__(self, model: torch.nn.Module, optim: OptimConfig):
         super().__init__()
@@ -25,6 +36,16 @@ class _Base(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         return configure_adamw(self.model, self.optim, total, per_epoch)
+
+    def _gather_val(self) -> tuple[torch.Tensor, ...] | None:
+        """Concatenate the epoch's stored validation tuples (all ranks under DDP) and reset."""
+        if not self._val:
+            return None
+        out = tuple(torch.cat(x) for x in zip(*self._val))
+        self._val.clear()
+        if self.trainer.world_size > 1:
+            out = tuple(self.all_gather(x).flatten(0, 1) for x in out)
+        return out
 
     def _log_terms(self, prefix: str, terms: dict[str, torch.Tensor], bs: int, **kw) -> None:
         for k, v in terms.items():
@@ -67,20 +88,15 @@ class PretrainModule(_Base):
                           out["modality"]))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        gathered = self._gather_val()
+        if gathered is None:
             return
-        v, t, m = (torch.cat(x) for x in zip(*self._val))
-        self._val.clear()
-        if self.trainer.world_size > 1:
-            v, t, m = (self.all_gather(x).flatten(0, 1) for x in (v, t, m))
+        v, t, m = gathered
         res = modality_contrastive_loss(v, t, m, self.model.logit_scale.exp(), gather=False)
         n = max(1, int(sum((m == k).sum() for k in res["per_modality"])))
         self.log("val/contrastive_loss", res["contrastive_loss"], sync_dist=False)
         self.log("val/retrieval_top1", res["v2t_correct"].float() / n, prog_bar=True)
-        for k in res["per_modality"]:
-            sel = m == k
-            vk, tk = v[sel], t[sel]
-            acc = ((vk @ tk.t()).argmax(1) == torch.arange(len(vk), device=vk.device)).float().mean()
+        for k, acc in per_modality_top1(v, t, m).items():
             self.log(f"val/{self.model.cfg.modalities[k]}_retrieval_top1", acc)
 
 
@@ -114,12 +130,10 @@ class FinetuneModule(_Base):
         self._val.append((out["probs"].float(), batch["label"]))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        gathered = self._gather_val()
+        if gathered is None:
             return
-        p, y = (torch.cat(x) for x in zip(*self._val))
-        self._val.clear()
-        if self.trainer.world_size > 1:
-            p, y = self.all_gather(p).flatten(0, 1), self.all_gather(y).flatten(0, 1)
+        p, y = gathered
         from medmap.eval.metrics import classification_metrics
 
         met = classification_metrics(y.cpu().numpy(), p.cpu().numpy())
