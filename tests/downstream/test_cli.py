@@ -40,3 +40,17 @@ def test_cli_errors_exit_2(pretrained, tiny_sim, tmp_path, capsys):
     assert "not a medmap model folder" in capsys.readouterr().err
     assert main(["zeroshot", str(pretrained), "--manifest", str(tiny_sim), "--out",
                  str(tmp_path), "--prompts", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_cli_refuses_an_invalid_manifest_naming_case_and_field(pretrained, tiny_sim, tmp_path,
+                                                               capsys):
+    from medmap.data.manifest import Manifest
+
+    m = Manifest.load(tiny_sim)
+    case = next(c for c in m.cases if c.organ == "liver" and "T2WI" in c.modalities)
+    case.modalities["T2WI"] = "missing.nii.gz"
+    bad = m.save(str(tiny_sim).replace("manifest.jsonl", "bad-downstream.jsonl"))
+    for cmd in ("retrieve", "zeroshot", "embed"):
+        assert main([cmd, str(pretrained), "--manifest", str(bad), "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"case {case.case_id!r}: modalities.T2WI" in err and "file not found" in err, err

@@ -194,7 +194,13 @@ class LoadedVLM:
 
 
 def load_manifest(manifest: Manifest | str | Path) -> Manifest:
-    return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    """The manifest, validated as training validates it: every problem (missing file, unknown
+    modality or label, ...) is one ``ManifestError`` line naming the case and the field."""
+    from medmap.data.validate import require_valid
+
+    if isinstance(manifest, Manifest):
+        return require_valid(manifest)
+    return require_valid(Manifest.load(manifest), manifest)
 
 
 def _ensure_registered(mtype: str | None) -> None:
