@@ -307,22 +307,14 @@ def pretrain_mg3d(cfg, run_dir: str | Path, resume: bool = False,
     """
     import lightning as L
 
-    from medmap.data.datasets import ModalityPairDataset
-    from medmap.data.manifest import ManifestError
     from medmap.models.hub import save_pretrained
     from medmap.train.data import StageDataModule
     from medmap.train.engine import build_trainer, last_checkpoint
-    from medmap.train.run import (_metrics, _model_meta, build_loader, build_text_encoder,
-                                  load_cases, prepare_run_dir)
+    from medmap.train.run import (_metrics, _model_meta, build_text_encoder, pair_datasets,
+                                  prepare_run_dir)
 
     run = prepare_run_dir(run_dir, cfg, "pretrain-mg3d", resume)
-    manifest, mods = load_cases(cfg.data)
-    loader = build_loader(cfg.data)
-    ds = {s: ModalityPairDataset(manifest, loader, modalities=mods, split=s)
-          for s in ("train", "val")}
-    if len(ds["train"]) == 0:
-        raise ManifestError([f"no (volume, report) pairs in the train split of {cfg.data.manifest};"
-                             " pre-training needs per-modality reports"])
+    mods, ds = pair_datasets(cfg.data)
     encoder = build_text_encoder(cfg.text)
     table = MG3DTextTable(encoder, [p[3] for d in ds.values() for p in d.pairs],
                           max_sentences=cfg.mg3d.max_sentences)

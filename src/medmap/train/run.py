@@ -150,13 +150,27 @@ def _model_meta(cfg: ExperimentConfig, encoder) -> dict[str, Any]:
             "organ": cfg.data.organ}
 
 
+def pair_datasets(cfg: DataConfig) -> tuple[list[str], dict[str, Any]]:
+    """Modality list and the train / val (volume, report) pair datasets of a pre-training run;
+    a ``ManifestError`` when the train split has no pair."""
+    from medmap.data.datasets import ModalityPairDataset
+
+    manifest, mods = load_cases(cfg)
+    loader = build_loader(cfg)
+    ds = {s: ModalityPairDataset(manifest, loader, modalities=mods, split=s)
+          for s in ("train", "val")}
+    if len(ds["train"]) == 0:
+        raise ManifestError([f"no (volume, report) pairs in the train split of {cfg.manifest};"
+                             " pre-training needs per-modality reports"])
+    return mods, ds
+
+
 # ---------------------------------------------------------------------------------------------
 def pretrain(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
              callbacks: list | None = None) -> Path:
     """Stage 1: modality-aware contrastive pre-training; returns the saved model folder."""
     import lightning as L
 
-    from medmap.data.datasets import ModalityPairDataset
     from medmap.models.hub import save_pretrained
     from medmap.models.medmap import ModalityAwareCLIP
     from medmap.train.data import PairCollator, StageDataModule, TextTable
@@ -164,13 +178,7 @@ def pretrain(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     from medmap.train.modules import PretrainModule
 
     run = prepare_run_dir(run_dir, cfg, "pretrain", resume)
-    manifest, mods = load_cases(cfg.data)
-    loader = build_loader(cfg.data)
-    ds = {s: ModalityPairDataset(manifest, loader, modalities=mods, split=s)
-          for s in ("train", "val")}
-    if len(ds["train"]) == 0:
-        raise ManifestError([f"no (volume, report) pairs in the train split of {cfg.data.manifest};"
-                             " pre-training needs per-modality reports"])
+    mods, ds = pair_datasets(cfg.data)
     encoder = build_text_encoder(cfg.text)
     table = TextTable(encoder, [p[3] for d in ds.values() for p in d.pairs])
     L.seed_everything(cfg.pretrain.seed, workers=True, verbose=False)
