@@ -8,7 +8,8 @@ from medmap.demo import DemoSettings, demo_config, run_demo
 def test_demo_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypatch):
     import medmap.demo as demo
 
-    settings = DemoSettings(cases={"liver": 14, "brain": 8}, sim_size=32, size=32,
+    settings = DemoSettings(cases={"liver": 14, "brain": 8}, sim_size={"liver": 48, "brain": 32},
+                            size=32,
                             pretrain_epochs=1, finetune_epochs=1, batch_size=4, feature_size=12)
     real = demo.demo_config
 
@@ -72,3 +73,19 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
 def test_demo_config_fits_the_encoder():
     cfg = demo_config("liver", "m.jsonl", __import__("pathlib").Path("c"), DemoSettings())
     assert cfg.data.preprocess.size[0] % 32 == 0 and cfg.model.encoder.name == "swin"
+
+
+def test_shipped_demo_configs_match_the_demo(tmp_path):
+    """configs/demo-{liver,brain}.yaml (for `medmap ablation --config`) are the demo's setting."""
+    from pathlib import Path
+
+    import yaml
+
+    from medmap.config import to_dict
+
+    root = Path(__file__).resolve().parents[1]
+    for organ in ("liver", "brain"):
+        cfg = demo_config(organ, Path("medmap-demo/data/manifest.jsonl"), Path("medmap-demo/cache"),
+                          DemoSettings())
+        shipped = yaml.safe_load((root / "configs" / f"demo-{organ}.yaml").read_text())
+        assert shipped == to_dict(cfg), f"configs/demo-{organ}.yaml is out of date"

@@ -179,3 +179,38 @@ def test_bad_inputs(model_dir, full_case, sim, tmp_path):
     bad = Manifest(cases, tmp_path).save(tmp_path / "bad.jsonl")
     with pytest.raises(ManifestError, match=r"gone\.nii\.gz\): file not found"):
         predict(model_dir, bad, None)
+
+
+def test_roi_model_needs_and_uses_the_organ_mask(model_dir, full_case, sim, tmp_path):
+    """A model trained on liver-cropped volumes (preprocess.roi_mask) takes the liver mask from
+    the case folder, --roi or the manifest, and writes CAMs zero outside the crop box."""
+    over = {"roi_mask": "liver", "roi_margin_mm": 0.0}
+    case = tmp_path / "case"
+    shutil.copytree(full_case, case)
+    liver = case / "liver_mask.nii.gz"
+    assert liver.is_file()                                       # written by the simulator
+    shutil.move(str(liver), tmp_path / "liver_elsewhere.nii.gz")
+    with pytest.raises(PredictInputError, match=r"case 'case'.*'liver' organ mask.*--roi"):
+        predict(model_dir, case, None, preprocess_override=over)
+    rows = predict(model_dir, case, None, preprocess_override=over, cam_dir=tmp_path / "cams",
+                   roi=tmp_path / "liver_elsewhere.nii.gz")
+    check_probs(rows[0])
+    shutil.move(str(tmp_path / "liver_elsewhere.nii.gz"), liver)
+    again = predict(model_dir, case, None, preprocess_override=over)       # found in the folder
+    assert again[0]["prob_" + CLASSES[0]] == pytest.approx(rows[0]["prob_" + CLASSES[0]])
+    plain = predict(model_dir, case, None)
+    assert plain[0]["prob_" + CLASSES[0]] != pytest.approx(rows[0]["prob_" + CLASSES[0]])
+    cam = np.asarray(nib.load(str(tmp_path / "cams" / "case" / "T2WI_cam.nii.gz")).dataobj)
+    organ = np.asarray(nib.load(str(liver)).dataobj) > 0
+    idx = np.argwhere(organ)
+    box = np.zeros_like(organ)
+    box[tuple(slice(a, b + 1) for a, b in zip(idx.min(0), idx.max(0)))] = True
+    assert cam.shape == organ.shape and np.abs(cam[~box]).max() == 0 and cam[box].max() > 0
+    # a manifest input takes masks.liver; one without it is refused naming the case and field
+    rows_m = predict(model_dir, sim / "manifest.jsonl", None, preprocess_override=over)
+    assert len(rows_m) == len(Manifest.load(sim / "manifest.jsonl"))
+    m = Manifest.load(sim / "manifest.jsonl")
+    m.cases[0].masks.pop("liver")
+    m.save(sim / "no_liver.jsonl")
+    with pytest.raises(ManifestError, match=rf"case '{m.cases[0].case_id}': masks.liver: missing"):
+        predict(model_dir, sim / "no_liver.jsonl", None, preprocess_override=over)

@@ -97,7 +97,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 def _cmd_predict(a: argparse.Namespace) -> int:
     from medmap.predict import predict
 
-    rows = predict(a.model, a.input, a.out, cam_dir=a.cam, modality=a.modality, device=a.device)
+    rows = predict(a.model, a.input, a.out, cam_dir=a.cam, modality=a.modality, device=a.device,
+                   roi=a.roi)
     print(f"wrote {len(rows)} prediction(s) to {a.out}" + (f"; CAMs in {a.cam}" if a.cam else ""))
     return 0
 
@@ -322,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="preds.csv")
     pr.add_argument("--cam", default=None, help="write CAM NIfTIs in the input space here")
     pr.add_argument("--modality", default=None, help="modality of a single-volume input")
+    pr.add_argument("--roi", default=None, metavar="FILE",
+                    help="organ mask of a single-volume / case-folder input, for models trained "
+                         "with preprocess.roi_mask")
     pr.add_argument("--device", default=None)
     pr.set_defaults(func=_cmd_predict)
 

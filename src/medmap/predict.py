@@ -10,6 +10,10 @@
 * a single volume file (or a DICOM series folder): its modality is ``modality`` (the CLI's
   ``--modality``) or else its file stem.
 
+A model trained with ``preprocess.roi_mask`` (e.g. ``"liver"``: volumes cropped to the liver)
+needs that organ mask per case: the manifest's ``masks.<roi>``, a file named ``<roi>``,
+``<roi>_mask`` or ``mask_<roi>`` in a case folder, or ``roi`` (the CLI's ``--roi FILE``).
+
 Only what the model folder stores is used: preprocessing settings, modalities, classes. Missing
 modalities are allowed (the model masks them out) and listed per case. One CSV row per case:
 ``case_id, predicted, prob_<class>..., modalities_used, modalities_missing, label, source``
@@ -52,12 +56,14 @@ class PredictInputError(ValueError):
 
 @dataclass
 class PredictCase:
-    """One study to predict: modality -> volume path (only the model's modalities)."""
+    """One study to predict: modality -> volume path (only the model's modalities), and the
+    organ (ROI) mask when the model crops to one."""
 
     case_id: str
     volumes: dict[str, str]
     label: str | None = None
     source: str = ""
+    roi: str | None = None
 
 
 # ---- rows -----------------------------------------------------------------------------------
@@ -118,13 +124,25 @@ def _is_dicom_folder(p: Path) -> bool:
     return bool(files) and all(f.suffix.lower() == ".dcm" or "." not in f.name for f in files)
 
 
-def _case_folder(folder: Path, modalities: Sequence[str]) -> PredictCase:
+def _roi_names(roi_mask: str | None) -> set[str]:
+    if roi_mask is None:
+        return set()
+    k = roi_mask.lower()
+    return {k, f"{k}_mask", f"mask_{k}"}
+
+
+def _case_folder(folder: Path, modalities: Sequence[str],
+                 roi_mask: str | None = None) -> PredictCase:
     found: dict[str, list[Path]] = {}
     unknown: list[str] = []
+    roi: Path | None = None
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         is_vol = entry.is_dir() or entry.name.lower().endswith(_VOLUME_SUFFIXES)
+        if is_vol and _stem(entry).lower() in _roi_names(roi_mask):
+            roi = entry
+            continue
         m = match_modality(_stem(entry), modalities) if is_vol else None
         if m is None:
             unknown.append(entry.name + ("/" if entry.is_dir() else ""))
@@ -144,9 +162,9 @@ def _case_folder(folder: Path, modalities: Sequence[str]) -> PredictCase:
     if unknown:
         warnings.warn(f"case folder {folder}: ignoring {len(unknown)} file(s) that match none of "
                       f"the model's modalities ({', '.join(modalities)}): {', '.join(unknown)}",
-                      stacklevel=3)
+                      stacklevel=4)
     return PredictCase(folder.name, {m: str(ps[0]) for m, ps in found.items()},
-                       source=str(folder))
+                       source=str(folder), roi=None if roi is None else str(roi))
 
 
 def _single_volume(path: Path, modalities: Sequence[str], modality: str | None) -> PredictCase:
@@ -165,17 +183,19 @@ def _single_volume(path: Path, modalities: Sequence[str], modality: str | None) 
     return PredictCase(_stem(path), {m: str(path)}, source=str(path))
 
 
-def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None) -> list[PredictCase]:
+def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None,
+                    roi_mask: str | None = None) -> list[PredictCase]:
     from medmap.data.manifest import Manifest, ManifestError
     from medmap.data.validate import require_valid
 
-    manifest = require_valid(Manifest.load(path), path)
-    cases = manifest.resolved()
-    other = [c.case_id for c in cases if organ and c.organ != organ]
+    manifest = Manifest.load(path)
+    other = [c.case_id for c in manifest.cases if organ and c.organ != organ]
     if other:
         warnings.warn(f"{path}: skipping {len(other)} case(s) of organs other than the model's "
-                      f"{organ!r}: {other}", stacklevel=3)
-    cases = [c for c in cases if not organ or c.organ == organ]
+                      f"{organ!r}: {other}", stacklevel=4)
+    manifest = require_valid(manifest.select(organ=organ or None), path,
+                             required_masks=[] if roi_mask is None else [roi_mask])
+    cases = manifest.resolved()
     if not cases:
         raise ManifestError([f"no {organ} case; the model predicts {organ} cases"], path)
     out, none, ignored = [], [], set()
@@ -185,32 +205,57 @@ def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None) ->
         if not vols:
             none.append(c.case_id)
             continue
-        out.append(PredictCase(c.case_id, vols, c.label, str(path)))
+        out.append(PredictCase(c.case_id, vols, c.label, str(path),
+                               roi=c.masks.get(roi_mask) if roi_mask else None))
     if none:
         raise ManifestError([f"case {cid!r}: modalities: none of the model's modalities "
                              f"({', '.join(modalities)}); add one or drop the case"
                              for cid in none], path)
     if ignored:
         warnings.warn(f"{path}: modalities {sorted(ignored)} are not inputs of this model and are "
-                      "ignored", stacklevel=3)
+                      "ignored", stacklevel=4)
     return out
 
 
 def resolve_input(input: str | Path, modalities: Sequence[str], organ: str | None = None,
-                  modality: str | None = None) -> list[PredictCase]:
-    """The cases an input path denotes (see the module doc)."""
-    p = Path(input)
+                  modality: str | None = None, roi_mask: str | None = None,
+                  roi: str | Path | None = None) -> list[PredictCase]:
+    """The cases an input path denotes (see the module doc).
+
+    ``roi_mask``: the model's ``preprocess.roi_mask`` (each case must then bring that organ
+    mask); ``roi``: an explicit organ-mask file for a single volume or case folder.
+    """
+    cases = _resolve(Path(input), modalities, organ, modality, roi_mask)
+    if roi is not None:
+        if not Path(roi).exists():
+            raise PredictInputError(f"{roi}: --roi file not found")
+        if len(cases) != 1:
+            raise PredictInputError(f"{input}: --roi applies to a single volume or case folder; "
+                                    "a manifest names each case's mask under masks")
+        cases[0].roi = str(roi)
+    if roi_mask is not None:
+        for c in cases:
+            if c.roi is None:
+                raise PredictInputError(
+                    f"case {c.case_id!r}: the model crops every volume to the {roi_mask!r} "
+                    f"organ mask (preprocess.roi_mask) and none was found; pass --roi FILE or "
+                    f"put {roi_mask}.nii.gz (or {roi_mask}_mask.nii.gz) in the case folder")
+    return cases
+
+
+def _resolve(p: Path, modalities: Sequence[str], organ: str | None, modality: str | None,
+             roi_mask: str | None) -> list[PredictCase]:
     if not p.exists():
         raise PredictInputError(f"{p}: not found; give a manifest (.jsonl/.csv), a case folder "
                                 "(one volume per modality) or a single volume file")
     if p.is_file() and p.name.lower().endswith(_MANIFEST_SUFFIXES):
         if modality is not None:
             raise PredictInputError(f"{p}: --modality applies to a single volume, not a manifest")
-        return _manifest_cases(p, modalities, organ)
+        return _manifest_cases(p, modalities, organ, roi_mask)
     if p.is_dir():
         if modality is not None or _is_dicom_folder(p):    # one DICOM series
             return [_single_volume(p, modalities, modality)]
-        return [_case_folder(p, modalities)]
+        return [_case_folder(p, modalities, roi_mask)]
     if not p.name.lower().endswith(_VOLUME_SUFFIXES):
         raise PredictInputError(f"{p}: unsupported input; give a manifest (.jsonl/.csv), a case "
                                 "folder, or a volume (.nii/.nii.gz/.nrrd, DICOM folder)")
@@ -225,8 +270,12 @@ def _safe(name: str) -> str:
 def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None,
             cam_dir: str | Path | None = None, modality: str | None = None,
             device: str | torch.device | None = None,
-            preprocess_override: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+            preprocess_override: Mapping[str, Any] | None = None,
+            roi: str | Path | None = None) -> list[dict[str, Any]]:
     """Predict every case of ``input``; writes ``out_csv`` (unless None) and returns its rows.
+
+    ``roi``: the organ-mask file of a single-volume or case-folder input, for models trained
+    with ``preprocess.roi_mask`` (see the module doc).
 
     Raises :class:`PredictInputError` (bad input: names the path and the fix),
     :class:`~medmap.data.manifest.ManifestError` (invalid manifest, every problem listed) or
@@ -243,7 +292,7 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     cfg = model.cfg
     mods, classes = list(cfg.modalities), list(cfg.classes)
     organ = doc.get("organ") or cfg.organ or None
-    cases = resolve_input(input, mods, organ, modality)
+    cases = resolve_input(input, mods, organ, modality, pcfg.roi_mask, roi)
     pre = Preprocessor(pcfg)
     dev = next(model.parameters()).device
     rows: list[dict[str, Any]] = []
@@ -252,7 +301,7 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
         present = torch.zeros(1, len(mods), dtype=torch.bool)
         for m, path in case.volumes.items():
             try:
-                images[0, mods.index(m)] = pre(path, m)
+                images[0, mods.index(m)] = pre(path, m, roi=case.roi)
             except VolumeReadError as e:
                 raise VolumeReadError(f"case {case.case_id!r}, modality {m}: {e}") from None
             present[0, mods.index(m)] = True
@@ -268,7 +317,7 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
             folder = Path(cam_dir) / _safe(case.case_id)
             folder.mkdir(parents=True, exist_ok=True)
             for m in used:
-                native = pre.invert(cams[m][0], case.volumes[m])          # (1, X, Y, Z)
+                native = pre.invert(cams[m][0], case.volumes[m], roi=case.roi)  # (1, X, Y, Z)
                 arr = np.asarray(native[0].detach().cpu().numpy(), dtype=np.float32)
                 aff = np.asarray(native.affine.detach().cpu().numpy(), dtype=np.float64)
                 nib.save(nib.Nifti1Image(arr, aff), str(folder / f"{_safe(m)}_cam.nii.gz"))

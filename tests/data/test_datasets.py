@@ -280,3 +280,32 @@ def test_concurrent_workers_share_one_entry(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
     assert not list((tmp_path / "cache").rglob("*.tmp"))
     assert VolumeCache(tmp_path / "cache", pre()).get(p, "T1WI").equal(ref)
+
+
+def test_roi_crop_through_cache_and_dataset(manifest, tmp_path, fresh_memo):
+    """preprocess.roi_mask: the cache key follows the organ mask; a case without it is named."""
+    root = Path(manifest.root)
+    organ = np.zeros((20, 20, 20), np.uint8)
+    organ[4:12, 4:12, 4:12] = 1
+    nib.save(nib.Nifti1Image(organ, np.eye(4)), str(root / "c1" / "organ.nii.gz"))
+    organ2 = np.zeros_like(organ)
+    organ2[8:16, 8:16, 8:16] = 1
+    nib.save(nib.Nifti1Image(organ2, np.eye(4)), str(root / "c1" / "organ2.nii.gz"))
+    cache = VolumeCache(tmp_path / "cache", pre(spacing=None, roi_mask="brain", roi_margin_mm=0))
+    img = root / "c1" / "T1WI.nii.gz"
+    a = cache.get(img, "T1WI", root / "c1" / "organ.nii.gz")
+    b = cache.get(img, "T1WI", root / "c1" / "organ2.nii.gz")
+    assert cache.misses == 2 and not torch.equal(a, b)          # another ROI, another entry
+    assert torch.equal(cache.get(img, "T1WI", root / "c1" / "organ.nii.gz"), a)
+    assert cache.hits == 1
+
+    cases = [c for c in manifest.resolved() if c.case_id in ("c1", "c2")]
+    cases[0].masks["brain"] = str(root / "c1" / "organ.nii.gz")
+    ds = CaseDataset(cases, cache, modalities=["T1WI", "T2WI"], with_masks=True)
+    item = ds[0]
+    assert torch.equal(item["images"]["T1WI"], a)
+    assert item["mask"].shape == (1, *S) and item["mask"].min() == 1   # lesion mask cropped too
+    with pytest.raises(ValueError, match=r"case 'c2': masks.brain: missing.*roi_mask"):
+        ds[1]
+    with pytest.raises(ValueError, match=r"case 'c2': masks.brain: missing"):
+        ModalityPairDataset(cases, cache, use_global_report=True)[2]

@@ -147,3 +147,25 @@ def test_require_valid_and_cli_exit_codes(tmp_path, capsys):
     assert main(["data", "validate", str(okp)]) == 0
     assert "no problems" in capsys.readouterr().out
     assert main(["data", "validate", str(tmp_path / "absent.jsonl")]) == 1
+
+
+def test_organ_masks_and_required_roi_mask(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    vol = np.random.default_rng(0).random((6, 6, 6)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(d / "t2.nii.gz"))
+    nib.save(nib.Nifti1Image((vol > 0.5).astype(np.uint8), np.eye(4)), str(d / "liver.nii.gz"))
+    cases = [Case("a", "liver", "train", None, {"T2WI": "t2.nii.gz"}, {},
+                  {"liver": "liver.nii.gz", "organ": "liver.nii.gz"}),
+             Case("b", "liver", "train", None, {"T2WI": "t2.nii.gz"}, {},
+                  {"spleen": "liver.nii.gz"})]
+    Manifest(cases).save(d / "m.jsonl")
+    m = Manifest.load(d / "m.jsonl")
+    problems = validate_manifest(m)
+    assert problems == [f"case 'b': masks.spleen: mask for a modality the case does not have; "
+                        "key masks by 'lesion', 'organ', the organ ('liver') or by one of the "
+                        "case's modalities"]
+    problems = validate_manifest(m, required_masks=["liver"])
+    assert any(ln.startswith("case 'b': masks.liver: missing; preprocess.roi_mask is 'liver'")
+               for ln in problems), problems
+    assert not any("case 'a'" in ln for ln in problems)

@@ -242,3 +242,61 @@ def test_mask_resampled_onto_reference_grid(tmp_path):
     pre = Preprocessor(PreprocessConfig(size=S))
     on_ref = pre.preprocess_mask(mp, reference=img)
     assert dice(on_ref.numpy(), (pre(img) != 0).float().numpy()) > 0.8
+
+
+# ---- ROI (organ mask) crop ------------------------------------------------------------------
+def _organ_case(tmp_path: Path):
+    """A 40^3 volume whose 'organ' is the box [10, 26) x [8, 30) x [12, 28), a lesion inside."""
+    rng = np.random.default_rng(0)
+    img = (50 + 5 * rng.standard_normal((40, 40, 40))).astype(np.float32)
+    organ = np.zeros((40, 40, 40), np.uint8)
+    organ[10:26, 8:30, 12:28] = 1
+    lesion = ball((40, 40, 40), (18, 19, 20), 4.0)
+    img[organ > 0] += 40
+    img[lesion > 0] += 60
+    return (write_nii(tmp_path / "img.nii.gz", img), write_nii(tmp_path / "organ.nii.gz", organ),
+            write_nii(tmp_path / "lesion.nii.gz", lesion.astype(np.uint8)), img, lesion)
+
+
+def test_roi_crop_equals_cropping_the_file_first(tmp_path):
+    img_p, organ_p, _, img, _ = _organ_case(tmp_path)
+    cfg = dict(spacing=None, size=S)
+    roi = Preprocessor(PreprocessConfig(**cfg, roi_mask="organ", roi_margin_mm=2.0))
+    x = roi(img_p, roi=organ_p)
+    # the same crop by hand (bounding box +2 voxels at 1 mm), then the plain pipeline
+    cropped = write_nii(tmp_path / "cropped.nii.gz", img[8:28, 6:32, 10:30])
+    ref = Preprocessor(PreprocessConfig(**cfg))(cropped)
+    assert x.shape == (1, *S)
+    assert torch.allclose(x, ref, atol=1e-5)
+    assert not torch.allclose(x, Preprocessor(PreprocessConfig(**cfg))(img_p), atol=1e-2)
+
+
+def test_roi_crop_enlarges_lesion_and_inverts_to_native_grid(tmp_path):
+    img_p, organ_p, les_p, _, lesion = _organ_case(tmp_path)
+    plain = Preprocessor(PreprocessConfig(spacing=None, size=S))
+    roi = Preprocessor(PreprocessConfig(spacing=None, size=S, roi_mask="organ", roi_margin_mm=0))
+    frac_plain = plain.preprocess_mask(les_p).mean().item()
+    m = roi.preprocess_mask(les_p, reference=img_p, roi=organ_p)
+    assert m.mean().item() > 5 * frac_plain          # the lesion fills more of the input
+    back = roi.invert(m[0], img_p, mask=True, roi=organ_p)
+    assert tuple(back.shape) == (1, 40, 40, 40) and np.allclose(back.affine.numpy(), np.eye(4))
+    assert dice(back[0].numpy(), lesion) > 0.8
+    outside = np.ones((40, 40, 40), bool)
+    outside[10:26, 8:30, 12:28] = False
+    assert float(np.abs(back[0].numpy()[outside]).max()) == 0.0   # padded back with zeros
+
+
+def test_roi_errors_name_the_file_and_the_fix(tmp_path):
+    img_p, organ_p, _, _, _ = _organ_case(tmp_path)
+    pre = Preprocessor(PreprocessConfig(spacing=None, size=S, roi_mask="liver"))
+    with pytest.raises(ValueError, match=r"img.nii.gz.*roi_mask is 'liver'.*masks.liver"):
+        pre(img_p)
+    empty = write_nii(tmp_path / "empty.nii.gz", np.zeros((40, 40, 40), np.uint8))
+    with pytest.raises(ValueError, match=r"empty.nii.gz.*'liver' ROI mask is empty"):
+        pre(img_p, roi=empty)
+    with pytest.raises(ValueError, match="roi_margin_mm must be >= 0"):
+        PreprocessConfig(roi_mask="liver", roi_margin_mm=-1)
+    with pytest.raises(ValueError, match="roi_mask must be a manifest masks key"):
+        PreprocessConfig(roi_mask="  ")
+    assert PreprocessConfig.from_dict(PreprocessConfig(roi_mask="liver").to_dict()).roi_mask \
+        == "liver"

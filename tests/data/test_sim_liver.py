@@ -53,6 +53,10 @@ def test_every_class_has_all_phases_and_a_lesion_in_the_liver(one_per_class):
         assert case.mask.shape == (SIZE,) * 3 and case.mask.dtype == np.uint8
         assert case.mask.sum() > 0, label
         assert case.meta["lesion_in_liver"] >= 0.99, label
+        organ = case.organ_mask
+        assert organ.shape == case.mask.shape and organ.dtype == np.uint8
+        assert (organ[case.mask > 0] == 1).all(), label          # the liver holds its lesions
+        assert 0.01 < organ.mean() < 0.15, label                   # an organ, not the body
         assert case.meta["n_lesions"] == len(case.meta["radii_mm"]) >= 1
         lo, hi = CFG.lesion_radius_mm
         assert all(0.5 * lo <= r <= hi for r in case.meta["radii_mm"]), label
@@ -176,4 +180,6 @@ def test_driver_end_to_end(tmp_path):
         assert np.isfinite(np.asarray(img.dataobj)).all()
     mask = nib.load(str(tmp_path / first.masks["lesion"]))
     assert np.asarray(mask.dataobj).sum() > 0
+    liver = np.asarray(nib.load(str(tmp_path / first.masks["liver"])).dataobj)
+    assert liver.shape == (32, 32, 32) and (liver[np.asarray(mask.dataobj) > 0] == 1).all()
     assert "## Liver" in (tmp_path / "DATASHEET.md").read_text()

@@ -41,7 +41,11 @@ def test_pretrain_then_finetune_writes_a_complete_run(tiny_experiment, tmp_path)
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_experiment, tmp_path):
+    """Exact resume, with random augmentation on (its draws come from the restored RNG)."""
+    from medmap.data.augment import AugmentConfig
+
     cfg = tiny_experiment
+    cfg.data.augment = AugmentConfig(flip_prob=0.5, intensity_scale=0.1, intensity_shift=0.1)
     full = finetune(cfg, tmp_path / "full")
     with pytest.raises(RuntimeError, match="simulated kill"):
         finetune(cfg, tmp_path / "killed", callbacks=[CrashAtEpoch(2)])

@@ -181,6 +181,7 @@ class VolumeCache:
         *,
         kind: str = "image",
         reference: str | Path | None = None,
+        roi: str | Path | None = None,
     ) -> dict[str, Any]:
         """The JSON object whose sha256 is the cache key (see the module docstring)."""
         import monai
@@ -193,13 +194,14 @@ class VolumeCache:
             "preprocess": self.cfg.to_dict(),
             "intensity": self.cfg.intensity_for(modality) if kind == "image" else None,
             "reference": None if reference is None else self.content_hash(reference),
+            "roi": None if roi is None or self.cfg.roi_mask is None else self.content_hash(roi),
             "storage_dtype": self.storage_dtype,
             "monai": monai.__version__,
         }
 
     def key(self, path: str | Path, modality: str | None = None, *, kind: str = "image",
-            reference: str | Path | None = None) -> str:
-        payload = self.key_payload(path, modality, kind=kind, reference=reference)
+            reference: str | Path | None = None, roi: str | Path | None = None) -> str:
+        payload = self.key_payload(path, modality, kind=kind, reference=reference, roi=roi)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def entry_path(self, key: str) -> Path:
@@ -208,24 +210,27 @@ class VolumeCache:
         return self.cache_dir / f"v{CACHE_FORMAT_VERSION}" / key[:2] / f"{key}.safetensors"
 
     # ---- access -----------------------------------------------------------------------------
-    def get(self, path: str | Path, modality: str | None = None) -> torch.Tensor:
-        """Preprocessed image ``(1, *cfg.size)`` float32 for ``path`` read as ``modality``."""
-        return self._get(path, modality, "image", None)
+    def get(self, path: str | Path, modality: str | None = None,
+            roi: str | Path | None = None) -> torch.Tensor:
+        """Preprocessed image ``(1, *cfg.size)`` float32 for ``path`` read as ``modality``
+        (``roi``: the case's organ mask, needed when ``cfg.roi_mask`` is set)."""
+        return self._get(path, modality, "image", None, roi)
 
-    def get_mask(self, path: str | Path, reference: str | Path | None = None) -> torch.Tensor:
+    def get_mask(self, path: str | Path, reference: str | Path | None = None,
+                 roi: str | Path | None = None) -> torch.Tensor:
         """Preprocessed mask (nearest interpolation) ``(1, *cfg.size)`` float32."""
-        return self._get(path, None, "mask", reference)
+        return self._get(path, None, "mask", reference, roi)
 
-    def _compute(self, path, modality, kind, reference) -> torch.Tensor:
+    def _compute(self, path, modality, kind, reference, roi) -> torch.Tensor:
         self.misses += 1
         if kind == "mask":
-            return self.preprocessor.preprocess_mask(path, reference=reference)
-        return self.preprocessor(path, modality=modality)
+            return self.preprocessor.preprocess_mask(path, reference=reference, roi=roi)
+        return self.preprocessor(path, modality=modality, roi=roi)
 
-    def _get(self, path, modality, kind, reference) -> torch.Tensor:
+    def _get(self, path, modality, kind, reference, roi) -> torch.Tensor:
         if self.cache_dir is None:
-            return self._compute(path, modality, kind, reference)
-        payload = self.key_payload(path, modality, kind=kind, reference=reference)
+            return self._compute(path, modality, kind, reference, roi)
+        payload = self.key_payload(path, modality, kind=kind, reference=reference, roi=roi)
         payload_json = json.dumps(payload, sort_keys=True)
         key = hashlib.sha256(payload_json.encode()).hexdigest()
         entry = self.entry_path(key)
@@ -240,7 +245,7 @@ class VolumeCache:
                     return t.to(torch.float32).contiguous()
             except Exception:  # truncated / foreign file: recompute and overwrite
                 pass
-        t = self._compute(path, modality, kind, reference)
+        t = self._compute(path, modality, kind, reference, roi)
         self._store(entry, t, payload_json, path, modality)
         return t
 
@@ -294,6 +299,22 @@ def _modality_index(case: Case, modality: str) -> int:
     return mods.index(modality)
 
 
+def roi_path(case: Case, roi_mask: str | None) -> str | None:
+    """The case's ROI (organ) mask path for ``PreprocessConfig.roi_mask``; ``None`` when unset.
+
+    Raises ValueError naming the case and the field when the case has no such mask.
+    """
+    if roi_mask is None:
+        return None
+    path = case.masks.get(roi_mask)
+    if not path:
+        raise ValueError(
+            f"case {case.case_id!r}: masks.{roi_mask}: missing; preprocess.roi_mask crops every "
+            f"volume to this organ mask, so add it to the case (or set preprocess.roi_mask to "
+            "null)")
+    return path
+
+
 def _has_text(s: str | None) -> bool:
     return isinstance(s, str) and bool(s.strip())
 
@@ -344,7 +365,8 @@ class ModalityPairDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         case, mod, idx, report = self.pairs[i]
         return {
-            "image": self.cache.get(case.modalities[mod], mod),
+            "image": self.cache.get(case.modalities[mod], mod,
+                                    roi_path(case, self.cache.cfg.roi_mask)),
             "modality": mod,
             "modality_index": idx,
             "report": report,
@@ -413,7 +435,8 @@ class CaseDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         case = self.cases[i]
         present = [m in case.modalities for m in self.modalities]
-        images = {m: self.cache.get(case.modalities[m], m) for m, p in
+        roi = roi_path(case, self.cache.cfg.roi_mask)
+        images = {m: self.cache.get(case.modalities[m], m, roi) for m, p in
                   zip(self.modalities, present) if p}
         label = case.label_index
         item: dict[str, Any] = {
@@ -428,7 +451,8 @@ class CaseDataset(Dataset):
         if self.with_masks:
             mpath = case.masks.get(self.mask_key)
             ref = case.modalities.get(self.mask_key)
-            item["mask"] = None if mpath is None else self.cache.get_mask(mpath, reference=ref)
+            item["mask"] = None if mpath is None else self.cache.get_mask(mpath, reference=ref,
+                                                                          roi=roi)
         return item
 
 
@@ -485,5 +509,5 @@ def collate_cases(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 __all__ = [
     "CACHE_FORMAT_VERSION", "VolumeCache", "ModalityPairDataset", "CaseDataset",
-    "collate_pairs", "collate_cases",
+    "collate_pairs", "collate_cases", "roi_path",
 ]

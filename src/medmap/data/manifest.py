@@ -2,8 +2,9 @@
 
 A case holds ``case_id``, ``organ``, ``split``, ``label`` (class name, or index converted to the
 name), ``modalities`` (modality name -> volume path), ``reports`` (modality name -> that
-sequence's report; optional ``"global"``) and optional ``masks`` (``"lesion"`` or a modality
-name -> mask path). Relative paths are resolved against the manifest's folder.
+sequence's report; optional ``"global"``) and optional ``masks`` (``"lesion"``, an organ mask
+keyed ``"organ"`` or by the organ's name such as ``"liver"``, or a modality name -> mask path).
+Relative paths are resolved against the manifest's folder.
 
 Example:
     >>> from medmap.data.manifest import Case, Manifest

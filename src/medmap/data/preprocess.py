@@ -5,6 +5,7 @@ The pipeline (image) is::
     read_volume -> MetaTensor (1, X, Y, Z) + RAS affine
       -> Orientation(axcodes)                       # e.g. "RAS"
       -> Spacing(pixdim, mode="bilinear")           # skipped when spacing is None
+      -> SpatialCrop(ROI bounding box + margin)     # only with roi_mask (an organ mask)
       -> intensity:  "mri": ClipIntensityPercentiles(p_lo, p_hi) + NormalizeIntensity(nonzero=True)
                      "ct":  ScaleIntensityRange(hu_lo, hu_hi -> 0, 1, clip=True)
       -> Resize(size, mode="trilinear")  or  ResizeWithPadOrCrop(size)
@@ -20,6 +21,12 @@ interpolation and no intensity step, so a mask stored in the image's grid lands 
 on the preprocessed image. :meth:`Preprocessor.invert` maps a preprocessed-space tensor (a CAM,
 a predicted mask) back onto the voxel grid of the original file with MONAI's own inverse
 transforms.
+
+With ``roi_mask`` set (a manifest ``masks`` key such as ``"liver"``), every volume of a case is
+cropped to the bounding box of that organ mask (plus ``roi_margin_mm``) before the intensity
+step and the final resize, so a small organ fills the model's input instead of a few voxels of
+it. The crop is part of the geometry: masks get the same crop, and :meth:`Preprocessor.invert`
+pads a CAM back to the full scan. The ROI mask is then required at every call (``roi=``).
 
 Example:
     >>> from medmap.data.preprocess import PreprocessConfig, Preprocessor
@@ -74,6 +81,10 @@ class PreprocessConfig:
         percentiles: MRI clipping percentiles (of the whole resampled volume).
         hu_window: CT window ``(low, high)`` in HU, mapped to ``[0, 1]`` with clipping.
         modality_intensity: per-modality overrides, e.g. ``{"CT": "ct"}``.
+        roi_mask: manifest ``masks`` key of an organ mask (e.g. ``"liver"``); volumes are
+            cropped to its bounding box before the intensity step and the resize. ``None``: no
+            crop.
+        roi_margin_mm: margin around the ROI's bounding box, mm (clipped at the volume's edge).
     """
 
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)
@@ -84,6 +95,8 @@ class PreprocessConfig:
     percentiles: tuple[float, float] = (0.5, 99.5)
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
     modality_intensity: dict[str, str] = field(default_factory=dict)
+    roi_mask: str | None = None
+    roi_margin_mm: float = 10.0
 
     def __post_init__(self) -> None:
         if self.spacing is not None:
@@ -126,6 +139,14 @@ class PreprocessConfig:
                 f"PreprocessConfig.intensity {self.intensity!r} unknown; "
                 f"use one of {_INTENSITY_MODES}"
             )
+        if self.roi_mask is not None and (not isinstance(self.roi_mask, str)
+                                          or not self.roi_mask.strip()):
+            raise ValueError(f"PreprocessConfig.roi_mask must be a manifest masks key such as "
+                             f"'liver', or null, got {self.roi_mask!r}")
+        self.roi_margin_mm = float(self.roi_margin_mm)
+        if not (np.isfinite(self.roi_margin_mm) and self.roi_margin_mm >= 0):
+            raise ValueError(f"PreprocessConfig.roi_margin_mm must be >= 0 mm, "
+                             f"got {self.roi_margin_mm}")
         self.modality_intensity = dict(self.modality_intensity or {})
         for mod, mode in self.modality_intensity.items():
             if mode not in _INTENSITY_MODES:
@@ -204,18 +225,66 @@ class Preprocessor:
         lo, hi = self.cfg.percentiles
         return [ClipIntensityPercentiles(lower=lo, upper=hi), NormalizeIntensity(nonzero=True)]
 
-    def transform(self, modality: str | None = None, *, mask: bool = False):
-        """The MONAI ``Compose`` applied to a loaded channel-first MetaTensor."""
+    def transform(self, modality: str | None = None, *, mask: bool = False, crop=None):
+        """The MONAI ``Compose`` applied to a loaded channel-first MetaTensor.
+
+        ``crop`` is the ROI ``SpatialCrop`` from :meth:`roi_crop` (``None``: no crop)."""
         from monai.transforms import Compose
 
         mid = [] if mask else self._intensity(self.cfg.intensity_for(modality))
-        return Compose(self._spatial_pre(mask) + mid + self._spatial_post(mask))
+        roi = [] if crop is None else [crop]
+        return Compose(self._spatial_pre(mask) + roi + mid + self._spatial_post(mask))
 
-    def spatial_transform(self, *, mask: bool = False):
+    def spatial_transform(self, *, mask: bool = False, crop=None):
         """Geometry-only ``Compose`` (same grid as :meth:`transform`); used by :meth:`invert`."""
         from monai.transforms import Compose
 
-        return Compose(self._spatial_pre(mask) + self._spatial_post(mask))
+        roi = [] if crop is None else [crop]
+        return Compose(self._spatial_pre(mask) + roi + self._spatial_post(mask))
+
+    def roi_crop(self, img, roi: str | Path | Volume | None):
+        """The ``SpatialCrop`` to the ROI mask's bounding box (+ margin) on ``img``'s grid after
+        orientation and resampling; ``None`` when ``cfg.roi_mask`` is unset.
+
+        ``img`` is a loaded MetaTensor (:meth:`load`); ``roi`` the organ mask file. Raises
+        ValueError naming the file when the mask is required but missing, or empty.
+        """
+        from monai.data.utils import affine_to_spacing
+        from monai.transforms import Compose, SpatialCrop
+        from monai.transforms.utils import generate_spatial_bounding_box
+
+        key = self.cfg.roi_mask
+        if key is None:
+            return None
+        name = img.meta.get("filename_or_obj", "<volume>")
+        if roi is None:
+            raise ValueError(
+                f"{name}: PreprocessConfig.roi_mask is {key!r}, so every volume is cropped to "
+                f"its case's {key!r} mask, and none was given; add masks.{key} to the case in "
+                "the manifest (predict: put the mask in the case folder or pass --roi), or set "
+                "preprocess.roi_mask to null")
+        r = self._run(Compose(self._spatial_pre(mask=True)), self._onto_grid(self.load(roi), img))
+        spacing = affine_to_spacing(r.affine, r=3).tolist()
+        margin = [int(np.ceil(self.cfg.roi_margin_mm / float(sp))) for sp in spacing]
+        start, end = generate_spatial_bounding_box(r, select_fn=lambda a: a > 0, margin=margin)
+        if any(e <= s for s, e in zip(start, end)):
+            raise ValueError(
+                f"{r.meta.get('filename_or_obj', roi)}: the {key!r} ROI mask is empty (no voxel "
+                f"> 0) on the grid of {name}; check the mask, or set preprocess.roi_mask to null")
+        return SpatialCrop(roi_start=start, roi_end=end)
+
+    def _onto_grid(self, m, ref):
+        """``m`` resampled (nearest) onto ``ref``'s voxel grid when the grids differ."""
+        same = tuple(ref.shape[1:]) == tuple(m.shape[1:]) and torch.allclose(
+            ref.affine.double(), m.affine.double(), atol=1e-4)
+        if same:
+            return m
+        from monai.transforms import SpatialResample
+
+        m = SpatialResample(mode="nearest", padding_mode="zeros", dtype=np.float32)(
+            m, dst_affine=ref.affine, spatial_size=tuple(ref.shape[1:]))
+        m.applied_operations.clear()
+        return m
 
     # ---- loading ------------------------------------------------------------------------------
     @staticmethod
@@ -249,14 +318,18 @@ class Preprocessor:
         )
 
     # ---- public API ---------------------------------------------------------------------------
-    def __call__(self, src: str | Path | Volume, modality: str | None = None) -> torch.Tensor:
-        """Preprocess one image volume -> float32 tensor ``(1, *cfg.size)``."""
+    def __call__(self, src: str | Path | Volume, modality: str | None = None,
+                 roi: str | Path | Volume | None = None) -> torch.Tensor:
+        """Preprocess one image volume -> float32 tensor ``(1, *cfg.size)``.
+
+        ``roi``: the case's organ mask, required when ``cfg.roi_mask`` is set."""
         img = self.load(src)
-        out = self._run(self.transform(modality), img)
+        out = self._run(self.transform(modality, crop=self.roi_crop(img, roi)), img)
         return _finish(out, img, "image")
 
     def preprocess_mask(
-        self, src: str | Path | Volume, reference: str | Path | Volume | None = None
+        self, src: str | Path | Volume, reference: str | Path | Volume | None = None,
+        roi: str | Path | Volume | None = None,
     ) -> torch.Tensor:
         """Preprocess a label mask with nearest interpolation -> float32 ``(1, *cfg.size)``.
 
@@ -266,18 +339,8 @@ class Preprocessor:
         """
         m = self.load(src)
         if reference is not None:
-            ref = self.load(reference)
-            same = tuple(ref.shape) == tuple(m.shape) and torch.allclose(
-                ref.affine.double(), m.affine.double(), atol=1e-4
-            )
-            if not same:
-                from monai.transforms import SpatialResample
-
-                m = SpatialResample(mode="nearest", padding_mode="zeros", dtype=np.float32)(
-                    m, dst_affine=ref.affine, spatial_size=tuple(ref.shape[1:])
-                )
-                m.applied_operations.clear()
-        out = self._run(self.transform(mask=True), m)
+            m = self._onto_grid(m, self.load(reference))
+        out = self._run(self.transform(mask=True, crop=self.roi_crop(m, roi)), m)
         return _finish(out, m, "mask")
 
     def invert(
@@ -286,12 +349,14 @@ class Preprocessor:
         reference: str | Path | Volume,
         *,
         mask: bool = False,
+        roi: str | Path | Volume | None = None,
     ):
         """Map a preprocessed-space tensor back to the voxel grid of ``reference``.
 
         ``tensor`` is ``(D, H, W)`` or ``(C, D, H, W)`` with ``(D, H, W) == cfg.size`` (a CAM, a
         predicted mask, ...). ``reference`` is the original file (or :class:`Volume`) the tensor
-        was computed from. The geometry of the forward pass is replayed on the reference and
+        was computed from (``roi``: its organ mask when ``cfg.roi_mask`` is set; the crop is
+        undone by zero padding). The geometry of the forward pass is replayed on the reference and
         MONAI's ``Compose.inverse`` undoes it (interpolation: bilinear, or nearest with
         ``mask=True``).
 
@@ -310,7 +375,7 @@ class Preprocessor:
                 f"({', '.join(map(str, self.cfg.size))}) tensor, got {tuple(t.shape)}"
             )
         ref = self.load(reference)
-        xform = self.spatial_transform(mask=mask)
+        xform = self.spatial_transform(mask=mask, crop=self.roi_crop(ref, roi))
         fwd = self._run(xform, ref)
         meta = {k: v for k, v in fwd.meta.items() if k != "affine"}
         moved = MetaTensor(t.clone(), affine=fwd.affine.clone(), meta=meta)

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +22,9 @@ import numpy as np
 from medmap.data.io import VolumeReadError, read_shape, read_volume
 from medmap.data.manifest import Case, Manifest, ManifestError
 from medmap.data.vocab import GLOBAL_REPORT, ORGANS, SPLITS
+
+# masks in the case's reference grid that are not tied to one modality
+_REGION_MASKS = ("lesion", "organ")
 
 
 def _check_volume(path: str) -> tuple[str | None, tuple[int, ...] | None]:
@@ -50,8 +53,13 @@ def _volume_line(case: Case, field: str, path: str, what: str) -> str:
     return f"case {case.case_id!r}: {field} ({path}): {what}"
 
 
-def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int = 2) -> list[str]:
-    """All problems of ``cases`` (paths already absolute), one line each."""
+def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int = 2,
+                   required_masks: Sequence[str] = ()) -> list[str]:
+    """All problems of ``cases`` (paths already absolute), one line each.
+
+    ``required_masks``: ``masks`` keys every case must have (e.g. the ROI of
+    ``PreprocessConfig.roi_mask``).
+    """
     cases = list(cases)
     problems: list[str] = []
     counts = Counter(c.case_id for c in cases)
@@ -96,9 +104,15 @@ def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int
                     problems.append(f"{tag}: {field}: report holds U+FFFD replacement characters "
                                     "(it was decoded from non-UTF-8 bytes); re-export it as UTF-8")
         for k in c.masks:
-            if k != "lesion" and k not in c.modalities:
+            if k not in _REGION_MASKS and k != c.organ and k not in c.modalities:
                 problems.append(f"{tag}: masks.{k}: mask for a modality the case does not have; "
-                                "key masks by 'lesion' or by one of the case's modalities")
+                                f"key masks by 'lesion', 'organ', the organ ({c.organ!r}) or by "
+                                "one of the case's modalities")
+        for k in required_masks:
+            if k not in c.masks:
+                problems.append(f"{tag}: masks.{k}: missing; preprocess.roi_mask is {k!r}, so "
+                                f"every case needs this organ mask; add masks.{k} (or set "
+                                "preprocess.roi_mask to null)")
         if check_files:
             for p in list(c.modalities.values()) + list(c.masks.values()):
                 vol_jobs[p] = None
@@ -119,7 +133,7 @@ def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int
             if msg and not msg.startswith("constant volume"):  # an empty mask is legitimate
                 problems.append(_volume_line(c, f"masks.{k}", p, msg))
                 continue
-            targets = shapes if k == "lesion" else {k: shapes[k]} if k in shapes else {}
+            targets = {k: shapes[k]} if k in shapes else shapes  # region masks: every volume
             bad = {m: s for m, s in targets.items() if s != shape}
             if shape is not None and bad:
                 problems.append(_volume_line(
@@ -130,14 +144,21 @@ def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int
     return problems
 
 
-def validate_manifest(manifest: Manifest, check_files: bool = True) -> list[str]:
+def validate_manifest(manifest: Manifest, check_files: bool = True,
+                      required_masks: Sequence[str] = ()) -> list[str]:
     """Every problem in ``manifest`` (schema, vocabulary, files), one line each."""
-    return validate_cases(manifest.resolved(), check_files=check_files)
+    return validate_cases(manifest.resolved(), check_files=check_files,
+                          required_masks=required_masks)
 
 
-def require_valid(manifest: Manifest, source: str | Path | None = None) -> Manifest:
-    """Raise :class:`ManifestError` listing every problem, or return ``manifest``."""
-    problems = validate_manifest(manifest)
+def require_valid(manifest: Manifest, source: str | Path | None = None,
+                  required_masks: Sequence[str] = ()) -> Manifest:
+    """Raise :class:`ManifestError` listing every problem, or return ``manifest``.
+
+    ``required_masks``: ``masks`` keys every case must have (pass
+    ``[cfg.roi_mask]`` when preprocessing crops to an organ mask).
+    """
+    problems = validate_manifest(manifest, required_masks=required_masks)
     if problems:
         raise ManifestError(problems, source)
     return manifest

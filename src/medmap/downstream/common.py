@@ -86,6 +86,16 @@ class VolumeItem:
     path: str
     report: str | None
 
+    def load(self, loader) -> torch.Tensor:
+        """This volume preprocessed by ``loader`` (a VolumeCache), cropped to the case's organ
+        mask when the preprocessing has ``roi_mask``: ``(1, D, H, W)``."""
+        from medmap.data.datasets import roi_path
+
+        key = getattr(getattr(loader, "cfg", None), "roi_mask", None)
+        if key is None:  # no crop (also any duck-typed loader with get(path, modality))
+            return loader.get(self.path, self.modality)
+        return loader.get(self.path, self.modality, roi_path(self.case, key))
+
 
 def select_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
@@ -169,7 +179,8 @@ class LoadedVLM:
               labelled: bool = False) -> list[Case]:
         """The model organ's cases of ``split`` (paths resolved) that have one of its
         modalities; ``labelled`` keeps only cases with a label."""
-        m = load_manifest(manifest)
+        roi = self.preprocess.roi_mask
+        m = load_manifest(manifest, required_masks=[] if roi is None else [roi], organ=self.organ)
         mods = set(self.modalities)
         out = [c for c in m.resolved()
                if c.organ == self.organ and (split is None or c.split == split)
@@ -193,14 +204,16 @@ class LoadedVLM:
         return items
 
 
-def load_manifest(manifest: Manifest | str | Path) -> Manifest:
-    """The manifest, validated as training validates it: every problem (missing file, unknown
-    modality or label, ...) is one ``ManifestError`` line naming the case and the field."""
+def load_manifest(manifest: Manifest | str | Path, required_masks: Sequence[str] = (),
+                  organ: str | None = None) -> Manifest:
+    """The manifest (only ``organ``'s cases when given), validated as training validates it:
+    every problem (missing file, unknown modality or label, a missing ``required_masks`` entry,
+    ...) is one ``ManifestError`` line naming the case and the field."""
     from medmap.data.validate import require_valid
 
-    if isinstance(manifest, Manifest):
-        return require_valid(manifest)
-    return require_valid(Manifest.load(manifest), manifest)
+    source = None if isinstance(manifest, Manifest) else manifest
+    m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    return require_valid(m.select(organ=organ), source, required_masks=required_masks)
 
 
 def _ensure_registered(mtype: str | None) -> None:
@@ -332,7 +345,7 @@ def volume_embeddings(vlm: LoadedVLM, items: Sequence[VolumeItem], loader=None,
     for m, rows in by_mod.items():
         for r in _batches(len(rows), batch_size):
             idx = [rows[j] for j in r]
-            x = torch.stack([loader.get(items[j].path, items[j].modality) for j in idx]).to(dev)
+            x = torch.stack([items[j].load(loader) for j in idx]).to(dev)
             e = model.encode_image(x, torch.full((len(idx),), m, dtype=torch.long, device=dev))
             e = F.normalize(e.float(), dim=-1) if normalize else e.float()
             out[idx] = e.cpu().numpy()

@@ -193,7 +193,7 @@ def _visual_tokens(vlm: LoadedVLM, loader, items: Sequence[VolumeItem], grad: bo
             chunk = list(range(s, min(len(items), s + batch_size)))
             for m in sorted({items[i].modality for i in chunk}):
                 rows = [i for i in chunk if items[i].modality == m]
-                x = torch.stack([loader.get(items[i].path, m) for i in rows]).to(dev)
+                x = torch.stack([items[i].load(loader) for i in rows]).to(dev)
                 tok = model.experts.encode(x, m)
                 for i, t in zip(rows, tok):
                     out[i] = t if grad else t.detach()

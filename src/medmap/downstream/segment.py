@@ -145,8 +145,12 @@ def _seg_items(vlm_or_modality, cases, modality: str, mask_key: str,
 
 
 def _load_pair(loader, it: VolumeItem, mask_key: str) -> dict[str, torch.Tensor]:
-    x = loader.get(it.path, it.modality)
-    m = loader.get_mask(it.case.masks[mask_key])
+    from medmap.data.datasets import roi_path
+
+    x = it.load(loader)
+    key = getattr(getattr(loader, "cfg", None), "roi_mask", None)
+    m = loader.get_mask(it.case.masks[mask_key]) if key is None else \
+        loader.get_mask(it.case.masks[mask_key], roi=roi_path(it.case, key))
     return {"image": x, "mask": (m > 0.5).float()}
 
 
@@ -202,10 +206,12 @@ def evaluate_segmenter(seg: SwinUNETRSegmenter, items: list[VolumeItem], loader,
 
 @torch.no_grad()
 def predict_masks(seg: SwinUNETRSegmenter, preprocess: PreprocessConfig, volumes: dict[str, str],
-                  out_dir: str | Path, filename: str = "lesion_pred.nii.gz") -> dict[str, Path]:
+                  out_dir: str | Path, filename: str = "lesion_pred.nii.gz",
+                  rois: dict[str, str] | None = None) -> dict[str, Path]:
     """Segment ``{case_id: volume path}`` (volumes of the segmenter's modality) and write each
     argmax label map as ``<out_dir>/<case_id>/<filename>`` (uint8) on the volume's own voxel
-    grid: same shape and affine as the input file."""
+    grid: same shape and affine as the input file. ``rois``: ``{case_id: organ mask}`` when
+    ``preprocess.roi_mask`` is set."""
     import nibabel as nib
 
     from medmap.data.preprocess import Preprocessor
@@ -215,9 +221,10 @@ def predict_masks(seg: SwinUNETRSegmenter, preprocess: PreprocessConfig, volumes
     dev = next(seg.parameters()).device
     written: dict[str, Path] = {}
     for cid, path in volumes.items():
-        x = pre(path, seg.cfg.modality)[None].to(dev)           # (1, 1, D, H, W)
+        roi = (rois or {}).get(cid)
+        x = pre(path, seg.cfg.modality, roi=roi)[None].to(dev)  # (1, 1, D, H, W)
         pred = seg(x).argmax(1)[0].float().cpu()                 # (D, H, W)
-        native = pre.invert(pred, path, mask=True)               # (1, X, Y, Z) MetaTensor
+        native = pre.invert(pred, path, mask=True, roi=roi)      # (1, X, Y, Z) MetaTensor
         arr = np.rint(np.asarray(native[0].detach().cpu().numpy())).astype(np.uint8)
         aff = np.asarray(native.affine.detach().cpu().numpy(), dtype=np.float64)
         folder = Path(out_dir) / safe_name(cid)
@@ -275,8 +282,11 @@ def segment(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pat
         save_pretrained(seg, out / "model", preprocess=vlm.preprocess.to_dict(),
                         organ=vlm.organ, init=vlm.source)
         if write_masks and test:
+            roi = vlm.preprocess.roi_mask
             written = predict_masks(seg, vlm.preprocess, {it.case.case_id: it.path for it in test},
-                                    out / "masks")
+                                    out / "masks",
+                                    rois={it.case.case_id: it.case.masks[roi] for it in test}
+                                    if roi else None)
             res["masks"] = {k: str(v) for k, v in written.items()}
         write_json(res, out / "segment.json")
     return res

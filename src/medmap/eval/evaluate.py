@@ -166,7 +166,9 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     cfg = model.cfg
     classes, mods = list(cfg.classes), list(cfg.modalities)
     organ = doc.get("organ") or cfg.organ or None
-    manifest = require_valid(Manifest.load(manifest_path), manifest_path)
+    # only the model organ's cases are read and checked (the ROI mask is that organ's)
+    manifest = require_valid(Manifest.load(manifest_path).select(organ=organ), manifest_path,
+                             required_masks=[] if pcfg.roi_mask is None else [pcfg.roi_mask])
     chosen = manifest.select(split=split, organ=organ)
     if not chosen.cases:
         have = sorted({c.split for c in manifest.cases if organ is None or c.organ == organ})

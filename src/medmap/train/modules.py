@@ -31,6 +31,23 @@ class _Base(L.LightningModule):
         super().__init__()
         self.model = model
         self.optim = optim
+        # training-batch augmentation (medmap.data.augment.BatchAugmenter), set by the runner.
+        # Its draws come from a generator seeded by (seed, epoch, batch, rank), not from the
+        # global RNG, so a resumed run replays exactly the same augmentation.
+        self.augment = None
+
+    def _augmented(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if self.augment is None:
+            return batch
+        g = torch.Generator().manual_seed(
+            (int(self.optim.seed) * 1_000_003 + int(self.current_epoch) * 100_003
+             + int(batch_idx) * 101 + int(self.global_rank)) % (2**63 - 1))
+        batch = dict(batch)
+        if "images" in batch:                           # cases (B, M, 1, D, H, W)
+            batch["images"] = self.augment.cases(batch["images"], batch["present"], g)
+        elif "image" in batch:                          # pairs (B, 1, D, H, W)
+            batch["image"] = self.augment.volumes(batch["image"], g)
+        return batch
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)
@@ -72,6 +89,7 @@ class PretrainModule(_Base):
                                          out["modality"], out["logit_scale"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        batch = self._augmented(batch, batch_idx)
         res = self._step(batch)
         bs = batch["image"].shape[0]
         terms = {"contrastive_loss": res["contrastive_loss"],
@@ -114,6 +132,7 @@ class FinetuneModule(_Base):
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        batch = self._augmented(batch, batch_idx)
         out = self.model(batch["images"], batch["present"])
         f_t = self.model.text_features(batch["text"])
         t_max = self.optim.loss_ramp_epochs or self.optim.epochs

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from medmap.config import save_config
+from medmap.data.augment import AugmentConfig
 from medmap.data.manifest import Manifest, ManifestError
 from medmap.data.preprocess import PreprocessConfig
 from medmap.data.vocab import get_organ
@@ -43,6 +44,8 @@ class DataConfig:
     preprocess: PreprocessConfig = field(
         default_factory=lambda: PreprocessConfig(spacing=None, size=(64, 64, 64)))
     validate: bool = True                                 # refuse an invalid manifest
+    # random flips / intensity jitter of training batches (pre-training and fine-tuning)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -82,7 +85,7 @@ def load_cases(cfg: DataConfig) -> tuple[Manifest, list[str]]:
     if len(manifest) == 0:
         raise ManifestError([f"no {cfg.organ} cases in {cfg.manifest}; check data.organ"])
     if cfg.validate:
-        require_valid(manifest, cfg.manifest)
+        require_valid(manifest, cfg.manifest, required_masks=_roi_keys(cfg.preprocess))
     present = {m for c in manifest for m in c.modalities}
     mods = list(cfg.modalities) or [m for m in spec.modalities if m in present]
     unknown = [m for m in mods if m not in spec.modalities]
@@ -90,6 +93,17 @@ def load_cases(cfg: DataConfig) -> tuple[Manifest, list[str]]:
         raise ValueError(f"data.modalities {unknown} are not {cfg.organ} modalities "
                          f"({', '.join(spec.modalities)})")
     return manifest, mods
+
+
+def augmenter(cfg: DataConfig):
+    """The training-batch augmenter of ``cfg.augment`` (None when it is off)."""
+    from medmap.data.augment import BatchAugmenter
+
+    return BatchAugmenter(cfg.augment) if cfg.augment.enabled else None
+
+
+def _roi_keys(pcfg) -> list[str]:
+    return [] if pcfg.roi_mask is None else [pcfg.roi_mask]
 
 
 def build_text_encoder(cfg: TextConfig):
@@ -184,6 +198,7 @@ def pretrain(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
     L.seed_everything(cfg.pretrain.seed, workers=True, verbose=False)
     mcfg = complete_model_config(cfg, mods, encoder.hidden_size)
     module = PretrainModule(ModalityAwareCLIP(mcfg), cfg.pretrain)
+    module.augment = augmenter(cfg.data)
     collate = PairCollator(table, mods)
     # one modality per batch: full in-modality negatives (the loss is per modality anyway)
     groups = [mods.index(p[1]) for p in ds["train"].pairs]
@@ -234,6 +249,7 @@ def finetune(cfg: ExperimentConfig, run_dir: str | Path, init: str | Path | None
     if init:
         load_pretrained_experts(model, str(init))
     module = FinetuneModule(model, cfg.finetune)
+    module.augment = augmenter(cfg.data)
     val_collate = CaseCollator(None, mcfg.organ, mcfg.classes, mods)
     dm = StageDataModule(ds["train"], ds["val"], collate, cfg.finetune.batch_size,
                          cfg.finetune.num_workers, cfg.finetune.seed, val_collate=val_collate)

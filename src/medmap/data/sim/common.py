@@ -23,6 +23,9 @@ class SimConfig:
     bias_field: float = 0.15            # peak relative amplitude of the smooth multiplicative bias
     blur_sigma: float = 0.6             # partial-volume Gaussian blur, voxels
     lesion_radius_mm: tuple[float, float] = (8.0, 22.0)   # lesion radius range, mm
+    # liver: range of the per-case conspicuity exponent on every lesion / liver contrast
+    # (1 = the class's textbook contrast, lower = fainter); None = liver.CONSPICUITY (0.38, 1.2)
+    liver_conspicuity: tuple[float, float] | None = None
     misregistration_mm: float = 3.0     # max rigid shift of a phase relative to the first, mm
     p_missing: float = 0.1              # probability that any one non-reference phase is absent
     fov_mm: float = 240.0               # field of view (liver); brain uses the MNI box
@@ -43,6 +46,7 @@ class SimCase:
     reports: dict[str, str]             # modality -> report; optional "global"
     spacing: tuple[float, float, float]  # voxel size, mm
     meta: dict = field(default_factory=dict)  # generator facts (lesion count, sizes, ...)
+    organ_mask: np.ndarray | None = None  # (S, S, S) uint8 organ mask (liver incl. lesions)
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:

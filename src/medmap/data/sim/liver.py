@@ -328,9 +328,10 @@ def _u(rng: np.random.Generator, r: tuple[float, float]) -> float:
     return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
 
 
-def _draw_look(rng: np.random.Generator, label: str, spec: dict) -> dict:
+def _draw_look(rng: np.random.Generator, label: str, spec: dict,
+               conspicuity: tuple[float, float] = CONSPICUITY) -> dict:
     """Per-case appearance: compartment ratios / enhancements per phase, with conspicuity."""
-    gamma = float(rng.uniform(*CONSPICUITY))
+    gamma = float(rng.uniform(*conspicuity))
     look: dict = dict(gamma=gamma, flags={})
     fl = look["flags"]
     fl["scar"] = "scar" in spec and rng.random() < spec["scar"][0]
@@ -828,7 +829,7 @@ def simulate_case(rng: np.random.Generator, label: str, cfg: SimConfig) -> SimCa
     texmult = 1.0 + tex_amp[lab] * tex
 
     # lesions: count, sizes, positions
-    look = _draw_look(r_les, label, spec)
+    look = _draw_look(r_les, label, spec, cfg.liver_conspicuity or CONSPICUITY)
     counts, probs = spec["count"]
     n = int(r_les.choice(counts, p=probs))
     lo_mm, hi_mm = cfg.lesion_radius_mm
@@ -887,7 +888,8 @@ def simulate_case(rng: np.random.Generator, label: str, cfg: SimConfig) -> SimCa
         lesion_in_liver=round(float(envelope[mask > 0].mean()), 3),
         impression=info["impression"],
     )
-    return SimCase(label, vols, mask, reports, (sp, sp, sp), meta)
+    organ_mask = (envelope | (mask > 0)).astype(np.uint8)  # liver with its veins and lesions
+    return SimCase(label, vols, mask, reports, (sp, sp, sp), meta, organ_mask=organ_mask)
 
 
 def _range(v: tuple[float, float]) -> str:

@@ -1,0 +1,68 @@
+"""Training-batch augmentation: one draw per case across its sequences, reproducible from
+torch's RNG, missing sequences kept at zero, off by default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medmap.data.augment import AugmentConfig, BatchAugmenter
+
+
+def _batch(B=4, M=3, S=8):
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(B, 1, 1, S, S, S, generator=g)
+    images = base.repeat(1, M, 1, 1, 1, 1) * torch.arange(1, M + 1).view(1, M, 1, 1, 1, 1)
+    present = torch.ones(B, M, dtype=torch.bool)
+    present[1, 2] = False
+    images[1, 2] = 0
+    return images, present
+
+
+def test_one_flip_per_case_shared_by_its_sequences():
+    images, present = _batch()
+    aug = BatchAugmenter(AugmentConfig(flip_prob=0.5))
+    torch.manual_seed(3)
+    out = aug.cases(images, present)
+    assert out.shape == images.shape
+    flipped_any = False
+    for b in range(images.shape[0]):
+        # sequence m is (m+1) x sequence 0 before augmentation: a shared flip keeps that
+        for m in range(3):
+            if present[b, m]:
+                assert torch.allclose(out[b, m], out[b, 0] * (m + 1), atol=1e-5)
+        flipped_any |= not torch.equal(out[b, 0], images[b, 0])
+        # a flip only permutes voxels
+        assert torch.allclose(out[b, 0].flatten().sort().values,
+                              images[b, 0].flatten().sort().values)
+    assert flipped_any
+    assert (out[1, 2] == 0).all()                                 # missing stays missing
+
+
+def test_reproducible_from_torch_seed_and_intensity_range():
+    images, present = _batch()
+    aug = BatchAugmenter(AugmentConfig(flip_prob=0.5, intensity_scale=0.2, intensity_shift=0.1))
+    torch.manual_seed(7)
+    a = aug.cases(images, present)
+    torch.manual_seed(7)
+    b = aug.cases(images, present)
+    torch.manual_seed(8)
+    c = aug.cases(images, present)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # scale in [0.8, 1.2] and shift in [-0.1, 0.1]: the std ratio of sequence 0 stays in range
+    for i in range(images.shape[0]):
+        r = a[i, 0].std() / images[i, 0].std()
+        assert 0.8 - 1e-4 <= r.item() <= 1.2 + 1e-4
+
+
+def test_volumes_and_off_by_default_and_validation():
+    x = torch.randn(3, 1, 8, 8, 8)
+    off = BatchAugmenter(AugmentConfig())
+    assert off.volumes(x) is x and off.cases(x[:, None]) is not None
+    torch.manual_seed(0)
+    y = BatchAugmenter(AugmentConfig(flip_prob=1.0)).volumes(x)
+    assert torch.equal(y, x.flip(2, 3, 4))                         # every axis flipped
+    with pytest.raises(ValueError, match="flip_prob must be in"):
+        AugmentConfig(flip_prob=1.5)
+    with pytest.raises(ValueError, match="intensity_scale must be >= 0"):
+        AugmentConfig(intensity_scale=-0.1)
