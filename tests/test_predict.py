@@ -192,6 +192,8 @@ def test_roi_model_needs_and_uses_the_organ_mask(model_dir, full_case, sim, tmp_
     shutil.move(str(liver), tmp_path / "liver_elsewhere.nii.gz")
     with pytest.raises(PredictInputError, match=r"case 'case'.*'liver' organ mask.*--roi"):
         predict(model_dir, case, None, preprocess_override=over)
+    with pytest.raises(PredictInputError, match=r"nowhere.nii.gz: --roi file not found"):
+        predict(model_dir, case, None, preprocess_override=over, roi=tmp_path / "nowhere.nii.gz")
     rows = predict(model_dir, case, None, preprocess_override=over, cam_dir=tmp_path / "cams",
                    roi=tmp_path / "liver_elsewhere.nii.gz")
     check_probs(rows[0])

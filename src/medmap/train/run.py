@@ -44,7 +44,8 @@ class DataConfig:
     preprocess: PreprocessConfig = field(
         default_factory=lambda: PreprocessConfig(spacing=None, size=(64, 64, 64)))
     validate: bool = True                                 # refuse an invalid manifest
-    # random flips / intensity jitter of training batches (pre-training and fine-tuning)
+    # random flips / intensity jitter of training batches: MedMAP pre-training and fine-tuning
+    # (the MG-3D recipe does not use it yet)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
