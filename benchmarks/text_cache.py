@@ -12,7 +12,7 @@ cache) per batch. Target: the table makes an epoch >= 2x faster.
     python benchmarks/text_cache.py --text-model tiny   # the tiny random BERT instead
     python benchmarks/text_cache.py --quick             # smoke test (seconds)
 
-The model is the ``medmap demo`` one (``configs/demo-liver.yaml``: Swin feature size 12, window 4).
+The model: MedMAP with small Swin experts (feature size 12, window 4) at 32^3.
 """
 
 from __future__ import annotations

@@ -71,8 +71,21 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
 
 
 def test_demo_config_fits_the_encoder():
-    cfg = demo_config("liver", "m.jsonl", __import__("pathlib").Path("c"), DemoSettings())
-    assert cfg.data.preprocess.size[0] % 32 == 0 and cfg.model.encoder.name == "swin"
+    from pathlib import Path
+
+    import pytest
+
+    from medmap.models.encoders import build_encoder
+
+    for settings, name in ((DemoSettings(), "cnn"), (DemoSettings.full(), "swin")):
+        cfg = demo_config("liver", "m.jsonl", Path("c"), settings)
+        side = cfg.data.preprocess.size[0]
+        assert cfg.model.encoder.name == name
+        assert side % build_encoder(cfg.model.encoder).min_multiple == 0
+        assert cfg.data.preprocess.roi_mask == "lesion"          # the LLD-MMRI lesion region
+    assert demo_config("brain", "m.jsonl", Path("c"), DemoSettings()).data.augment.enabled
+    with pytest.raises(ValueError, match="'cnn' or 'swin'"):
+        demo_config("liver", "m.jsonl", Path("c"), DemoSettings(expert="vit"))
 
 
 def test_shipped_demo_configs_match_the_demo(tmp_path):

@@ -2,7 +2,7 @@
 
 Rows (all fine-tuned with the same data, schedule and seed):
 
-* ``baseline``: Swin experts from random init, no conv stream / CCT / CSA;
+* ``baseline``: modality experts (``model.encoder``) from random init, no conv stream / CCT / CSA;
 * ``+MAVLP``: experts initialised by modality-aware pre-training;
 * ``+CCT``: plus the conv stream and the Cross-Cognition Transformer;
 * ``+CSA``: plus the text guidance (full MedMAP);
@@ -69,8 +69,9 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
                           shared_encoder=spec["pretrained"] == "shared")
             run = out / f"seed{seed}" / r.replace("+", "plus-")
             finetune(fc, run, init=init)
+            # the volume cache is shared: every row and seed evaluates the same test cases
             m = evaluate(run, cfg.data.manifest, split=split, n_boot=200, localise=False,
-                         n_cam_cases=0)["metrics"]
+                         n_cam_cases=0, cache_dir=cfg.data.cache_dir)["metrics"]
             results[r].append({"seed": seed, "accuracy": m["accuracy"], "auc": m["auc"],
                                "balanced_accuracy": m["balanced_accuracy"]})
             print(f"seed {seed} {r:12s} acc {m['accuracy']:.3f} auc {m['auc']}", flush=True)

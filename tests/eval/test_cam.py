@@ -132,6 +132,21 @@ def test_pointing_game_and_cam_auc_hand_made():
         pointing_game(cam, mask[:4])
 
 
+def test_pointing_game_uses_the_centre_of_a_plateau_maximum():
+    # a 2^3 CAM upsampled to 32^3 (as MONAI's Grad-CAM does): the maximum is a whole block
+    coarse = torch.tensor([[[[[0.2, 0.1], [0.1, 0.1]], [[0.1, 0.1], [0.1, 1.0]]]]])
+    cam = torch.nn.functional.interpolate(coarse, size=(32, 32, 32), mode="trilinear",
+                                          align_corners=False)[0, 0]
+    assert int(cam.argmax()) == np.ravel_multi_index((24, 24, 24), (32,) * 3)  # block corner
+    mask = torch.zeros(32, 32, 32)
+    mask[26:31, 26:31, 26:31] = 1              # a lesion in the middle of the hot block
+    assert float(mask.reshape(-1)[int(cam.argmax())]) == 0.0   # the first argmax misses it
+    assert pointing_game(cam, mask) == 1.0
+    other = torch.zeros(32, 32, 32)
+    other[2:6, 2:6, 2:6] = 1                   # a lesion in the cold corner
+    assert pointing_game(cam, other) == 0.0
+
+
 def test_aggregate_localisation():
     recs = [{"case_id": "a", "modality": "T2WI", "pointing_hit": 1.0, "cam_auc": 0.9},
             {"case_id": "b", "modality": "T2WI", "pointing_hit": 0.0, "cam_auc": 0.5},

@@ -12,7 +12,8 @@ all zero).
 
 Localisation (where a lesion mask exists):
 
-* pointing game: 1 when the CAM's argmax voxel lies inside the mask (0 for a constant CAM);
+* pointing game: 1 when the CAM's maximum lies inside the mask (0 for a constant CAM); the
+  maximum of an upsampled coarse map is a plateau, and its central voxel is the point;
 * CAM AUC: ROC AUC of the CAM values separating lesion from non-lesion voxels.
 
 Example:
@@ -186,17 +187,28 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def pointing_game(cam, mask) -> float | None:
-    """1.0 when the CAM's (first) argmax voxel is inside ``mask`` (> 0), else 0.0; None for an
-    empty mask. A constant CAM points nowhere (0.0)."""
-    c, m = _np(cam).reshape(-1), _np(mask).reshape(-1) > 0
-    if c.shape != m.shape:
-        raise ValueError(f"cam and mask sizes differ: {_np(cam).shape} vs {_np(mask).shape}")
+def pointing_game(cam, mask, rel_tol: float = 1e-4) -> float | None:
+    """1.0 when the CAM's maximum points inside ``mask`` (> 0), else 0.0; None for an empty
+    mask. A constant CAM points nowhere (0.0).
+
+    An upsampled coarse CAM has a *plateau* maximum (every voxel within ``rel_tol`` of the
+    range below the maximum, e.g. a whole 8^3 block when a 2^3 map is upsampled to 32^3); the
+    point is the plateau voxel nearest the plateau's centroid, not its first voxel (which would
+    always sit at the block's corner, often the volume's corner).
+    """
+    c, m = _np(cam), _np(mask) > 0
+    if c.size != m.size:
+        raise ValueError(f"cam and mask sizes differ: {c.shape} vs {m.shape}")
+    m = m.reshape(c.shape)
     if not m.any():
         return None
-    if float(c.max()) == float(c.min()):
+    hi, lo = float(c.max()), float(c.min())
+    if hi == lo:
         return 0.0
-    return float(m[int(np.argmax(c))])
+    plateau = np.argwhere(c >= hi - rel_tol * (hi - lo))        # (K, ndim) voxel indices
+    centre = plateau.mean(axis=0)
+    point = plateau[int(np.argmin(((plateau - centre) ** 2).sum(axis=1)))]
+    return float(m[tuple(point)])
 
 
 def cam_auc(cam, mask) -> float | None:
