@@ -127,7 +127,8 @@ def test_pointing_game_and_cam_auc_hand_made():
     assert pointing_game(cam, np.zeros_like(mask)) is None          # no lesion: undefined
     assert cam_auc(cam, np.zeros_like(mask)) is None
     assert localisation(torch.as_tensor(cam), torch.as_tensor(mask)) == {
-        "pointing_hit": 1.0, "cam_auc": pytest.approx(1.0)}
+        "pointing_hit": 1.0, "cam_auc": pytest.approx(1.0), "lesion_fraction": 8 / 512}
+    assert localisation(cam, np.zeros_like(mask))["lesion_fraction"] is None
     with pytest.raises(ValueError, match="sizes differ"):
         pointing_game(cam, mask[:4])
 
@@ -148,12 +149,16 @@ def test_pointing_game_uses_the_centre_of_a_plateau_maximum():
 
 
 def test_aggregate_localisation():
-    recs = [{"case_id": "a", "modality": "T2WI", "pointing_hit": 1.0, "cam_auc": 0.9},
-            {"case_id": "b", "modality": "T2WI", "pointing_hit": 0.0, "cam_auc": 0.5},
+    recs = [{"case_id": "a", "modality": "T2WI", "pointing_hit": 1.0, "cam_auc": 0.9,
+             "lesion_fraction": 0.1},
+            {"case_id": "b", "modality": "T2WI", "pointing_hit": 0.0, "cam_auc": 0.5,
+             "lesion_fraction": 0.3},
             {"case_id": "a", "modality": "C+A", "pointing_hit": None, "cam_auc": None}]
     agg = aggregate_localisation(recs)
-    assert agg["per_modality"]["T2WI"] == {"n": 2, "pointing_game": 0.5, "cam_auc": 0.7}
-    assert agg["per_modality"]["C+A"] == {"n": 1, "pointing_game": None, "cam_auc": None}
+    assert agg["per_modality"]["T2WI"] == {"n": 2, "pointing_game": 0.5, "cam_auc": 0.7,
+                                           "pointing_chance": pytest.approx(0.2)}
+    assert agg["per_modality"]["C+A"] == {"n": 1, "pointing_game": None, "cam_auc": None,
+                                          "pointing_chance": None}
     assert agg["overall"]["n"] == 3 and agg["overall"]["cam_auc"] == pytest.approx(0.7)
 
 

@@ -76,6 +76,7 @@ def test_outputs_and_metrics(result, run_dir, sim):
     assert 0.0 <= m["accuracy"] <= 1.0 and m["ci"]["accuracy"][0] <= m["accuracy"]
     loc = doc["localisation"]
     assert set(loc["per_modality"]) <= set(MODS) and loc["overall"]["n"] > 0
+    assert 0.0 < loc["overall"]["pointing_chance"] < 1.0     # the lesion's share of the volume
     assert {r["case_id"] for r in doc["localisation_cases"]} <= {c["case_id"] for c in doc["cases"]}
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -91,7 +92,7 @@ def test_report_is_self_contained(result):
     assert all(s.startswith("data:image/png;base64,") for s in imgs)
     assert not re.search(r"(src|href)=\"(https?:)?//", page) and "<link" not in page
     for text in ("Accuracy", "Per class", "confusion matrix", "t-SNE", "pointing game",
-                 "CAM overlays"):
+                 "random point", "CAM overlays"):
         assert text in page, text
 
 

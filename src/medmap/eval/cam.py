@@ -225,22 +225,30 @@ def cam_auc(cam, mask) -> float | None:
 
 
 def localisation(cam, mask) -> dict[str, float | None]:
-    """``{"pointing_hit", "cam_auc"}`` of one case's CAM (D, H, W) against its mask."""
-    return {"pointing_hit": pointing_game(cam, mask), "cam_auc": cam_auc(cam, mask)}
+    """``{"pointing_hit", "cam_auc", "lesion_fraction"}`` of one case's CAM (D, H, W) against
+    its mask. ``lesion_fraction`` (the mask's share of the voxels, None for an empty mask) is the
+    pointing game's chance level: the hit rate of a uniformly random point."""
+    m = _np(mask) > 0
+    return {"pointing_hit": pointing_game(cam, mask), "cam_auc": cam_auc(cam, mask),
+            "lesion_fraction": float(m.mean()) if m.any() else None}
 
 
 def aggregate_localisation(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregate per-case records ``{"case_id", "modality", "pointing_hit", "cam_auc"}``.
+    """Aggregate per-case records ``{"case_id", "modality", "pointing_hit", "cam_auc"}`` (and
+    optionally ``"lesion_fraction"``).
 
-    Returns ``{"per_modality": {modality: {"n", "pointing_game", "cam_auc"}}, "overall": {...}}``
-    with means over the cases where each value is defined (None when none is).
+    Returns ``{"per_modality": {modality: {"n", "pointing_game", "cam_auc",
+    "pointing_chance"}}, "overall": {...}}`` with means over the cases where each value is
+    defined (None when none is); ``pointing_chance`` is the mean lesion fraction, the pointing
+    game of a random point.
     """
+    def mean(rs: Sequence[dict[str, Any]], key: str) -> float | None:
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+
     def summary(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        hits = [r["pointing_hit"] for r in rs if r.get("pointing_hit") is not None]
-        aucs = [r["cam_auc"] for r in rs if r.get("cam_auc") is not None]
-        return {"n": len(rs),
-                "pointing_game": float(np.mean(hits)) if hits else None,
-                "cam_auc": float(np.mean(aucs)) if aucs else None}
+        return {"n": len(rs), "pointing_game": mean(rs, "pointing_hit"),
+                "cam_auc": mean(rs, "cam_auc"), "pointing_chance": mean(rs, "lesion_fraction")}
 
     by_mod: dict[str, list[dict[str, Any]]] = {}
     for r in records:

@@ -226,11 +226,14 @@ def _localisation_section(loc: dict[str, Any] | None) -> str:
     rows = []
     for name, s in list(loc["per_modality"].items()) + [("all modalities", loc["overall"])]:
         rows.append(f"<tr><td class='l'>{html.escape(name)}</td><td>{s['n']}</td>"
-                    f"<td>{_fmt(s['pointing_game'])}</td><td>{_fmt(s['cam_auc'])}</td></tr>")
+                    f"<td>{_fmt(s['pointing_game'])}</td>"
+                    f"<td>{_fmt(s.get('pointing_chance'))}</td><td>{_fmt(s['cam_auc'])}</td></tr>")
     return ("<table><tr><th class='l'>modality</th><th>cases</th><th>pointing game</th>"
-            f"<th>CAM AUC</th></tr>{''.join(rows)}</table>"
+            f"<th>random point</th><th>CAM AUC</th></tr>{''.join(rows)}</table>"
             "<p class='note'>Grad-CAM of the predicted class on each modality's expert feature "
-            "map. Pointing game: share of cases whose CAM maximum lies inside the lesion mask. "
+            "map. Pointing game: share of cases whose CAM maximum lies inside the lesion mask; "
+            "random point: the same for a uniformly random voxel (the lesion's mean share of the "
+            "volume). "
             "CAM AUC: ROC AUC of CAM values separating lesion from non-lesion voxels "
             "(0.5 = chance).</p>")
 
