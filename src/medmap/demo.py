@@ -36,7 +36,7 @@ from medmap.train.run import ExperimentConfig
 class DemoSettings:
     """Sizes of the demo (default) or of ``--full``."""
 
-    cases: dict[str, int] = field(default_factory=lambda: {"liver": 300, "brain": 200})
+    cases: dict[str, int] = field(default_factory=lambda: {"liver": 260, "brain": 180})
     # simulated volume side per organ (cropped to the lesion region, then resized to ``size``)
     sim_size: dict[str, int] = field(default_factory=lambda: {"liver": 48, "brain": 48})
     # train / val / test fractions: a large test split keeps the confidence intervals useful
