@@ -228,8 +228,8 @@ def localisation(cam, mask) -> dict[str, float | None]:
     """``{"pointing_hit", "cam_auc", "lesion_fraction"}`` of one case's CAM (D, H, W) against
     its mask. ``lesion_fraction`` (the mask's share of the voxels, None for an empty mask) is the
     pointing game's chance level: the hit rate of a uniformly random point."""
-    m = _np(mask) > 0
-    return {"pointing_hit": pointing_game(cam, mask), "cam_auc": cam_auc(cam, mask),
+    m = _np(mask) > 0                      # converted once, shared by the three scores
+    return {"pointing_hit": pointing_game(cam, m), "cam_auc": cam_auc(cam, m),
             "lesion_fraction": float(m.mean()) if m.any() else None}
 
 
