@@ -67,7 +67,7 @@ def test_info_nce_and_cml_match_a_hand_computation():
     an, pn = F.normalize(a, dim=-1), F.normalize(p, dim=-1)
     hand = 0.0
     for i in range(3):
-        logits = [scale * float(an[i] @ pn[j]) for j in range(3)]
+        logits = [float(scale) * float(an[i] @ pn[j]) for j in range(3)]
         hand += -(logits[i] - math.log(sum(math.exp(x) for x in logits)))
     hand /= 3
     assert info_nce(a, p, scale).item() == pytest.approx(hand, rel=1e-5)
