@@ -37,11 +37,22 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def _cmd_import_lld(a: argparse.Namespace) -> int:
+    import warnings
+
     from medmap.data.sources.lld_mmri import import_lld_mmri
 
-    m = import_lld_mmri(a.root, labels_file=a.labels, fold=a.fold)
+    mask_dir = a.mask_dir
+    if a.full_volumes and mask_dir is None:
+        mask_dir = f"{Path(a.out).with_suffix('')}_masks"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = import_lld_mmri(a.root, labels_file=a.labels, fold=a.fold,
+                            full_volumes=a.full_volumes, mask_dir=mask_dir)
+    for w in caught:  # the importer's notes (folder used, missing phases, boxes without mask)
+        print(f"warning: {w.message}", file=sys.stderr)
     m.save(a.out)
-    print(f"wrote {len(m)} cases to {a.out}")
+    print(f"wrote {len(m)} cases to {a.out}"
+          + (f" (lesion masks in {mask_dir})" if a.full_volumes else ""))
     return 0
 
 
@@ -276,10 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_simulate)
 
     lld = dsub.add_parser("import-lld-mmri", help="LLD-MMRI layout to a manifest")
-    lld.add_argument("root")
+    lld.add_argument("root", help="the release folder (images/, labels/, classification_dataset/),"
+                                  " the test archive's folder, or classification_dataset/")
     lld.add_argument("--out", default="cases.jsonl")
     lld.add_argument("--labels", default=None, help="labels file (default: found under ROOT)")
     lld.add_argument("--fold", type=int, default=None)
+    lld.add_argument("--full-volumes", action="store_true",
+                     help="whole volumes (images/ + labels/Annotation.json) instead of the "
+                          "pre-cropped ROIs; the 3D lesion boxes become masks")
+    lld.add_argument("--mask-dir", default=None,
+                     help="where --full-volumes writes the lesion masks (default: OUT's name + "
+                          "'_masks')")
     lld.set_defaults(func=_cmd_import_lld)
 
     rg = dsub.add_parser("import-radgenome", help="RadGenome-Brain MRI to a manifest")
