@@ -57,9 +57,16 @@ def _cmd_import_lld(a: argparse.Namespace) -> int:
 
 
 def _cmd_import_radgenome(a: argparse.Namespace) -> int:
+    import warnings
+
     from medmap.data.sources.radgenome import import_radgenome
 
-    m = import_radgenome(a.root, subsets=a.subsets, image_root=a.image_root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = import_radgenome(a.root, subsets=a.subsets, image_root=a.image_root,
+                             skip_missing=a.skip_missing)
+    for w in caught:  # the importer's notes (skipped cases, missing sequences or masks, ...)
+        print(f"warning: {w.message}", file=sys.stderr)
     m.save(a.out)
     print(f"wrote {len(m)} cases to {a.out}")
     return 0
@@ -304,8 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("root")
     rg.add_argument("--out", default="cases.jsonl")
     rg.add_argument("--subsets", nargs="+", default=None)
-    rg.add_argument("--image-root", default=None,
-                    help="folder of the challenge images when not under ROOT")
+    rg.add_argument("--image-root", action="append", default=None, metavar="[SUBSET=]PATH",
+                    help="folder the challenge downloads were unpacked into, searched "
+                         "recursively for each case; SUBSET=PATH for one subset only "
+                         "(repeatable)")
+    rg.add_argument("--skip-missing", action="store_true",
+                    help="leave out cases whose images are not found (and say how many) "
+                         "instead of failing")
     rg.set_defaults(func=_cmd_import_radgenome)
 
     for name, helptext in (("pretrain", "stage 1: modality-aware vision-language pre-training"),

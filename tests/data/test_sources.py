@@ -1,4 +1,7 @@
-"""Dataset importers (LLD-MMRI, RadGenome-Brain) on tiny fixtures reproducing the real layouts."""
+"""Dataset importers (LLD-MMRI, RadGenome-Brain) on tiny fixtures: the variants the importers
+accept beyond the official releases (folders without dashes, flat files, images inside the
+release folders, ...). The layouts exactly as released are in ``test_sources_lld.py`` and
+``test_sources_radgenome.py``."""
 
 import json
 import warnings
@@ -275,7 +278,8 @@ def test_radgenome_import(rg):
 
 
 def test_radgenome_roundtrip_validate_and_subsets(rg, tmp_path):
-    m = import_radgenome(rg, subsets=["brats-gli", "ISLES2022"])
+    with pytest.warns(RadGenomeWarning, match=r"sub-strokecase0001 \(ISLES22\): no lesion mask"):
+        m = import_radgenome(rg, subsets=["brats-gli", "ISLES2022"])
     assert [c.case_id for c in m] == ["BraTS-GLI-00001-000", "BraTS-GLI-00002-000",
                                       "sub-strokecase0001"]
     back = Manifest.load(m.save(tmp_path / "out" / "rg.jsonl"))
