@@ -234,6 +234,11 @@ class DicomSeries:
         return f"{self.uid} ({self.description}, {len(self.files)} file(s))"
 
 
+_HEADER_TAGS = ["SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "Rows",
+                "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient",
+                "NumberOfFrames"]
+
+
 def dicom_series(folder: str | Path) -> list[DicomSeries]:
     """Every image series in a DICOM folder (files directly in it), in SeriesNumber order.
 
@@ -252,7 +257,7 @@ def dicom_series(folder: str | Path) -> list[DicomSeries]:
         if not f.is_file() or f.name.startswith("."):
             continue
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
             continue
         if "Rows" not in ds or "Columns" not in ds:
