@@ -208,3 +208,21 @@ def test_duplicate_positions_and_stray_files(tmp_path, mni):
         read_volume(tmp_path / "dcm")
     with pytest.raises(VolumeReadError, match="holds no DICOM image files"):
         read_volume(tmp_path / "dcm" / "..")  # tmp_path: no DICOM file directly inside
+
+
+def test_manifest_picks_a_series_by_uid(tmp_path, mni):
+    """A manifest names one series of a shared folder as ``folder#<SeriesInstanceUID>``."""
+    from medmap.data.manifest import Case, Manifest
+    from medmap.data.validate import validate_manifest
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "study"
+    t1, _, _ = write_series(folder, mni, oblique_affine(), rng=rng, number=1)
+    t2, _, _ = write_series(folder, mni[:, :, :10], oblique_affine(), rng=rng, number=2)
+    ok = Case("p1", "brain", "train", None, {"T1WI": f"{folder}#{t1}", "T2WI": f"{folder}#{t2}"})
+    m = Manifest.load(Manifest([ok]).save(tmp_path / "m.jsonl"))
+    assert validate_manifest(m) == []
+    bad = Case("p2", "brain", "train", None, {"T1WI": str(folder)})
+    (line,) = validate_manifest(Manifest([bad], tmp_path))
+    assert "case 'p2': modalities.T1WI" in line and "holds 2 DICOM series" in line
+    assert f"#{t1}" in line
