@@ -193,13 +193,13 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int,
 def swin_config(feature_size: int = 48, size: int = 128, window: int = 7,
                 checkpoint: bool = False, quick: bool = False):
     """The paper's Swin expert (``configs/liver.yaml``); ``quick``: a 1-1-1-1 toy for 32^3."""
-    from medmap.models.encoders import EncoderConfig
+    from medmap.models.encoders import SwinConfig
 
     if quick:
-        return EncoderConfig(name="swin", feature_size=feature_size, depths=(1, 1, 1, 1),
+        return SwinConfig(feature_size=feature_size, depths=(1, 1, 1, 1),
                              num_heads=(1, 1, 2, 2), window_size=2, out_stage=3,
                              use_checkpoint=checkpoint)
-    return EncoderConfig(name="swin", feature_size=feature_size, depths=(2, 2, 2, 2),
+    return SwinConfig(feature_size=feature_size, depths=(2, 2, 2, 2),
                          num_heads=(3, 6, 12, 24), window_size=window,
                          out_stage=4 if size >= 64 else 3, use_checkpoint=checkpoint)
 
@@ -208,10 +208,10 @@ def medmap_config(modalities: Sequence[str], n_classes: int = 7, feature_size: i
                   size: int = 128, window: int = 7, checkpoint: bool = False,
                   text_dim: int = 384, quick: bool = False, dropout: float = 0.1):
     """MedMAPConfig of ``configs/liver.yaml`` (conv stream 16-32-64-96, embed 256, 4 heads)."""
-    from medmap.models.encoders import EncoderConfig
+    from medmap.models.encoders import CNNConfig
     from medmap.models.medmap import MedMAPConfig
 
-    conv = EncoderConfig(name="cnn", channels=(8, 16, 16) if quick else (16, 32, 64, 96))
+    conv = CNNConfig(channels=(8, 16, 16) if quick else (16, 32, 64, 96))
     return MedMAPConfig(modalities=list(modalities), classes=[f"c{i}" for i in range(n_classes)],
                         encoder=swin_config(feature_size, size, window, checkpoint, quick),
                         conv_stream=conv, embed_dim=32 if quick else 256, text_dim=text_dim,

@@ -62,14 +62,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     from torch.utils.data import DataLoader
 
-    from medmap.data.datasets import CaseDataset, VolumeCache
+    from medmap.data.cache import VolumeCache
+    from medmap.data.datasets import CaseDataset
     from medmap.data.preprocess import PreprocessConfig, Preprocessor
     from medmap.data.sim import simulate
     from medmap.data.vocab import get_organ
     from medmap.models.medmap import MedMAPClassifier
     from medmap.train.data import CaseCollator, TextTable
-    from medmap.train.engine import EpochShuffleSampler, OptimConfig, configure_adamw
-    from medmap.train.modules import FinetuneModule
+    from medmap.train.engine import EpochShuffleSampler, OptimConfig, build_adamw
+    from medmap.train.medmap import FinetuneModule
 
     tmp = tempfile.TemporaryDirectory(prefix="medmap-bench-data-")
     root = Path(a.workdir or tmp.name)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                           quick=a.quick)
     model = MedMAPClassifier(cfg, torch.randn(len(mods), encoder.hidden_size)).to(dev)
     oc = OptimConfig(epochs=10)
-    opt = configure_adamw(model, oc, 1000, 100)["optimizer"]
+    opt = build_adamw([(model.named_parameters(), 1.0)], oc, 1000, 100)[0]
     module = FinetuneModule(model, oc)
     gb = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     bs = gb["images"].shape[0]

@@ -78,8 +78,8 @@ def _compile_parts(model: torch.nn.Module) -> None:
 def build_step(stage: str, variant: str, a, dev: torch.device, amp: bool):
     """(step function, volumes per step, model) of one stage + variant."""
     from medmap.models.medmap import MedMAPClassifier, ModalityAwareCLIP
-    from medmap.train.engine import OptimConfig, configure_adamw
-    from medmap.train.modules import FinetuneModule, PretrainModule
+    from medmap.train.engine import OptimConfig, build_adamw
+    from medmap.train.medmap import FinetuneModule, PretrainModule
 
     S = a.size
     cfg = C.medmap_config([f"m{i}" for i in range(a.phases)], feature_size=a.feature_size,
@@ -107,7 +107,7 @@ def build_step(stage: str, variant: str, a, dev: torch.device, amp: bool):
         model.to(memory_format=torch.channels_last_3d)
     if "compile" in variant:
         _compile_parts(model)
-    opt = configure_adamw(model, oc, 1000, 100)["optimizer"]
+    opt = build_adamw([(model.named_parameters(), 1.0)], oc, 1000, 100)[0]
     ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else \
         contextlib.nullcontext
 

@@ -1,7 +1,7 @@
 """Downstream comparison of pre-training methods on MedMoM-Sim: none vs MedMAP vs MG-3D.
 
 Simulates the benchmark (demo scale: 32^3), pre-trains MedMAP's modality-aware contrastive
-experts (``medmap.train.run.pretrain``) and, when ``medmap.train.mg3d.pretrain_mg3d`` is
+experts (``medmap.train.medmap.pretrain``) and, when ``medmap.train.mg3d.pretrain_mg3d`` is
 available, MG-3D with the same data, architecture and optimiser settings, then runs
 :func:`medmap.downstream.compare.compare_pretraining` (zero-shot AUC, Recall@K, segmentation
 Dice, BLEU) for "no pre-training", MedMAP and MG-3D on the same splits.
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_config(args: argparse.Namespace, manifest: Path):
     from medmap.config import load_config
-    from medmap.train.run import ExperimentConfig
+    from medmap.train.config import ExperimentConfig
 
     cfg = load_config(ExperimentConfig, REPO / "configs" / f"demo-{args.organ}.yaml")
     out = Path(args.out)
@@ -41,7 +41,7 @@ def build_config(args: argparse.Namespace, manifest: Path):
     if args.smoke:
         from medmap.models.medmap import MedMAPConfig
 
-        cfg.model = MedMAPConfig.tiny([], [])
+        cfg.model = MedMAPConfig.tiny([], [], text_dim=MedMAPConfig().text_dim)  # derived: default
         cfg.data.modalities = ["T2WI", "C+A"] if args.organ == "liver" else ["T1WI", "T1C"]
         cfg.pretrain.batch_size = 4
         cfg.pretrain.lr = 1e-3
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medmap.data.sim import simulate
     from medmap.downstream.compare import compare_pretraining
-    from medmap.train.run import pretrain
+    from medmap.train.medmap import pretrain
 
     out = Path(args.out)
     t0 = time.time()

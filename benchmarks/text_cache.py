@@ -1,4 +1,4 @@
-"""A pre-training epoch with the text-embedding table (``TextTable``, as ``medmap.train.run.pretrain``
+"""A pre-training epoch with the text-embedding table (``TextTable``, as ``medmap.train.medmap.pretrain``
 builds it: every report encoded once before training) versus re-encoding each batch's reports
 with the frozen text encoder at every step.
 
@@ -64,15 +64,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     from torch.utils.data import DataLoader
 
-    from medmap.data.datasets import ModalityPairDataset, VolumeCache
+    from medmap.data.cache import VolumeCache
+    from medmap.data.datasets import ModalityPairDataset
     from medmap.data.preprocess import PreprocessConfig, Preprocessor
     from medmap.data.sim import simulate
     from medmap.data.vocab import get_organ
-    from medmap.models.encoders import EncoderConfig
+    from medmap.models.encoders import CNNConfig, SwinConfig
     from medmap.models.medmap import MedMAPConfig, ModalityAwareCLIP
     from medmap.train.data import PairCollator, TextTable
-    from medmap.train.engine import GroupedBatchSampler, OptimConfig, configure_adamw
-    from medmap.train.modules import PretrainModule
+    from medmap.train.engine import GroupedBatchSampler, OptimConfig, build_adamw
+    from medmap.train.medmap import PretrainModule
 
     tmp = tempfile.TemporaryDirectory(prefix="medmap-bench-text-")
     root = Path(tmp.name)
@@ -96,10 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
     table_s = time.perf_counter() - t
 
     cfg = MedMAPConfig(modalities=mods, classes=["c"], text_dim=encoder.hidden_size,
-                       encoder=EncoderConfig(name="swin", feature_size=12, depths=(2, 2, 2, 2),
+                       encoder=SwinConfig(feature_size=12, depths=(2, 2, 2, 2),
                                              num_heads=(3, 6, 12, 24), window_size=4,
                                              out_stage=3),
-                       conv_stream=EncoderConfig(name="cnn", channels=(8, 16, 32, 64)),
+                       conv_stream=CNNConfig(channels=(8, 16, 32, 64)),
                        embed_dim=96, cct_heads=4)
     torch.manual_seed(0)
     init = ModalityAwareCLIP(cfg)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     def epoch(collate) -> tuple[float, int]:
         model = copy.deepcopy(init).to(dev)
         oc = OptimConfig(epochs=a.epochs + 1, batch_size=a.batch)
-        opt = configure_adamw(model, oc, 1000, 100)["optimizer"]
+        opt = build_adamw([(model.named_parameters(), 1.0)], oc, 1000, 100)[0]
         module = PretrainModule(model, oc)
         sampler = GroupedBatchSampler(groups, a.batch, seed=0)
         loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate)

@@ -3,7 +3,7 @@ the bare Swin encoder forward + backward on the same input (the ratio is medmap'
 
 Steps are the real Lightning modules' ``training_step`` (``PretrainModule`` / ``FinetuneModule``,
 called without a Trainer: no logging, no gradient clipping) + ``backward`` + the engine's AdamW
-(``configure_adamw``). The architecture is ``configs/liver.yaml``'s (Swin depths 2-2-2-2,
+(``build_adamw``). The architecture is ``configs/liver.yaml``'s (Swin depths 2-2-2-2,
 window 7, conv stream 16-32-64-96, embed 256, text 384) with the Swin feature size as a knob.
 
     python benchmarks/train_step.py                                  # the full table
@@ -37,17 +37,17 @@ def _free(dev: torch.device) -> None:
 
 
 def _optim(model: torch.nn.Module):
-    from medmap.train.engine import OptimConfig, configure_adamw
+    from medmap.train.engine import OptimConfig, build_adamw
 
     oc = OptimConfig(epochs=10, lr=1e-4)
-    return oc, configure_adamw(model, oc, total_steps=1000, steps_per_epoch=100)["optimizer"]
+    return oc, build_adamw([(model.named_parameters(), 1.0)], oc, 1000, 100)[0]
 
 
 def bench_config(S: int, fs: int, a, dev: torch.device) -> list[dict]:
     """Rows of one (size, feature size) configuration."""
     from medmap.models.encoders import build_encoder
     from medmap.models.medmap import MedMAPClassifier, ModalityAwareCLIP
-    from medmap.train.modules import FinetuneModule, PretrainModule
+    from medmap.train.medmap import FinetuneModule, PretrainModule
 
     B, M = a.batch, a.phases
     cfg = C.medmap_config([f"m{i}" for i in range(M)], feature_size=fs, size=S, window=a.window,

@@ -29,7 +29,7 @@ def tiny_experiment_config(tiny_sim, tiny_bert, epochs: tuple[int, int] = (2, 3)
     from medmap.data.preprocess import PreprocessConfig
     from medmap.models.medmap import MedMAPConfig
     from medmap.train.engine import OptimConfig
-    from medmap.train.run import ExperimentConfig
+    from medmap.train.config import ExperimentConfig
 
     cfg = ExperimentConfig()
     cfg.data.manifest = str(tiny_sim)
@@ -39,7 +39,7 @@ def tiny_experiment_config(tiny_sim, tiny_bert, epochs: tuple[int, int] = (2, 3)
     cfg.data.cache_dir = str(tiny_sim.parent / "volume-cache")
     cfg.text.model = str(tiny_bert)
     cfg.text.cache_dir = str(tiny_sim.parent / "text-cache")
-    cfg.model = MedMAPConfig.tiny([], [])
+    cfg.model = MedMAPConfig.tiny([], [], text_dim=MedMAPConfig().text_dim)  # derived: default
     cfg.pretrain = OptimConfig(epochs=epochs[0], batch_size=4, progress=False, lr=1e-3)
     cfg.finetune = OptimConfig(epochs=epochs[1], batch_size=4, progress=False, lr=1e-3)
     return cfg

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medmap.train.run import ExperimentConfig
+from medmap.train.config import ExperimentConfig
 
 ROWS: dict[str, dict[str, Any]] = {
     "baseline": {"use_cct": False, "use_csa": False, "pretrained": None},
@@ -47,7 +47,7 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
                  rows: Sequence[str] = tuple(ROWS), split: str = "test") -> dict[str, Any]:
     """Run every row for every seed; writes ``ablation.json`` and ``ablation.md``."""
     from medmap.eval.evaluate import evaluate
-    from medmap.train.run import finetune, pretrain
+    from medmap.train.medmap import finetune, pretrain
 
     unknown = [r for r in rows if r not in ROWS]
     if unknown:

@@ -74,7 +74,7 @@ def _cmd_import_radgenome(a: argparse.Namespace) -> int:
 
 def _experiment(a: argparse.Namespace):
     from medmap.config import load_config
-    from medmap.train.run import ExperimentConfig
+    from medmap.train.config import ExperimentConfig
 
     return load_config(ExperimentConfig, a.config, a.overrides)
 
@@ -83,7 +83,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     if a.recipe == "mg3d":
         from medmap.train.mg3d import pretrain_mg3d as run
     else:
-        from medmap.train.run import pretrain as run
+        from medmap.train.medmap import pretrain as run
 
     out = run(_experiment(a), a.run_dir, resume=a.resume)
     print(f"pre-trained ({a.recipe}): {out}")
@@ -91,7 +91,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:
-    from medmap.train.run import finetune
+    from medmap.train.medmap import finetune
 
     out = finetune(_experiment(a), a.run_dir, init=a.init, resume=a.resume)
     print(f"fine-tuned model: {out}")
@@ -143,7 +143,7 @@ def _downstream_model(a: argparse.Namespace):
     if not a.config:
         raise ValueError("MODEL 'none' (no pre-training) needs --config: an experiment YAML "
                          "(e.g. a pre-training run's config.yaml) for architecture and data")
-    from medmap.downstream.common import load_vlm
+    from medmap.downstream.vlm import load_vlm
 
     return load_vlm(None, experiment=_experiment(argparse.Namespace(config=a.config,
                                                                      overrides=[])),

@@ -37,6 +37,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        tagged = _tagged_choice(args, value, where)
+        if tagged is not None:
+            return _coerce(tagged, value, where)
         for a in args:
             if a is type(None):
                 continue
@@ -93,6 +96,49 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _tag_of(tp: Any) -> str | None:
+    """The default of a dataclass's ``name`` field when it is a ``Literal`` tag, else None."""
+    if not dataclasses.is_dataclass(tp):
+        return None
+    hints = typing.get_type_hints(tp)
+    f = next((f for f in dataclasses.fields(tp) if f.name == "name"), None)
+    if f is None or typing.get_origin(hints.get("name")) is not typing.Literal:
+        return None
+    return f.default if f.default is not dataclasses.MISSING else None
+
+
+def _tagged_choice(args: tuple, value: Any, where: str) -> Any:
+    """For a union of tagged dataclasses (a ``name: Literal[...]`` field each) and a mapping
+    that names one, the dataclass it names; a ConfigError when the name fits none."""
+    tags = {_tag_of(a): a for a in args if _tag_of(a) is not None}
+    if not tags or not isinstance(value, dict) or "name" not in value:
+        return None
+    if value["name"] not in tags:
+        raise ConfigError(f"{where}.name: {value['name']!r} is not one of {list(tags)}")
+    return tags[value["name"]]
+
+
+def diff_dict(cfg: Any, default: Any = None) -> dict[str, Any]:
+    """The fields of dataclass ``cfg`` that differ from ``default`` (default: its class's
+    defaults), nested: what a YAML file needs to hold to rebuild ``cfg`` with
+    :func:`load_config`. A nested config of another type than the default (e.g. another
+    encoder) is written as its ``name`` tag plus what differs from that type's defaults."""
+    default = type(cfg)() if default is None else default
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v, d = getattr(cfg, f.name), getattr(default, f.name)
+        if dataclasses.is_dataclass(v) and type(v) is type(d):
+            sub = diff_dict(v, d)
+            if sub:
+                out[f.name] = sub
+        elif dataclasses.is_dataclass(v):       # another type: its tag + its own non-defaults
+            tag = _tag_of(type(v))
+            out[f.name] = ({"name": tag, **diff_dict(v)} if tag is not None else to_dict(v))
+        elif json.loads(json.dumps(v)) != json.loads(json.dumps(d)):
+            out[f.name] = json.loads(json.dumps(v))
+    return out
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
@@ -113,14 +159,50 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, overrides: list[str] | 
                 raise ConfigError(f"override {ov!r}: {k} is not a section")
         node[keys[-1]] = val
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
     if unknown:
         raise ConfigError(
-            f"{_where or cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{_where + '.' if _where else ''}{k}")
+            f"{_where or cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs = {k: _coerce(hints[k], _onto_default(fields[k], v),
+                         f"{_where + '.' if _where else ''}{k}")
               for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` applied onto ``base``, nested; a mapping whose ``name`` tag differs from the
+    base's replaces it (another config type) instead of merging."""
+    out = dict(base)
+    for k, v in over.items():
+        b = out.get(k)
+        same_type = isinstance(b, dict) and ("name" not in v or v["name"] == b.get("name")) \
+            if isinstance(v, dict) else False
+        out[k] = _deep_merge(b, v) if same_type else v
+    return out
+
+
+def _onto_default(f: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a nested config is applied onto the field's own default (so
+    ``preprocess: {size: [..]}`` keeps the other settings the enclosing config defaults to),
+    unless it names another type with its ``name`` tag."""
+    if not isinstance(value, dict):
+        return value
+    default = _field_default(f)
+    if not dataclasses.is_dataclass(default):
+        return value
+    if "name" in value and _tag_of(type(default)) is not None \
+            and value["name"] != getattr(default, "name", None):
+        return value
+    return _deep_merge(to_dict(default), value)
 
 
 def load_config(cls: type[T], path: str | Path | None = None,

@@ -26,10 +26,10 @@ from typing import Any
 
 from medmap.data.augment import AugmentConfig
 from medmap.data.preprocess import PreprocessConfig
-from medmap.models.encoders import EncoderConfig
+from medmap.models.encoders import CNNConfig, SwinConfig
 from medmap.models.medmap import MedMAPConfig
+from medmap.train.config import ExperimentConfig
 from medmap.train.engine import OptimConfig
-from medmap.train.run import ExperimentConfig
 
 
 @dataclass
@@ -74,15 +74,15 @@ def demo_config(organ: str, manifest: Path, cache: Path, s: DemoSettings,
     if s.expert == "cnn":
         # 3 stride-2 blocks: a 4^3 feature map at 32^3 (about 0.2 M parameters per expert).
         # With 4 blocks the map is 2^3 and Grad-CAM's maximum always lands in a corner octant.
-        expert = EncoderConfig(name="cnn", channels=(16, 32, 64))
+        expert = CNNConfig(channels=(16, 32, 64))
     elif s.expert == "swin":
-        expert = EncoderConfig(name="swin", feature_size=s.feature_size, depths=(2, 2, 2, 2),
+        expert = SwinConfig(feature_size=s.feature_size, depths=(2, 2, 2, 2),
                                num_heads=(3, 6, 12, 24), window_size=4,
                                out_stage=3 if s.size < 64 else 4)
     else:
         raise ValueError(f"DemoSettings.expert must be 'cnn' or 'swin', got {s.expert!r}")
     cfg.model = MedMAPConfig(encoder=expert,
-                             conv_stream=EncoderConfig(name="cnn", channels=(8, 16, 32, 64)),
+                             conv_stream=CNNConfig(channels=(8, 16, 32, 64)),
                              embed_dim=96, cct_heads=4, dropout=0.1)
     if s.augment:
         cfg.data.augment = AugmentConfig(flip_prob=0.5, intensity_scale=0.1, intensity_shift=0.1)
@@ -109,7 +109,7 @@ def run_demo(out_dir: str | Path = "medmap-demo", full: bool = False, seed: int 
     """Run the demo; returns (and writes to ``OUT/summary.json``) the headline metrics."""
     from medmap.data.sim import SimConfig, simulate
     from medmap.eval.evaluate import evaluate
-    from medmap.train.run import finetune, pretrain
+    from medmap.train.medmap import finetune, pretrain
 
     s = settings or (DemoSettings.full() if full else DemoSettings())
     out = Path(out_dir)

@@ -286,9 +286,10 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     from medmap.data.io import VolumeReadError
     from medmap.data.preprocess import Preprocessor
     from medmap.eval.cam import gradcam
-    from medmap.eval.evaluate import load_classifier
+    from medmap.inference import load_classifier
 
-    model, doc, pcfg, _ = load_classifier(model_dir, preprocess_override, device)
+    lm = load_classifier(model_dir, preprocess_override, device)
+    model, doc, pcfg = lm.model, lm.doc, lm.preprocess
     cfg = model.cfg
     mods, classes = list(cfg.modalities), list(cfg.classes)
     organ = doc.get("organ") or cfg.organ or None

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import medmap.data.datasets as dsets
+import medmap.data.cache as dcache
 from medmap.data import io as mio
+from medmap.data.cache import VolumeCache
 from medmap.data.datasets import (
     CaseDataset,
     ModalityPairDataset,
-    VolumeCache,
     collate_cases,
     collate_pairs,
 )
@@ -50,7 +50,7 @@ def count_reads(monkeypatch):
 
 @pytest.fixture
 def fresh_memo(monkeypatch):
-    monkeypatch.setattr(dsets, "_HASH_MEMO", {})
+    monkeypatch.setattr(dcache, "_HASH_MEMO", {})
 
 
 def pre(**kw) -> Preprocessor:
@@ -73,7 +73,7 @@ def test_cache_second_get_is_a_hit_without_decoding(tmp_path, count_reads, fresh
 def test_new_cache_on_same_dir_hits_without_rehashing(tmp_path, count_reads, monkeypatch):
     p = write_nii(tmp_path / "a.nii.gz")
     a = VolumeCache(tmp_path / "cache", pre()).get(p)
-    monkeypatch.setattr(dsets, "_HASH_MEMO", {})                # as in a fresh process
+    monkeypatch.setattr(dcache, "_HASH_MEMO", {})                # as in a fresh process
     c2 = VolumeCache(tmp_path / "cache", pre())
     b = c2.get(p)
     assert c2.stats() == {"hits": 1, "misses": 0, "files_hashed": 0}   # on-disk hash memo

@@ -14,8 +14,8 @@ def tiny_pretrain_config(tiny_experiment_factory):
 
 @pytest.fixture(scope="session")
 def pretrained(tiny_pretrain_config, tmp_path_factory):
-    """Folder of a ModalityAwareCLIP pre-trained for 1 epoch (medmap.train.run.pretrain)."""
-    from medmap.train.run import pretrain
+    """Folder of a ModalityAwareCLIP pre-trained for 1 epoch (medmap.train.medmap.pretrain)."""
+    from medmap.train.medmap import pretrain
 
     return pretrain(tiny_pretrain_config, tmp_path_factory.mktemp("ds-pretrain"))
 
@@ -27,6 +27,6 @@ def vcache(tiny_sim):
 
 @pytest.fixture(scope="session")
 def vlm(pretrained):
-    from medmap.downstream.common import load_vlm
+    from medmap.downstream.vlm import load_vlm
 
     return load_vlm(pretrained, device="cpu")

@@ -45,7 +45,7 @@ def test_embed_writes_files_with_shapes_and_ids(vlm, tiny_sim, vcache, tmp_path)
     assert info["volume_embeddings"]["shape"] == [n_vol, 32]
     assert json.loads((tmp_path / "embeddings.json").read_text())["text_embeddings"]["shape"] == [n_txt, 32]
     # a row's volume embedding is the one encode_image gives for that volume
-    from medmap.downstream.common import volume_embeddings
+    from medmap.downstream.features import volume_embeddings
 
     one = [it for it in vlm.volume_items(tiny_sim) if it.case.case_id == vrows[3]["case_id"]
            and it.modality == vrows[3]["modality"]]
@@ -54,7 +54,7 @@ def test_embed_writes_files_with_shapes_and_ids(vlm, tiny_sim, vcache, tmp_path)
 
 
 def test_no_pretraining_model_needs_a_config_and_is_random(vlm):
-    from medmap.downstream.common import load_vlm
+    from medmap.downstream.vlm import load_vlm
 
     with pytest.raises(ValueError, match="needs a config"):
         load_vlm(None)

@@ -79,7 +79,7 @@ def test_zeroshot_end_to_end_with_a_perfect_model(tiny_sim, tmp_path):
     from medmap.data.manifest import Manifest
     from medmap.data.preprocess import PreprocessConfig
     from medmap.data.vocab import LIVER
-    from medmap.downstream.common import LoadedVLM, VisionLanguageModel
+    from medmap.downstream.vlm import LoadedVLM, VisionLanguageModel
     from medmap.downstream.zeroshot import default_prompts, expand_prompts, zeroshot
 
     K = len(LIVER.classes)
@@ -117,7 +117,7 @@ def test_zeroshot_end_to_end_with_a_perfect_model(tiny_sim, tmp_path):
 
 
 def test_zeroshot_on_a_pretrained_model(vlm, tiny_sim, vcache):
-    from medmap.downstream.common import VisionLanguageModel
+    from medmap.downstream.vlm import VisionLanguageModel
     from medmap.downstream.zeroshot import zeroshot
 
     assert isinstance(vlm.model, VisionLanguageModel)

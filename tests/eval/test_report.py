@@ -169,7 +169,7 @@ def test_tsne_small_n():
 
 
 def test_run_manifest(run_dir, tmp_path):
-    from medmap.eval.evaluate import resolve_model_dir, run_manifest
+    from medmap.inference import resolve_model_dir, run_manifest
 
     assert resolve_model_dir(run_dir) == run_dir / "model"
     assert resolve_model_dir(run_dir / "model") == run_dir / "model"

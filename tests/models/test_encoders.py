@@ -1,7 +1,9 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from medmap.models.encoders import EncoderConfig, build_encoder, tiny_encoder_config
+from medmap.models.encoders import SwinConfig, build_encoder, tiny_encoder_config
 
 
 @pytest.mark.parametrize("name", ["swin", "resnet", "cnn"])
@@ -18,7 +20,7 @@ def test_encoder_interface(name):
 
 def test_swin_matches_monai_forward_at_full_depth():
     torch.manual_seed(0)
-    enc = build_encoder(EncoderConfig(name="swin", feature_size=12, window_size=2))
+    enc = build_encoder(SwinConfig(feature_size=12, window_size=2))
     x = torch.randn(1, 1, 32, 32, 32)
     assert torch.allclose(enc.feature_map(x), enc.swin(x)[4], atol=1e-6)
 
@@ -30,4 +32,4 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"expects \(B, C, D, H, W\)"):
         enc(torch.randn(1, 32, 32, 32))
     with pytest.raises(ValueError, match="unknown encoder 'vit'; registered: swin, resnet, cnn"):
-        build_encoder(EncoderConfig(name="vit"))
+        build_encoder(SimpleNamespace(name="vit"))

@@ -3,7 +3,7 @@ import torch
 
 from medmap.losses.contrastive import modality_contrastive_loss
 from medmap.losses.medmap import medmap_loss
-from medmap.models.encoders import EncoderConfig
+from medmap.models.encoders import CNNConfig
 from medmap.models.hub import from_pretrained, save_pretrained
 from medmap.models.medmap import (
     MedMAPClassifier,
@@ -132,7 +132,7 @@ def test_load_pretrained_experts_copies_and_refuses_mismatch(tmp_path):
     more = MedMAPClassifier(MedMAPConfig.tiny(MODS + ["DWI"], CLASSES), torch.randn(4, 32))
     with pytest.raises(ValueError, match=r"no pre-trained expert for modalities \['DWI'\]"):
         load_pretrained_experts(more, str(tmp_path / "pre"))
-    other = MedMAPClassifier(_cfg(encoder=EncoderConfig(name="cnn", channels=(8, 16))),
+    other = MedMAPClassifier(_cfg(encoder=CNNConfig(channels=(8, 16))),
                              torch.randn(3, 32))
     with pytest.raises(ValueError, match="pre-trained encoder .* differs"):
         load_pretrained_experts(other, str(tmp_path / "pre"))

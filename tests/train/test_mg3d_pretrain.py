@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medmap.mg3d.model import MG3DConfig, MG3DModel
+from medmap.models.mg3d import MG3DConfig, MG3DModel
 from medmap.train.mg3d import pretrain_mg3d
 
 

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from medmap.data.manifest import Manifest, ManifestError
-from medmap.train.run import finetune, pretrain
+from medmap.train.medmap import finetune, pretrain
 
 
 class CrashAtEpoch:

@@ -1,7 +1,7 @@
 """Downstream tasks of a pre-trained vision-language model (MG-3D's evaluation suite).
 
 Every task takes a model folder written by ``save_pretrained`` (MedMAP's ``medmap_clip`` or
-MG-3D's ``mg3d``; anything satisfying :class:`~medmap.downstream.common.VisionLanguageModel`),
+MG-3D's ``mg3d``; anything satisfying :class:`~medmap.downstream.vlm.VisionLanguageModel`),
 or None for "no pre-training", plus a manifest:
 
 | task | function | metrics |
@@ -24,9 +24,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "VisionLanguageModel": "medmap.downstream.common",
-    "LoadedVLM": "medmap.downstream.common",
-    "load_vlm": "medmap.downstream.common",
+    "VisionLanguageModel": "medmap.downstream.vlm",
+    "LoadedVLM": "medmap.downstream.vlm",
+    "load_vlm": "medmap.downstream.vlm",
     "predict_masks": "medmap.downstream.segment",
     "report_generation": "medmap.downstream.report_gen",
     "bleu_scores": "medmap.downstream.report_gen",

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from medmap.data.manifest import Manifest
-from medmap.downstream.common import LoadedVLM, load_vlm, safe_name, write_json
+from medmap.downstream.common import safe_name, write_json
+from medmap.downstream.vlm import LoadedVLM, load_vlm
 
 __all__ = ["compare_pretraining", "TASKS", "summary_row", "markdown_table"]
 

@@ -29,13 +29,9 @@ from typing import Any
 import numpy as np
 
 from medmap.data.manifest import Manifest
-from medmap.downstream.common import (
-    LoadedVLM,
-    load_vlm,
-    text_embeddings,
-    volume_embeddings,
-    write_json,
-)
+from medmap.downstream.common import write_json
+from medmap.downstream.features import text_embeddings, volume_embeddings
+from medmap.downstream.vlm import LoadedVLM, load_vlm
 
 __all__ = ["export_embeddings"]
 

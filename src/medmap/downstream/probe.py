@@ -11,7 +11,7 @@ Case feature: the mean over the case's available modalities of each volume's glo
   at ``encoder_lr_ratio`` x the head's learning rate), a few epochs.
 
 Both report accuracy, balanced accuracy and (macro one-vs-rest) AUC on the evaluation split via
-:func:`medmap.eval.metrics.classification_metrics`.
+:func:`medmap.metrics.classification_metrics`.
 
 Example:
     >>> from medmap.downstream.probe import probe
@@ -31,21 +31,17 @@ from torch import nn
 
 from medmap.data.manifest import Manifest
 from medmap.data.vocab import get_organ
-from medmap.downstream.common import (
-    LoadedVLM,
-    case_embeddings,
-    fit,
-    load_vlm,
-    volume_embeddings,
-    write_json,
-)
+from medmap.downstream.common import write_json
+from medmap.downstream.features import case_embeddings, volume_embeddings
+from medmap.downstream.vlm import LoadedVLM, load_vlm
+from medmap.train.loop import fit
 from medmap.train.engine import OptimConfig
 
 __all__ = ["probe", "linear_probe", "finetune_probe", "FinetuneClassifier"]
 
 
 def _metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    from medmap.eval.metrics import classification_metrics
+    from medmap.metrics import classification_metrics
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

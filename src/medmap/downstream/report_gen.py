@@ -38,14 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmap.data.manifest import Manifest
-from medmap.downstream.common import (
-    ListDataset,
-    LoadedVLM,
-    VolumeItem,
-    fit,
-    load_vlm,
-    write_json,
-)
+from medmap.downstream.common import write_json
+from medmap.downstream.vlm import LoadedVLM, VolumeItem, load_vlm
+from medmap.train.loop import ListDataset, fit
 from medmap.train.engine import OptimConfig
 
 __all__ = ["ReportGenConfig", "ReportGenerator", "CompactVocab", "bleu_scores", "bleu_tokens",

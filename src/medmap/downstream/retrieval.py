@@ -29,15 +29,14 @@ from typing import Any
 import numpy as np
 
 from medmap.data.manifest import Manifest
-from medmap.downstream.common import (
-    LoadedVLM,
+from medmap.downstream.common import write_json
+from medmap.downstream.features import (
     case_embeddings,
     case_report,
-    load_vlm,
     text_embeddings,
     volume_embeddings,
-    write_json,
 )
+from medmap.downstream.vlm import LoadedVLM, load_vlm
 
 __all__ = ["retrieval", "retrieval_metrics", "match_ranks", "recall_at_k", "DEFAULT_KS"]
 

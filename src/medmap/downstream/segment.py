@@ -37,16 +37,11 @@ from torch import nn
 
 from medmap.data.manifest import Manifest
 from medmap.data.preprocess import PreprocessConfig
-from medmap.downstream.common import (
-    ListDataset,
-    LoadedVLM,
-    VolumeItem,
-    fit,
-    load_vlm,
-    safe_name,
-    write_json,
-)
-from medmap.models.encoders import EncoderConfig, build_encoder
+from medmap.downstream.common import safe_name, write_json
+from medmap.downstream.vlm import LoadedVLM, VolumeItem, load_vlm
+from medmap.train.loop import ListDataset, fit
+from medmap.models.encoders import EncoderConfig, SwinConfig, build_encoder
+from medmap.models.hub import register_model
 from medmap.train.engine import OptimConfig
 
 __all__ = ["SegmenterConfig", "SwinUNETRSegmenter", "segmenter_from_vlm", "train_segmenter",
@@ -59,7 +54,7 @@ MODEL_TYPE = "swin_unetr_segmenter"
 class SegmenterConfig:
     """Architecture of the segmenter (saved with its weights)."""
 
-    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(name="swin"))
+    encoder: EncoderConfig = field(default_factory=SwinConfig)
     modality: str = ""
     organ: str = ""
     num_classes: int = 2
@@ -67,10 +62,9 @@ class SegmenterConfig:
     mask_key: str = "lesion"
 
 
+@register_model(MODEL_TYPE, SegmenterConfig)
 class SwinUNETRSegmenter(nn.Module):
     """Swin encoder (``hidden_states``) + SwinUNETR decoder; ``forward(x) -> logits``."""
-
-    model_type = MODEL_TYPE
 
     def __init__(self, cfg: SegmenterConfig):
         super().__init__()
@@ -107,18 +101,6 @@ class SwinUNETRSegmenter(nn.Module):
         for i in reversed(range(len(self.skips))):
             d = self.ups[i](d, self.skips[i](h[i]))    # (B, fs*2^i, D/2^(i+1), ...)
         return self.out(self.up0(d, self.enc0(x)))    # (B, num_classes, D, H, W)
-
-
-def _register() -> None:
-    from medmap.downstream.common import _ensure_registered
-    from medmap.models import hub
-
-    _ensure_registered(None)
-    if MODEL_TYPE not in hub._MODEL_TYPES:
-        hub.register_model_type(MODEL_TYPE, SegmenterConfig, lambda c, sd: SwinUNETRSegmenter(c))
-
-
-_register()
 
 
 def segmenter_from_vlm(vlm: LoadedVLM, modality: str | None = None,

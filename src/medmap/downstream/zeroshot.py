@@ -27,7 +27,7 @@ The visual feature of a case is the mean of its available modalities' L2-normali
   AUC of ``p_k`` against ``label == k`` (sklearn), macro AUC = mean over classes with both
   positives and negatives;
 * multi-class: ``softmax(s * cos(v, t_k^+))`` over classes; accuracy of its argmax and
-  macro AUC via :func:`medmap.eval.metrics.classification_metrics`.
+  macro AUC via :func:`medmap.metrics.classification_metrics`.
 
 Example:
     >>> from medmap.downstream.zeroshot import zeroshot
@@ -46,13 +46,9 @@ import yaml
 
 from medmap.data.manifest import Manifest
 from medmap.data.vocab import ORGANS, get_organ
-from medmap.downstream.common import (
-    LoadedVLM,
-    case_embeddings,
-    load_vlm,
-    volume_embeddings,
-    write_json,
-)
+from medmap.downstream.common import write_json
+from medmap.downstream.features import case_embeddings, volume_embeddings
+from medmap.downstream.vlm import LoadedVLM, load_vlm
 
 __all__ = ["default_prompts", "load_prompts", "expand_prompts", "zeroshot",
            "zeroshot_from_embeddings", "per_class_auc", "DEFAULT_PROMPTS_FILE"]
@@ -207,7 +203,7 @@ def zeroshot_from_embeddings(image_emb: np.ndarray, labels: np.ndarray, pos_emb:
     ``multiclass`` (accuracy, balanced accuracy, AUC), ``scores`` (N, K) per-class probabilities
     and ``multiclass_probs`` (N, K).
     """
-    from medmap.eval.metrics import classification_metrics
+    from medmap.metrics import classification_metrics
 
     v = image_emb / np.maximum(np.linalg.norm(image_emb, axis=1, keepdims=True), 1e-12)
     tp = pos_emb / np.maximum(np.linalg.norm(pos_emb, axis=1, keepdims=True), 1e-12)
@@ -261,7 +257,7 @@ def zeroshot(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pa
     if not cases:
         raise ValueError(f"no case of split {split!r} has modality {modality!r}")
     labels = np.array([c.label_index for c in cases])
-    from medmap.downstream.common import text_embeddings
+    from medmap.downstream.features import text_embeddings
 
     flat = [(c, kind, t) for c in classes for kind in ("positive", "negative")
             for t in sets[c][kind]]

@@ -214,7 +214,7 @@ def pointing_game(cam, mask, rel_tol: float = 1e-4) -> float | None:
 def cam_auc(cam, mask) -> float | None:
     """ROC AUC of the CAM values for lesion (mask > 0) vs non-lesion voxels; None when the mask
     is empty or covers everything."""
-    from medmap.eval.metrics import _binary_auc_ranks
+    from medmap.metrics import _binary_auc_ranks
 
     c, m = _np(cam).reshape(-1).astype(np.float64), _np(mask).reshape(-1) > 0
     if c.shape != m.shape:

@@ -5,7 +5,7 @@
 the split's cases with the *stored* preprocessing settings, runs inference from the volumes alone
 (no report, no label reaches the model), and writes into ``out_dir``:
 
-* ``metrics.json``: run summary, :func:`~medmap.eval.metrics.full_metrics` (over the labelled
+* ``metrics.json``: run summary, :func:`~medmap.metrics.full_metrics` (over the labelled
   cases), Grad-CAM localisation metrics (cases with a lesion mask), per-case predictions and
   per-case localisation records;
 * ``predictions.csv``: one row per case (the columns of :func:`medmap.predict.predict`);
@@ -29,69 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate", "resolve_model_dir", "load_classifier", "axial_axis", "run_manifest"]
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """``path`` itself when it is a model folder, ``path/model`` when it is a run folder."""
-    from medmap.models.hub import CONFIG_NAME
-
-    p = Path(path)
-    if not (p / CONFIG_NAME).exists() and (p / "model" / CONFIG_NAME).exists():
-        return p / "model"
-    return p
-
-
-def run_manifest(model_dir: str | Path) -> Path:
-    """The manifest a training run used: ``data.manifest`` of the run folder's ``config.yaml``
-    (the run folder is ``model_dir`` itself or the parent of its ``model/``)."""
-    import yaml
-
-    p = Path(model_dir)
-    mdir = resolve_model_dir(p)
-    for cand in (p / "config.yaml", mdir.parent / "config.yaml"):
-        if cand.is_file():
-            doc = yaml.safe_load(cand.read_text(encoding="utf-8")) or {}
-            manifest = (doc.get("data") or {}).get("manifest")
-            if manifest:
-                return Path(manifest)
-    raise FileNotFoundError(f"{p}: no run config.yaml naming data.manifest next to the model; "
-                            "pass the manifest explicitly (--manifest)")
-
-
-def load_classifier(model_dir: str | Path, preprocess_override: Mapping[str, Any] | Any = None,
-                    device: str | torch.device | None = None):
-    """``(model, doc, PreprocessConfig, model_dir)`` of a fine-tuned classifier folder.
-
-    ``preprocess_override``: a dict of :class:`PreprocessConfig` fields (or a whole config)
-    replacing the stored settings (warned about: the model was trained with the stored ones).
-    """
-    from medmap.data.preprocess import PreprocessConfig
-    from medmap.models.hub import from_pretrained
-
-    mdir = resolve_model_dir(model_dir)
-    try:
-        model, doc = from_pretrained(mdir, expect_type="medmap_classifier")
-    except ValueError as e:
-        raise ValueError(f"{e}; evaluation and prediction need a fine-tuned classifier "
-                         "(the model/ folder of `medmap finetune`)") from None
-    stored = doc.get("preprocess")
-    if stored is None:
-        raise ValueError(f"{mdir}: config.json stores no 'preprocess' settings; re-save the model "
-                         "with save_pretrained(..., preprocess=PreprocessConfig(...).to_dict())")
-    pdict = dict(stored)
-    if preprocess_override is not None:
-        over = (preprocess_override.to_dict() if isinstance(preprocess_override, PreprocessConfig)
-                else dict(preprocess_override))
-        changed = {k: v for k, v in over.items() if pdict.get(k) != v}
-        if changed:
-            warnings.warn(f"preprocessing overridden ({changed}); the model was trained with "
-                          f"{ {k: pdict.get(k) for k in changed} }", stacklevel=2)
-        pdict.update(over)
-    pcfg = PreprocessConfig.from_dict(pdict)
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(dev).eval(), doc, pcfg, mdir
+__all__ = ["evaluate", "axial_axis"]
 
 
 def axial_axis(orientation: str) -> int:
@@ -150,17 +88,21 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     from torch.utils.data import DataLoader
 
     from medmap import __version__
-    from medmap.data.datasets import CaseDataset, VolumeCache, collate_cases
+    from medmap.data.cache import VolumeCache
+    from medmap.data.datasets import CaseDataset, collate_cases
     from medmap.data.manifest import Manifest, ManifestError
     from medmap.data.preprocess import Preprocessor
     from medmap.data.validate import require_valid
     from medmap.eval.cam import aggregate_localisation, gradcam, localisation
-    from medmap.eval.metrics import full_metrics
+    from medmap.metrics import full_metrics
     from medmap.eval.report import write_report
     from medmap.predict import prediction_row, write_rows_csv
 
     t0 = time.time()
-    model, doc, pcfg, mdir = load_classifier(model_dir, preprocess_override, device)
+    from medmap.inference import load_classifier, run_manifest
+
+    lm = load_classifier(model_dir, preprocess_override, device)
+    model, doc, pcfg, mdir = lm.model, lm.doc, lm.preprocess, Path(lm.source)
     if manifest_path is None:
         manifest_path = run_manifest(model_dir)
     cfg = model.cfg

@@ -70,3 +70,22 @@ def modality_contrastive_loss(
             correct = correct + ((vm @ tm.t()).argmax(1) == torch.arange(len(idx), device=v.device)).sum()
     total = torch.stack(list(losses.values())).mean() if losses else (v.sum() + t.sum()) * 0.0
     return {"contrastive_loss": total, "per_modality": losses, "v2t_correct": correct}
+
+
+class ModalityContrastiveLoss(torch.nn.Module):
+    """MedMAP's pre-training objective as a module: ``loss(**model(...))``.
+
+    Takes the keys of :meth:`~medmap.models.medmap.ModalityAwareCLIP.forward` and returns
+    :func:`modality_contrastive_loss`'s terms plus ``loss`` (the total).
+    """
+
+    def __init__(self, gather: bool = True):
+        super().__init__()
+        self.gather = gather
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                modality: torch.Tensor, logit_scale: torch.Tensor) -> dict:
+        out = modality_contrastive_loss(image_features, text_features, modality, logit_scale,
+                                        gather=self.gather)
+        out["loss"] = out["contrastive_loss"]
+        return out

@@ -43,3 +43,21 @@ def medmap_loss(logits: torch.Tensor, labels: torch.Tensor, fusion: torch.Tensor
     kl = kl_alignment(text_features, fusion) if text_features is not None else logits.new_zeros(())
     return {"loss": lam_c * cls + lam_s * kl, "cls_loss": cls, "kl_loss": kl,
             "lambda_c": logits.new_tensor(lam_c), "lambda_s": logits.new_tensor(lam_s)}
+
+
+class MedMAPLoss(torch.nn.Module):
+    """The fine-tuning objective as a module: ``loss(**model(...), labels=y, epoch=e)``.
+
+    ``ramp_epochs`` is ``t_max`` of the lambda ramps. Takes the keys of
+    :meth:`~medmap.models.medmap.MedMAPClassifier.forward` (``probs`` is the inference output
+    and plays no part here) and returns :func:`medmap_loss`'s named terms.
+    """
+
+    def __init__(self, ramp_epochs: int | float):
+        super().__init__()
+        self.ramp_epochs = ramp_epochs
+
+    def forward(self, logits: torch.Tensor, fusion: torch.Tensor, labels: torch.Tensor,
+                epoch: int | float, text_features: torch.Tensor | None = None,
+                probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return medmap_loss(logits, labels, fusion, text_features, epoch, self.ramp_epochs)

@@ -5,8 +5,8 @@ Every encoder maps a volume ``(B, 1, D, H, W)`` to :class:`EncoderOutput`: a tok
 
 Example:
     >>> import torch
-    >>> from medmap.models.encoders import EncoderConfig, build_encoder
-    >>> enc = build_encoder(EncoderConfig(name="cnn", channels=(8, 16)))
+    >>> from medmap.models.encoders import CNNConfig, build_encoder
+    >>> enc = build_encoder(CNNConfig(channels=(8, 16)))
     >>> out = enc(torch.zeros(2, 1, 32, 32, 32))
     >>> tuple(out.tokens.shape), tuple(out.pooled.shape)
     ((2, 512, 16), (2, 16))
@@ -18,7 +18,7 @@ import abc
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -31,18 +31,15 @@ class EncoderOutput(NamedTuple):
 
 
 @dataclass
-class EncoderConfig:
-    """Architecture of one 3D encoder. Fields not used by ``name`` are ignored.
+class SwinConfig:
+    """MONAI's SwinUNETR encoder (paper: feature_size 48, depths 2-2-2-2, window 7, patch 2).
 
-    ``swin``: MONAI's SwinUNETR encoder (paper: feature_size 48, depths 2-2-2-2, window 7,
-    patch 2); ``out_stage`` picks the Swin stage whose tokens are returned (4 = deepest, /32).
-    ``resnet``: MONAI's 3D ResNet (``depth`` 10/18/34, ``widths`` per layer).
-    ``cnn``: a stack of stride-2 conv-norm-act blocks with ``channels``.
+    ``out_stage`` picks the Swin stage whose tokens are returned (4 = deepest, 1/32 of the
+    input side); ``use_checkpoint`` is MONAI's per-block activation checkpointing.
     """
 
-    name: str = "swin"
+    name: Literal["swin"] = "swin"
     in_channels: int = 1
-    # swin
     feature_size: int = 48
     depths: tuple[int, ...] = (2, 2, 2, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
@@ -51,12 +48,30 @@ class EncoderConfig:
     out_stage: int = 4
     use_checkpoint: bool = False
     drop_path_rate: float = 0.0
-    # resnet
-    depth: int = 10
+
+
+@dataclass
+class ResNetConfig:
+    """MONAI's 3D ResNet without its head (``depth`` 10/18/34, ``widths`` per layer)."""
+
+    name: Literal["resnet"] = "resnet"
+    in_channels: int = 1
+    depth: Literal[10, 18, 34] = 10
     widths: tuple[int, ...] = (64, 128, 256, 512)
-    # cnn
+
+
+@dataclass
+class CNNConfig:
+    """A stack of stride-2 conv-norm-act blocks with ``channels`` (one block per entry)."""
+
+    name: Literal["cnn"] = "cnn"
+    in_channels: int = 1
     channels: tuple[int, ...] = (16, 32, 64, 128)
-    norm: str = "instance"
+    norm: Literal["instance", "batch"] = "instance"
+
+
+# Any encoder's config; YAML picks the type with its ``name`` key.
+EncoderConfig = SwinConfig | ResNetConfig | CNNConfig
 
 
 class Encoder3D(nn.Module, abc.ABC):
@@ -91,7 +106,7 @@ class Encoder3D(nn.Module, abc.ABC):
 class SwinEncoder(Encoder3D):
     """MONAI's 3D Swin Transformer (the SwinUNETR encoder)."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: SwinConfig):
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
@@ -142,7 +157,7 @@ class ResNetEncoder(Encoder3D):
 
     _layers = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: ResNetConfig):
         super().__init__()
         from monai.networks.nets import ResNet
 
@@ -163,7 +178,7 @@ class ResNetEncoder(Encoder3D):
 class ConvEncoder(Encoder3D):
     """A small stack of stride-2 3D conv-norm-act blocks (MONAI ``Convolution``)."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: CNNConfig):
         super().__init__()
         from monai.networks.blocks import Convolution
 
@@ -194,12 +209,12 @@ ENCODERS: dict[str, Callable[[EncoderConfig], Encoder3D]] = {
 
 
 def register_encoder(name: str, factory: Callable[[EncoderConfig], Encoder3D]) -> None:
-    """Add an encoder to the registry under ``name``."""
+    """Add an encoder to the registry under ``name`` (its config's ``name`` tag)."""
     ENCODERS[name] = factory
 
 
 def build_encoder(cfg: EncoderConfig) -> Encoder3D:
-    """Build the encoder registered as ``cfg.name``."""
+    """Build the encoder registered under ``cfg.name``."""
     try:
         factory = ENCODERS[cfg.name]
     except KeyError:
@@ -210,14 +225,14 @@ def build_encoder(cfg: EncoderConfig) -> Encoder3D:
 def tiny_encoder_config(name: str = "swin") -> EncoderConfig:
     """A few-thousand-parameter config of ``name`` for tests (32^3 inputs)."""
     if name == "swin":
-        return EncoderConfig(name="swin", feature_size=12, depths=(1, 1, 1, 1),
-                             num_heads=(1, 1, 2, 2), window_size=2, out_stage=3)
+        return SwinConfig(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
+                          window_size=2, out_stage=3)
     if name == "resnet":
-        return EncoderConfig(name="resnet", depth=10, widths=(8, 8, 16, 16))
+        return ResNetConfig(depth=10, widths=(8, 8, 16, 16))
     if name == "cnn":
-        return EncoderConfig(name="cnn", channels=(8, 16))
+        return CNNConfig(channels=(8, 16))
     raise ValueError(f"no tiny config for {name!r}")
 
 
-__all__ = ["EncoderConfig", "EncoderOutput", "Encoder3D", "build_encoder", "register_encoder",
-           "tiny_encoder_config", "ENCODERS"]
+__all__ = ["EncoderConfig", "SwinConfig", "ResNetConfig", "CNNConfig", "EncoderOutput",
+           "Encoder3D", "build_encoder", "register_encoder", "tiny_encoder_config", "ENCODERS"]

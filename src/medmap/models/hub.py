@@ -4,6 +4,9 @@ A model folder holds ``model.safetensors`` and ``config.json`` with the model ty
 architecture config (modalities, class names, prompts, ...), the preprocessing settings, the
 text model identity, the medmap version and git commit. Loading never unpickles anything.
 
+Model classes register themselves where they are defined, with :func:`register_model`; the hub
+knows no model by name. ``import medmap.models`` registers the built-in ones.
+
 Example:
     >>> from medmap.models.hub import save_pretrained, from_pretrained
     >>> save_pretrained(model, "runs/finetune/model", preprocess=pp_cfg.to_dict())  # doctest: +SKIP
@@ -16,7 +19,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,25 +30,35 @@ from medmap.config import from_dict, to_dict
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
+Builder = Callable[[Any, dict[str, torch.Tensor]], nn.Module]
+M = TypeVar("M", bound=type)
+
 # model_type -> (config class, builder(cfg, state_dict) -> module)
-_MODEL_TYPES: dict[str, tuple[type, Callable[[Any, dict[str, torch.Tensor]], nn.Module]]] = {}
+_MODEL_TYPES: dict[str, tuple[type, Builder]] = {}
 
 
-def register_model_type(name: str, config_cls: type,
-                        builder: Callable[[Any, dict[str, torch.Tensor]], nn.Module]) -> None:
-    _MODEL_TYPES[name] = (config_cls, builder)
+def register_model(name: str, config_cls: type, builder: Builder | None = None) -> Callable[[M], M]:
+    """Class decorator: register a model class under ``name`` (its ``model_type``).
+
+    ``builder(cfg, state_dict)`` rebuilds the module before its weights are loaded (default:
+    ``cls(cfg)``); use it when buffer shapes depend on the saved state.
+
+    Example:
+        >>> @register_model("my_model", MyConfig)      # doctest: +SKIP
+        ... class MyModel(nn.Module): ...
+    """
+
+    def deco(cls: M) -> M:
+        cls.model_type = name
+        _MODEL_TYPES[name] = (config_cls, builder or (lambda cfg, state: cls(cfg)))
+        return cls
+
+    return deco
 
 
-def _register_builtin() -> None:
-    from medmap.models.medmap import MedMAPClassifier, MedMAPConfig, ModalityAwareCLIP
-
-    register_model_type("medmap_clip", MedMAPConfig, lambda c, sd: ModalityAwareCLIP(c))
-    register_model_type(
-        "medmap_classifier", MedMAPConfig,
-        lambda c, sd: MedMAPClassifier(c, sd.get("prompt_embeddings")))
-    from medmap.mg3d.model import MG3DConfig, MG3DModel
-
-    register_model_type("mg3d", MG3DConfig, lambda c, sd: MG3DModel(c))
+def registered_types() -> list[str]:
+    """The model types ``from_pretrained`` can rebuild (those imported so far)."""
+    return sorted(_MODEL_TYPES)
 
 
 def model_type_of(model: nn.Module) -> str:
@@ -95,8 +108,6 @@ def from_pretrained(path: str | Path, map_location: str = "cpu",
                     ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its folder; returns ``(model, config_document)``.
     ``expect_type``: the accepted model type(s); anything else is a ``ValueError``."""
-    if not _MODEL_TYPES:
-        _register_builtin()
     doc = load_pretrained_config(path)
     mtype = doc.get("model_type")
     accepted = (expect_type,) if isinstance(expect_type, str) else expect_type
@@ -104,7 +115,8 @@ def from_pretrained(path: str | Path, map_location: str = "cpu",
         raise ValueError(f"{path}: holds a {mtype!r} model, expected "
                          f"{' or '.join(repr(t) for t in accepted)}")
     if mtype not in _MODEL_TYPES:
-        raise ValueError(f"{path}: unknown model_type {mtype!r}; known: {sorted(_MODEL_TYPES)}")
+        raise ValueError(f"{path}: unknown model_type {mtype!r}; known: {registered_types()} "
+                         "(import the module that defines it first)")
     cfg_cls, builder = _MODEL_TYPES[mtype]
     cfg = from_dict(cfg_cls, doc["config"])
     state = load_file(str(Path(path) / WEIGHTS_NAME), device=map_location)

@@ -37,7 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmap.models.encoders import EncoderConfig, build_encoder, tiny_encoder_config
+from medmap.config import to_dict
+from medmap.models.encoders import (CNNConfig, EncoderConfig, SwinConfig, build_encoder,
+                                    tiny_encoder_config)
+from medmap.models.experts import ModalityExperts
+from medmap.models.hub import from_pretrained, register_model
 
 
 @dataclass
@@ -47,9 +51,8 @@ class MedMAPConfig:
     modalities: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     organ: str = ""
-    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(name="swin"))
-    conv_stream: EncoderConfig = field(
-        default_factory=lambda: EncoderConfig(name="cnn", channels=(16, 32, 64, 96)))
+    encoder: EncoderConfig = field(default_factory=SwinConfig)
+    conv_stream: EncoderConfig = field(default_factory=lambda: CNNConfig(channels=(16, 32, 64, 96)))
     embed_dim: int = 256
     text_dim: int = 384
     shared_encoder: bool = False        # one modality-agnostic encoder (ablation)
@@ -60,45 +63,21 @@ class MedMAPConfig:
     dropout: float = 0.1
     init_logit_scale: float = math.log(1 / 0.07)
     prompts: dict[str, str] = field(default_factory=dict)   # modality -> prompt text
+    # recompute each expert's activations in the backward pass (memory for compute)
+    expert_checkpoint: bool = False
 
     @classmethod
     def tiny(cls, modalities: list[str], classes: list[str], **kw) -> MedMAPConfig:
         """A small config for tests at 32^3."""
         base = dict(modalities=list(modalities), classes=list(classes),
                     encoder=tiny_encoder_config("swin"),
-                    conv_stream=EncoderConfig(name="cnn", channels=(8, 16, 16)),
+                    conv_stream=CNNConfig(channels=(8, 16, 16)),
                     embed_dim=32, text_dim=32, cct_heads=2, dropout=0.0)
         base.update(kw)
         return cls(**base)
 
 
-class ModalityExperts(nn.Module):
-    """One encoder + projection per modality, or a single shared pair (``shared=True``).
-
-    ``encode(x, modality)`` returns projected tokens (B, N, d) of the given modality's expert.
-    """
-
-    def __init__(self, modalities: list[str], enc_cfg: EncoderConfig, embed_dim: int,
-                 shared: bool = False):
-        super().__init__()
-        self.modalities = list(modalities)
-        self.shared = shared
-        keys = ["shared"] if shared else self.modalities
-        self.encoders = nn.ModuleDict({k: build_encoder(enc_cfg) for k in keys})
-        width = next(iter(self.encoders.values())).out_dim
-        self.proj = nn.ModuleDict({k: nn.Linear(width, embed_dim) for k in keys})
-
-    def key(self, modality: str) -> str:
-        if modality not in self.modalities:
-            raise KeyError(f"no expert for modality {modality!r}; experts: {self.modalities}")
-        return "shared" if self.shared else modality
-
-    def encode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        k = self.key(modality)
-        tokens = self.encoders[k](x).tokens                 # (B, N, C)
-        return self.proj[k](tokens)                          # (B, N, d)
-
-
+@register_model("medmap_clip", MedMAPConfig)
 class ModalityAwareCLIP(nn.Module):
     """Stage 1: modality-aware vision-language pre-training model.
 
@@ -107,13 +86,11 @@ class ModalityAwareCLIP(nn.Module):
     ``modality`` (B,) and ``logit_scale``.
     """
 
-    model_type = "medmap_clip"
-
     def __init__(self, cfg: MedMAPConfig):
         super().__init__()
         self.cfg = cfg
         self.experts = ModalityExperts(cfg.modalities, cfg.encoder, cfg.embed_dim,
-                                       cfg.shared_encoder)
+                                       cfg.shared_encoder, cfg.expert_checkpoint)
         self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
 
@@ -162,6 +139,8 @@ class CrossCognitionBlock(nn.Module):
         return a + self.ffn_a(a), b + self.ffn_b(b)
 
 
+@register_model("medmap_classifier", MedMAPConfig,
+                lambda cfg, state: MedMAPClassifier(cfg, state.get("prompt_embeddings")))
 class MedMAPClassifier(nn.Module):
     """Stage 2: multi-modality abnormality classifier with CSA and CCT (see module doc).
 
@@ -169,15 +148,14 @@ class MedMAPClassifier(nn.Module):
     prompt, stored as a buffer so inference needs no text model.
     """
 
-    model_type = "medmap_classifier"
-
     def __init__(self, cfg: MedMAPConfig, prompt_embeddings: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         M, d = len(cfg.modalities), cfg.embed_dim
         if M == 0 or not cfg.classes:
             raise ValueError("MedMAPConfig needs at least one modality and one class")
-        self.experts = ModalityExperts(cfg.modalities, cfg.encoder, d, cfg.shared_encoder)
+        self.experts = ModalityExperts(cfg.modalities, cfg.encoder, d, cfg.shared_encoder,
+                                       cfg.expert_checkpoint)
         self.text_proj = nn.Linear(cfg.text_dim, d)
         if prompt_embeddings is None:
             prompt_embeddings = torch.zeros(M, cfg.text_dim)
@@ -224,8 +202,11 @@ class MedMAPClassifier(nn.Module):
                 f_v, f_swin = blk(f_v, f_swin)
         return self.merge(torch.cat([_pool(f_v), _pool(f_swin)], dim=-1))  # (b, d)
 
-    def forward(self, images: torch.Tensor, present: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B, M, 1, D, H, W), present (B, M) bool -> logits (B, K), fusion (B, d)."""
+    def forward(self, images: torch.Tensor, present: torch.Tensor,
+                text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """images (B, M, 1, D, H, W), present (B, M) bool -> ``logits`` (B, K), ``probs``,
+        ``fusion`` (B, d); with ``text`` (B, text_dim), the frozen embedding of each case's
+        report (training only), also ``text_features`` (B, d) for the KL term."""
         B, M = present.shape
         if M != len(self.cfg.modalities):
             raise ValueError(f"expected {len(self.cfg.modalities)} modalities "
@@ -245,7 +226,10 @@ class MedMAPClassifier(nn.Module):
         w = present.unsqueeze(-1).to(feats.dtype)                # (B, M, 1)
         fusion = self.norm((feats * w).sum(1) / w.sum(1))        # (B, d) mean over present
         logits = self.head(fusion)                               # (B, K)
-        return {"logits": logits, "probs": logits.softmax(-1), "fusion": fusion}
+        out = {"logits": logits, "probs": logits.softmax(-1), "fusion": fusion}
+        if text is not None:
+            out["text_features"] = self.text_features(text)
+        return out
 
     def text_features(self, text: torch.Tensor) -> torch.Tensor:
         """Projected report / class-prompt embedding ``f_t`` (B, d), training only."""
@@ -264,9 +248,6 @@ def load_pretrained_experts(model: MedMAPClassifier, pretrained: str) -> MedMAPC
     Raises ``ValueError`` naming the fix when the folder holds no pre-trained model, when a
     modality has no expert, or when the architectures differ: never a silent random init.
     """
-    from medmap.config import to_dict
-    from medmap.models.hub import from_pretrained
-
     # MedMAP's contrastive experts or MG-3D's (same experts / text_proj layout)
     clip, _ = from_pretrained(pretrained, expect_type=("medmap_clip", "mg3d"))
     pc, fc = clip.cfg, model.cfg

@@ -13,7 +13,7 @@ every fragment (``[CLS]``, ``[SEP]``, the ``.`` / ``,`` / ``;`` between fragment
 sentence but stay in the word sequence. With a slow tokenizer each sentence is tokenised alone
 and located in the report's token ids, in order.
 
-A run folder has the layout of :func:`medmap.train.run.pretrain` (``config.yaml``,
+A run folder has the layout of :func:`medmap.train.stage.run_stage` (``config.yaml``,
 ``run_info.json``, ``logs/``, ``tensorboard/``, ``checkpoints/``, ``model/``, ``metrics.json``).
 
 Example:
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import copy
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,16 @@ from typing import Any
 import torch
 
 from medmap.data.datasets import collate_pairs
-from medmap.mg3d.losses import LOSS_NAMES
-from medmap.mg3d.model import MG3DConfig, MG3DModel, sentence_mean
-from medmap.train.engine import OptimConfig, configure_adamw, warmup_cosine
-from medmap.train.modules import _Base, per_modality_top1
+from medmap.losses.mg3d import LOSS_NAMES, MG3DLoss
+from medmap.models.mg3d import MG3DConfig, MG3DModel, sentence_mean
+from medmap.train.config import ExperimentConfig
+from medmap.train.data import StageDataModule
+from medmap.train.engine import OptimConfig
+from medmap.train.modules import TrainModule
+from medmap.train.stage import Stage, StageData, pair_datasets, run_stage
 
-__all__ = ["MG3DTextTable", "MG3DCollator", "MG3DPretrainModule", "complete_mg3d_config",
-           "pretrain_mg3d", "token_sentence_index"]
+__all__ = ["MG3DTextTable", "MG3DCollator", "MG3DPretrainModule", "MG3DPretrainStage",
+           "complete_mg3d_config", "pretrain_mg3d", "token_sentence_index"]
 
 
 def token_sentence_index(offsets: Sequence[tuple[int, int]], special: Sequence[int],
@@ -74,7 +76,7 @@ def _locate_by_ids(tokenizer, report: str, ids: list[int], special: list[int],
 class MG3DTextTable:
     """Frozen text features of a fixed set of reports, computed once (see the module doc).
 
-    ``batch(reports)`` returns the padded tensors :class:`~medmap.mg3d.model.MG3DModel` reads.
+    ``batch(reports)`` returns the padded tensors :class:`~medmap.models.mg3d.MG3DModel` reads.
     Token features are stored as ``storage_dtype`` (float16 by default: half the memory) and
     returned as float32.
     """
@@ -145,7 +147,7 @@ class MG3DTextTable:
         return self.sentence_texts[self.index[report]]
 
     def batch(self, reports: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Padded features of ``reports`` (see :class:`~medmap.mg3d.model.MG3DModel`)."""
+        """Padded features of ``reports`` (see :class:`~medmap.models.mg3d.MG3DModel`)."""
         items = [self.items[self.index[r]] for r in reports]
         B = len(items)
         L = max(it["tokens"].shape[0] for it in items)
@@ -187,22 +189,24 @@ class MG3DCollator:
         return b
 
 
-class MG3DPretrainModule(_Base):
-    """MG-3D pre-training step: ``model(batch)`` gives every enabled loss and their weighted
-    sum; each ``*_loss`` term is logged under ``train/`` and ``val/``.
+class MG3DPretrainModule(TrainModule):
+    """MG-3D pre-training step: ``loss(**model(batch))`` gives every enabled loss and their
+    weighted sum; each ``*_loss`` term is logged under ``train/`` and ``val/``.
 
     Training masks are drawn from the module's own CPU generator (seeded with ``optim.seed`` and
     the rank), whose state is saved in every checkpoint: a resumed run draws exactly the masks an
     uninterrupted one would, whatever else consumes the global RNG (e.g. DataLoader iterators).
     Validation masks come from a generator seeded by the batch index (reproducible).
     ``val/retrieval_top1`` is volume-to-report top-1 within each modality (F_I vs F_T).
+    ``model.cfg.encoder_lr_scale`` is the vision encoders' learning rate over the rest's.
     """
 
     model: MG3DModel
 
     def __init__(self, model: MG3DModel, optim: OptimConfig):
-        super().__init__(model, optim)
-        self._val: list[tuple[torch.Tensor, ...]] = []
+        super().__init__(model, MG3DLoss(model.cfg.losses), optim,
+                         lr_scales=((("experts.encoders.", model.cfg.encoder_lr_scale),)
+                                    if model.cfg.encoder_lr_scale != 1.0 else ()))
         self._gen: torch.Generator | None = None
         self._pending_gen: torch.Tensor | None = None
 
@@ -229,53 +233,28 @@ class MG3DPretrainModule(_Base):
                 if k.endswith("_loss") or k.startswith("cml_")}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.model(batch, generator=self.mask_generator())
+        batch = self._augmented(batch, batch_idx)
+        res = self.loss(**self.model(batch, generator=self.mask_generator()))
         bs = batch["image"].shape[0]
-        terms = {**self._terms(out), "temperature": 1.0 / self.model.logit_scale.exp().detach()}
+        terms = {**self._terms(res), "temperature": 1.0 / self.model.logit_scale.exp().detach()}
         self._log_terms("train", terms, bs)
-        self.log("train/loss", out["loss"].detach(), batch_size=bs, prog_bar=True)
-        return out["loss"]
+        self.log("train/loss", res["loss"].detach(), batch_size=bs, prog_bar=True)
+        return res["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         g = torch.Generator().manual_seed(10_007 + batch_idx)
         out = self.model(batch, generator=g)
+        res = self.loss(**out)
         bs = batch["image"].shape[0]
-        self._log_terms("val", {**self._terms(out), "loss": out["loss"]}, bs)
+        self._log_terms("val", {**self._terms(res), "loss": res["loss"]}, bs)
         self._val.append((torch.nn.functional.normalize(out["image_features"].float(), dim=-1),
                           torch.nn.functional.normalize(out["text_features"].float(), dim=-1),
                           batch["model_modality"]))
 
     def on_validation_epoch_end(self) -> None:
         gathered = self._gather_val()
-        if gathered is None:
-            return
-        accs = per_modality_top1(*gathered)
-        for k, acc in accs.items():
-            self.log(f"val/{self.model.cfg.modalities[k]}_retrieval_top1", acc)
-        self.log("val/retrieval_top1", torch.stack(list(accs.values())).mean(), prog_bar=True)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
-        scale = self.model.cfg.encoder_lr_scale
-        if scale == 1.0:
-            return configure_adamw(self.model, self.optim, total, per_epoch)
-        # the paper's separate learning rates: vision encoder lr * scale, the rest lr
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            no_decay = p.ndim < 2 or "embed" in n or "logit_scale" in n
-            groups.setdefault((n.startswith("experts.encoders."), no_decay), []).append(p)
-        cfg = self.optim
-        opt = torch.optim.AdamW(
-            [{"params": ps, "lr": cfg.lr * (scale if enc else 1.0),
-              "weight_decay": 0.0 if nd else cfg.weight_decay}
-             for (enc, nd), ps in sorted(groups.items())], lr=cfg.lr)
-        warm = int(round(cfg.warmup_epochs * per_epoch))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, total, warm, cfg.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if gathered is not None:
+            self._log_retrieval(*gathered, self.model.cfg.modalities)
 
 
 def complete_mg3d_config(cfg, modalities: list[str], text_dim: int, vocab_size: int) -> MG3DConfig:
@@ -298,38 +277,44 @@ def complete_mg3d_config(cfg, modalities: list[str], text_dim: int, vocab_size: 
     return m
 
 
-def pretrain_mg3d(cfg, run_dir: str | Path, resume: bool = False,
+class MG3DPretrainStage(Stage):
+    """MG-3D pre-training of the modality experts (``cfg.mg3d``, optimised by
+    ``cfg.pretrain``)."""
+
+    name, section = "pretrain-mg3d", "pretrain"
+
+    def data(self, cfg: ExperimentConfig) -> StageData:
+        return pair_datasets(cfg.data)
+
+    def texts(self, cfg: ExperimentConfig, data: StageData, encoder) -> MG3DTextTable:
+        self.vocab_size = len(encoder.tokenizer)
+        return MG3DTextTable(encoder, [p[3] for d in (data.train, data.val) for p in d.pairs],
+                             max_sentences=cfg.mg3d.max_sentences)
+
+    def model(self, cfg: ExperimentConfig, data: StageData, encoder, texts) -> MG3DModel:
+        self.mcfg = complete_mg3d_config(cfg, data.modalities, encoder.hidden_size,
+                                         self.vocab_size)
+        return MG3DModel(self.mcfg)
+
+    def module(self, cfg: ExperimentConfig, model: MG3DModel) -> MG3DPretrainModule:
+        return MG3DPretrainModule(model, cfg.pretrain)
+
+    def datamodule(self, cfg: ExperimentConfig, data: StageData, texts) -> StageDataModule:
+        mods, o = data.modalities, cfg.pretrain
+        groups = ([mods.index(p[1]) for p in data.train.pairs] if self.mcfg.group_by_modality
+                  else None)
+        return StageDataModule(data.train, data.val, MG3DCollator(texts, mods), o.batch_size,
+                               o.num_workers, o.seed, train_groups=groups)
+
+    def save_meta(self) -> dict[str, Any]:
+        return {"recipe": "mg3d"}
+
+
+def pretrain_mg3d(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
                   callbacks: list | None = None) -> Path:
     """MG-3D pre-training of the modality experts; returns the saved model folder.
 
-    ``cfg`` is an :class:`~medmap.train.run.ExperimentConfig`: ``data`` and ``text`` as for
-    ``pretrain``, ``pretrain`` (OptimConfig) for the optimisation, ``mg3d`` for the recipe.
+    ``cfg``: ``data`` and ``text`` as for MedMAP's ``pretrain``, ``pretrain`` (OptimConfig) for
+    the optimisation, ``mg3d`` for the recipe.
     """
-    import lightning as L
-
-    from medmap.models.hub import save_pretrained
-    from medmap.train.data import StageDataModule
-    from medmap.train.engine import build_trainer, last_checkpoint
-    from medmap.train.run import (_metrics, _model_meta, build_text_encoder, pair_datasets,
-                                  prepare_run_dir)
-
-    run = prepare_run_dir(run_dir, cfg, "pretrain-mg3d", resume)
-    mods, ds = pair_datasets(cfg.data)
-    encoder = build_text_encoder(cfg.text)
-    table = MG3DTextTable(encoder, [p[3] for d in ds.values() for p in d.pairs],
-                          max_sentences=cfg.mg3d.max_sentences)
-    L.seed_everything(cfg.pretrain.seed, workers=True, verbose=False)
-    mcfg = complete_mg3d_config(cfg, mods, encoder.hidden_size, len(encoder.tokenizer))
-    module = MG3DPretrainModule(MG3DModel(mcfg), cfg.pretrain)
-    collate = MG3DCollator(table, mods)
-    groups = ([mods.index(p[1]) for p in ds["train"].pairs] if mcfg.group_by_modality
-              else None)
-    dm = StageDataModule(ds["train"], ds["val"], collate, cfg.pretrain.batch_size,
-                         cfg.pretrain.num_workers, cfg.pretrain.seed, train_groups=groups)
-    trainer = build_trainer(run, cfg.pretrain, extra_callbacks=callbacks)
-    trainer.fit(module, datamodule=dm, ckpt_path=last_checkpoint(run) if resume else None)
-    out = run / "model"
-    if trainer.is_global_zero:
-        save_pretrained(module.model, out, recipe="mg3d", **_model_meta(cfg, encoder))
-        (run / "metrics.json").write_text(json.dumps(_metrics(trainer), indent=2))
-    return out
+    return run_stage(cfg, run_dir, MG3DPretrainStage(), resume, callbacks)

@@ -1,18 +1,19 @@
-"""Lightning modules of the MedMAP stages. Model outputs are dicts whose keys are the loss's
-arguments, so the loop never branches on which loss it runs; every ``*_loss`` term is logged."""
+"""The Lightning module base every training stage builds on.
+
+The contract is open_clip's: a model's ``forward`` returns a dict whose keys are its loss's
+argument names, the module calls ``loss(**out)``, and every scalar ``*_loss`` term the loss
+returns is logged. Subclasses (one per recipe stage: :mod:`medmap.train.medmap`,
+:mod:`medmap.train.mg3d`) only say how a batch becomes model inputs.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
-from medmap.losses.contrastive import modality_contrastive_loss
-from medmap.losses.medmap import medmap_loss
-from medmap.models.medmap import MedMAPClassifier, ModalityAwareCLIP
-from medmap.train.engine import OptimConfig, configure_adamw
+from medmap.train.engine import OptimConfig, build_adamw
 
 
 def per_modality_top1(v: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -26,12 +27,22 @@ def per_modality_top1(v: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> dict
     return out
 
 
-class _Base(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig):
+class TrainModule(L.LightningModule):
+    """``model`` + ``loss`` + optimisation settings; AdamW with warm-up cosine per step.
+
+    ``lr_scales``: ``(parameter-name prefix, scale)`` pairs; parameters under a prefix train at
+    ``optim.lr * scale`` (e.g. MG-3D's slower vision encoder), the rest at ``optim.lr``.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss: torch.nn.Module | None, optim: OptimConfig,
+                 lr_scales: tuple[tuple[str, float], ...] = ()):
         super().__init__()
         self.model = model
+        self.loss = loss
         self.optim = optim
-        # training-batch augmentation (medmap.data.augment.BatchAugmenter), set by the runner.
+        self.lr_scales = tuple(lr_scales)
+        self._val: list[tuple[torch.Tensor, ...]] = []
+        # training-batch augmentation (medmap.data.augment.BatchAugmenter), set by the stage.
         # Its draws come from a generator seeded by (seed, epoch, batch, rank), not from the
         # global RNG, so a resumed run replays exactly the same augmentation.
         self.augment = None
@@ -49,10 +60,20 @@ class _Base(L.LightningModule):
             batch["image"] = self.augment.volumes(batch["image"], g)
         return batch
 
+    def param_groups(self) -> list[tuple[list[tuple[str, torch.nn.Parameter]], float]]:
+        """``(named parameters, lr scale)`` groups of the model for :func:`build_adamw`."""
+        groups: list[tuple[list[tuple[str, torch.nn.Parameter]], float]] = []
+        rest = list(self.model.named_parameters())
+        for prefix, scale in self.lr_scales:
+            groups.append(([(n, p) for n, p in rest if n.startswith(prefix)], scale))
+            rest = [(n, p) for n, p in rest if not n.startswith(prefix)]
+        return [(rest, 1.0)] + groups
+
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
-        return configure_adamw(self.model, self.optim, total, per_epoch)
+        opt, sched = build_adamw(self.param_groups(), self.optim, total, per_epoch)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _gather_val(self) -> tuple[torch.Tensor, ...] | None:
         """Concatenate the epoch's stored validation tuples (all ranks under DDP) and reset."""
@@ -69,93 +90,10 @@ class _Base(L.LightningModule):
             if isinstance(v, torch.Tensor) and v.ndim == 0:
                 self.log(f"{prefix}/{k}", v.detach().float(), batch_size=bs, sync_dist=True, **kw)
 
-
-class PretrainModule(_Base):
-    """Stage 1: per-modality symmetric InfoNCE between experts and the projected report text.
-
-    Batch: ``image`` (B,1,D,H,W), ``model_modality`` (B,) index into the model's modalities,
-    ``text`` (B, text_dim) frozen report embeddings.
-    """
-
-    model: ModalityAwareCLIP
-
-    def __init__(self, model: ModalityAwareCLIP, optim: OptimConfig):
-        super().__init__(model, optim)
-        self._val: list[tuple[torch.Tensor, ...]] = []
-
-    def _step(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = self.model(batch["image"], batch["model_modality"], batch["text"])
-        return modality_contrastive_loss(out["image_features"], out["text_features"],
-                                         out["modality"], out["logit_scale"])
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        batch = self._augmented(batch, batch_idx)
-        res = self._step(batch)
-        bs = batch["image"].shape[0]
-        terms = {"contrastive_loss": res["contrastive_loss"],
-                 "temperature": 1.0 / self.model.logit_scale.exp().detach()}
-        for m, v in res["per_modality"].items():
-            terms[f"{self.model.cfg.modalities[m]}_loss"] = v
-        self._log_terms("train", terms, bs, prog_bar=False)
-        self.log("train/loss", res["contrastive_loss"].detach(), batch_size=bs, prog_bar=True)
-        return res["contrastive_loss"]
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.model(batch["image"], batch["model_modality"], batch["text"])
-        self._val.append((out["image_features"].float(), out["text_features"].float(),
-                          out["modality"]))
-
-    def on_validation_epoch_end(self) -> None:
-        gathered = self._gather_val()
-        if gathered is None:
-            return
-        v, t, m = gathered
-        res = modality_contrastive_loss(v, t, m, self.model.logit_scale.exp(), gather=False)
-        n = max(1, int(sum((m == k).sum() for k in res["per_modality"])))
-        self.log("val/contrastive_loss", res["contrastive_loss"], sync_dist=False)
-        self.log("val/retrieval_top1", res["v2t_correct"].float() / n, prog_bar=True)
-        for k, acc in per_modality_top1(v, t, m).items():
-            self.log(f"val/{self.model.cfg.modalities[k]}_retrieval_top1", acc)
-
-
-class FinetuneModule(_Base):
-    """Stage 2: ``lambda_c * BCE + lambda_s * KL(f_t, f_fusion)`` with the epoch ramps.
-
-    Batch: ``images`` (B,M,1,D,H,W), ``present`` (B,M), ``label`` (B,), ``text`` (B, text_dim)
-    frozen embedding of the case report (or class prompt), used only by the KL term.
-    """
-
-    model: MedMAPClassifier
-
-    def __init__(self, model: MedMAPClassifier, optim: OptimConfig):
-        super().__init__(model, optim)
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        batch = self._augmented(batch, batch_idx)
-        out = self.model(batch["images"], batch["present"])
-        f_t = self.model.text_features(batch["text"])
-        t_max = self.optim.loss_ramp_epochs or self.optim.epochs
-        terms = medmap_loss(out["logits"], batch["label"], out["fusion"], f_t,
-                            epoch=self.current_epoch, max_epochs=t_max)
-        bs = batch["label"].shape[0]
-        acc = (out["logits"].argmax(-1) == batch["label"]).float().mean()
-        self._log_terms("train", {**{k: v for k, v in terms.items() if k != "loss"}, "acc": acc}, bs)
-        self.log("train/loss", terms["loss"].detach(), batch_size=bs, prog_bar=True)
-        return terms["loss"]
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.model(batch["images"], batch["present"])
-        self._val.append((out["probs"].float(), batch["label"]))
-
-    def on_validation_epoch_end(self) -> None:
-        gathered = self._gather_val()
-        if gathered is None:
-            return
-        p, y = gathered
-        from medmap.eval.metrics import classification_metrics
-
-        met = classification_metrics(y.cpu().numpy(), p.cpu().numpy())
-        self.log("val/acc", met["accuracy"], prog_bar=True)
-        self.log("val/auc", float(np.nan_to_num(met["auc"], nan=0.5)), prog_bar=True)
-        self.log("val/balanced_acc", met["balanced_accuracy"])
+    def _log_retrieval(self, v: torch.Tensor, t: torch.Tensor, m: torch.Tensor,
+                       modalities: list[str]) -> None:
+        """``val/<modality>_retrieval_top1`` and their mean ``val/retrieval_top1``."""
+        accs = per_modality_top1(v, t, m)
+        for k, acc in accs.items():
+            self.log(f"val/{modalities[k]}_retrieval_top1", acc)
+        self.log("val/retrieval_top1", torch.stack(list(accs.values())).mean(), prog_bar=True)

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from medmap.mg3d.fusion import CrossModalAttention, FusionStack
-from medmap.mg3d.losses import MG3DLossConfig
-from medmap.mg3d.model import (MG3DConfig, MG3DModel, random_volume_mask, random_word_mask,
-                               sentence_mean)
+from medmap.losses.mg3d import MG3DLoss, MG3DLossConfig
 from medmap.models.encoders import tiny_encoder_config
+from medmap.models.fusion import CrossModalAttention, FusionStack
+from medmap.models.mg3d import (MG3DConfig, MG3DModel, random_volume_mask, random_word_mask,
+                                sentence_mean)
 from medmap.train.mg3d import MG3DTextTable, token_sentence_index
 
 REPORTS = [
@@ -30,6 +30,12 @@ def _batch(table, seed=0):
     b["image"] = torch.randn(4, 1, 32, 32, 32, generator=g)
     b["model_modality"] = torch.tensor([0, 0, 1, 1])
     return b
+
+
+def _run(model, batch, **kw):
+    """The model's intermediates and the loss terms computed from them (``loss(**out)``)."""
+    out = model(batch, **kw)
+    return {**out, **MG3DLoss(model.cfg.losses)(**out)}
 
 
 def _model(enc, **kw):
@@ -140,7 +146,7 @@ def test_every_trainable_parameter_gets_a_gradient_and_the_text_encoder_none(tex
     enc, table = text
     model = _model(enc, shared_encoder=shared)
     assert list(model.experts.encoders) == (["shared"] if shared else ["T2WI", "C+A"])
-    out = model(_batch(table))
+    out = _run(model, _batch(table))
     for name in ("mim", "mlm", "sfr", "cml", "ssm", "dfa", "itc"):
         assert torch.isfinite(out[f"{name}_loss"]), name
     out["loss"].backward()
@@ -168,7 +174,7 @@ def test_loss_switches_and_ablation_modes(text):
     enc, table = text
     cfg_losses = MG3DLossConfig(mim=False, mlm=False, sfr=False, cml=False)
     model = _model(enc, losses=cfg_losses)
-    out = model(_batch(table))
+    out = _run(model, _batch(table))
     assert {k for k in out if k.endswith("_loss")} == {"ssm_loss", "dfa_loss", "itc_loss"}
     out["loss"].backward()
     assert all(p.grad is None for p in model.decoder.parameters())
@@ -176,11 +182,11 @@ def test_loss_switches_and_ablation_modes(text):
     # CML alone still needs both fusion branches (unmasked inputs), not the decoder / MLM head
     model = _model(enc, losses=MG3DLossConfig(mim=False, mlm=False, sfr=False, ssm=False,
                                               dfa=False, itc=False))
-    out = model(_batch(table))
+    out = _run(model, _batch(table))
     assert set(k for k in out if k.endswith("_loss")) == {"cml_loss"}
     # Table III variants: classical attention, word-guided MIM
     model = _model(enc, mim_attention="classical", mlm_attention="classical", mim_guidance="word")
-    assert torch.isfinite(model(_batch(table))["loss"])
+    assert torch.isfinite(_run(model, _batch(table))["loss"])
 
 
 def _overfit(enc, table, losses: MG3DLossConfig, steps: int = 25) -> list[dict[str, float]]:
@@ -195,7 +201,7 @@ def _overfit(enc, table, losses: MG3DLossConfig, steps: int = 25) -> list[dict[s
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     hist = []
     for _ in range(steps):
-        out = model(b, mim_mask=mim_mask, mlm_mask=mlm_mask)
+        out = _run(model, b, mim_mask=mim_mask, mlm_mask=mlm_mask)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()

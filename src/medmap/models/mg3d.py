@@ -21,12 +21,12 @@ embeddings, the pooled report embedding; see :mod:`medmap.train.mg3d`):
   matrix to the sentence embeddings', DFA contrasts their attention-pooled aggregate with F_I;
 * ITC (our addition): CLIP loss between F_I and F_T, so zero-shot / retrieval work.
 
-The experts are MedMAP's :class:`~medmap.models.medmap.ModalityExperts` (``shared_encoder=True``:
+The experts are MedMAP's :class:`~medmap.models.experts.ModalityExperts` (``shared_encoder=True``:
 one encoder as in the paper; ``False``: one per MRI sequence), so a pre-trained model exposes the
 same ``experts`` / ``text_proj`` / ``encode_image`` interface as ``ModalityAwareCLIP``.
 
 Example:
-    >>> from medmap.mg3d.model import MG3DConfig, MG3DModel
+    >>> from medmap.models.mg3d import MG3DConfig, MG3DModel
     >>> model = MG3DModel(MG3DConfig.tiny(["T2WI"], vocab_size=100))   # doctest: +SKIP
 """
 
@@ -40,11 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmap.mg3d.fusion import AttentionPool, CrossModalAttention, FusionStack
-from medmap.mg3d.losses import (MG3DLossConfig, cml_loss, dfa_loss, itc_loss, mim_loss, mlm_loss,
-                                sfr_loss, ssm_loss, weighted_total)
-from medmap.models.encoders import EncoderConfig, build_encoder, tiny_encoder_config
-from medmap.models.medmap import ModalityExperts
+from medmap.losses.mg3d import MG3DLossConfig
+from medmap.models.encoders import (CNNConfig, EncoderConfig, SwinConfig, build_encoder,
+                                    tiny_encoder_config)
+from medmap.models.experts import ModalityExperts
+from medmap.models.fusion import AttentionPool, CrossModalAttention, FusionStack
+from medmap.models.hub import register_model
 
 __all__ = ["MG3DConfig", "MG3DModel", "VolumeDecoder", "feature_stride", "random_volume_mask",
            "random_word_mask", "sentence_mean"]
@@ -96,9 +97,9 @@ class MG3DConfig:
 
 def feature_stride(enc: EncoderConfig) -> int:
     """Down-sampling factor of the encoder's token map (input side / token-grid side)."""
-    if enc.name == "swin":
+    if isinstance(enc, SwinConfig):
         return enc.patch_size * 2 ** enc.out_stage
-    if enc.name == "cnn":
+    if isinstance(enc, CNNConfig):
         return 2 ** len(enc.channels)
     net = build_encoder(enc)              # any other encoder: measure it once
     size = max(32, 2 * net.min_multiple)
@@ -181,8 +182,10 @@ def sentence_mean(tokens: torch.Tensor, sentence_index: torch.Tensor, n_sent: in
     return (a @ tokens) / a.sum(-1, keepdim=True).clamp_min(1.0)
 
 
+@register_model("mg3d", MG3DConfig)
 class MG3DModel(nn.Module):
-    """MG-3D pre-training model (see the module doc). ``forward(batch)`` returns the loss terms.
+    """MG-3D pre-training model (see the module doc). ``forward(batch)`` returns the
+    intermediates :class:`~medmap.losses.mg3d.MG3DLoss` turns into the loss terms.
 
     Batch keys (see :class:`medmap.train.mg3d.MG3DCollator`): ``image`` (B,1,D,H,W),
     ``model_modality`` (B,), ``text`` (B, T) pooled report embedding, ``tokens`` (B, L, T) word
@@ -191,8 +194,6 @@ class MG3DModel(nn.Module):
     sentence features, ``sentence_emb`` (B, S, T) separately encoded sentences,
     ``sentence_mask`` (B, S) bool.
     """
-
-    model_type = "mg3d"
 
     def __init__(self, cfg: MG3DConfig):
         super().__init__()
@@ -254,8 +255,9 @@ class MG3DModel(nn.Module):
     def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None,
                 mim_mask: torch.Tensor | None = None,
                 mlm_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Loss terms ``<name>_loss`` of the enabled losses, their weighted sum ``loss``, and the
-        global features ``image_features`` / ``text_features`` (B, d, unnormalised).
+        """The intermediates every enabled loss needs, keyed by the argument names of
+        :class:`~medmap.losses.mg3d.MG3DLoss` (``loss(**out)``), and the global features
+        ``image_features`` / ``text_features`` (B, d, unnormalised).
 
         ``mim_mask`` (B,1,D,H,W) / ``mlm_mask`` (B,L) fix the masks (else drawn with
         ``generator`` or the global RNG).
@@ -268,10 +270,10 @@ class MG3DModel(nn.Module):
         words, tmask = batch["tokens"], batch["token_mask"].bool()     # (B, L, T), (B, L)
         smask = batch["sentence_mask"].bool()                          # (B, S)
         sent = self.word_proj(batch["sentences"])                      # F_S (B, S, d)
-        scale = self.logit_scale.exp().clamp(max=100.0)
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {
+            "image_features": f_img, "text_features": f_txt,
+            "logit_scale": self.logit_scale.exp().clamp(max=100.0), "sentence_mask": smask}
 
-        h_img = h_txt = None
         if L.mim or L.cml:
             if L.mim:
                 if mim_mask is None:
@@ -286,9 +288,9 @@ class MG3DModel(nn.Module):
                 guide, gmask = self.word_proj(words), tmask
             h_vol = self.mim_fusion(masked_tokens, guide, None, gmask)  # (B, N, d)
             if L.mim:
-                rec = self.decoder(h_vol, grid, tuple(img.shape[2:]))   # (B, 1, D, H, W)
-                out["mim_loss"] = mim_loss(rec, img, mim_mask)
-            h_img = h_vol.mean(1)                                      # H_I (B, d)
+                out["mim_pred"] = self.decoder(h_vol, grid, tuple(img.shape[2:]))  # (B,1,D,H,W)
+                out["mim_target"], out["mim_mask"] = img, mim_mask
+            out["fused_image"] = h_vol.mean(1)                         # H_I (B, d)
 
         if L.mlm or L.sfr or L.cml:
             words_in = words
@@ -300,29 +302,18 @@ class MG3DModel(nn.Module):
                                        words)
             h_words = self.mlm_fusion(self.word_proj(words_in), tokens, tmask, None)  # (B, L, d)
             if L.mlm:
-                out["mlm_loss"] = mlm_loss(self.mlm_head(h_words), batch["input_ids"], mlm_mask)
+                out["mlm_logits"] = self.mlm_head(h_words)             # (B, L, V)
+                out["mlm_target"], out["mlm_mask"] = batch["input_ids"], mlm_mask
             if L.sfr or L.cml:
                 s_rec = sentence_mean(h_words, batch["sentence_index"], smask.shape[1])  # (B,S,d)
-                if L.sfr:
-                    out["sfr_loss"] = sfr_loss(s_rec, sent, smask)
+                out["sentence_rec"], out["sentence_features"] = s_rec, sent
                 if L.cml:
-                    h_txt = self.text_pool(s_rec, smask)               # H_T (B, d)
-
-        if L.cml:
-            t2i, i2t = cml_loss(f_img, h_img, f_txt, h_txt, scale)
-            out["cml_loss"] = t2i + i2t
-            out["cml_t2i"], out["cml_i2t"] = t2i.detach(), i2t.detach()
+                    out["fused_text"] = self.text_pool(s_rec, smask)   # H_T (B, d)
 
         if L.ssm or L.dfa:
             q = self.sentence_proj(batch["sentence_emb"])              # (B, S, d)
             h_s = self.sentence_norm(self.sentence_attn.per_query(tokens, q))   # H_S (B, S, d)
-            if L.ssm:
-                out["ssm_loss"] = ssm_loss(h_s, batch["sentence_emb"], smask)
+            out["sentence_visual"], out["sentence_emb"] = h_s, batch["sentence_emb"]
             if L.dfa:
-                out["dfa_loss"] = dfa_loss(self.sentence_pool(h_s, smask), f_img, scale)
-
-        if L.itc:
-            out["itc_loss"] = itc_loss(f_img, f_txt, scale)
-        out["loss"] = weighted_total(out, L)
-        out["image_features"], out["text_features"] = f_img, f_txt
+                out["sentence_visual_pooled"] = self.sentence_pool(h_s, smask)  # (B, d)
         return out

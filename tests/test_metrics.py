@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medmap.eval.metrics import _auc, _fast_auc, classification_metrics, full_metrics
+from medmap.metrics import _auc, _fast_auc, classification_metrics, full_metrics
 
 # 5 cases, binary: P(class 1) = [.1, .6, .4, .8, .9], truth [0, 0, 1, 1, 1]
 # predictions [0, 1, 0, 1, 1] -> accuracy 3/5, confusion [[1, 1], [1, 2]]

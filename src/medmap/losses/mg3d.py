@@ -1,4 +1,4 @@
-"""MG-3D's six pre-training losses as pure functions, and their weighted sum.
+"""MG-3D's six pre-training losses: pure functions, their weighted sum and :class:`MG3DLoss`.
 
 Intra-patient (paper eq. 2-10): MIM (masked sub-volume reconstruction), MLM (masked word
 prediction), SFR (sentence-level feature reconstruction), CML (cross-modal global alignment).
@@ -11,6 +11,10 @@ Inter-patient (eq. 12-14): SSM (inter-patient sentence-semantics similarity matc
 ``L_ITC`` (symmetric InfoNCE between the uni-modal global volume and report features) is not in
 the paper; it keeps those two features in one space so zero-shot classification and retrieval
 work after pre-training (see ``docs/method.md``). Every term can be switched off.
+
+:class:`MG3DLoss` is the module the training loop calls as ``loss(**model(batch))``: the keys of
+:meth:`medmap.models.mg3d.MG3DModel.forward`'s output are its argument names (open_clip's
+model/loss contract); it returns every enabled ``<name>_loss`` term and their weighted ``loss``.
 
 Example:
     >>> import torch
@@ -25,8 +29,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["MG3DLossConfig", "LOSS_NAMES", "mim_loss", "mlm_loss", "sfr_loss", "info_nce",
+__all__ = ["MG3DLoss", "MG3DLossConfig", "LOSS_NAMES", "mim_loss", "mlm_loss", "sfr_loss", "info_nce",
            "cml_loss", "ssm_loss", "dfa_loss", "itc_loss", "weighted_total"]
 
 LOSS_NAMES = ("mim", "mlm", "sfr", "cml", "ssm", "dfa", "itc")
@@ -180,3 +185,51 @@ def weighted_total(terms: dict[str, torch.Tensor], cfg: MG3DLossConfig) -> torch
     if total is None:
         raise ValueError("every MG-3D loss is switched off; enable at least one in mg3d.losses")
     return total
+
+
+class MG3DLoss(nn.Module):
+    """The enabled MG-3D losses of the model's intermediates (see the module doc).
+
+    Every argument is an output key of :meth:`~medmap.models.mg3d.MG3DModel.forward`; a term's
+    inputs are ``None`` when its branch is switched off. Returns ``<name>_loss`` for every
+    computed term, ``cml_t2i`` / ``cml_i2t`` (detached, for logging) and the weighted ``loss``.
+    """
+
+    def __init__(self, cfg: MG3DLossConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, *, image_features: torch.Tensor, text_features: torch.Tensor,
+                logit_scale: torch.Tensor,
+                mim_pred: torch.Tensor | None = None, mim_target: torch.Tensor | None = None,
+                mim_mask: torch.Tensor | None = None,
+                mlm_logits: torch.Tensor | None = None, mlm_target: torch.Tensor | None = None,
+                mlm_mask: torch.Tensor | None = None,
+                sentence_rec: torch.Tensor | None = None,
+                sentence_features: torch.Tensor | None = None,
+                sentence_mask: torch.Tensor | None = None,
+                fused_image: torch.Tensor | None = None, fused_text: torch.Tensor | None = None,
+                sentence_visual: torch.Tensor | None = None,
+                sentence_emb: torch.Tensor | None = None,
+                sentence_visual_pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        out: dict[str, torch.Tensor] = {}
+        if c.mim:
+            out["mim_loss"] = mim_loss(mim_pred, mim_target, mim_mask)
+        if c.mlm:
+            out["mlm_loss"] = mlm_loss(mlm_logits, mlm_target, mlm_mask)
+        if c.sfr:
+            out["sfr_loss"] = sfr_loss(sentence_rec, sentence_features, sentence_mask)
+        if c.cml:
+            t2i, i2t = cml_loss(image_features, fused_image, text_features, fused_text,
+                                logit_scale)
+            out["cml_loss"] = t2i + i2t
+            out["cml_t2i"], out["cml_i2t"] = t2i.detach(), i2t.detach()
+        if c.ssm:
+            out["ssm_loss"] = ssm_loss(sentence_visual, sentence_emb, sentence_mask)
+        if c.dfa:
+            out["dfa_loss"] = dfa_loss(sentence_visual_pooled, image_features, logit_scale)
+        if c.itc:
+            out["itc_loss"] = itc_loss(image_features, text_features, logit_scale)
+        out["loss"] = weighted_total(out, c)
+        return out

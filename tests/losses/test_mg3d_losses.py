@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmap.mg3d.losses import (MG3DLossConfig, cml_loss, dfa_loss, info_nce, itc_loss, mim_loss,
+from medmap.losses.mg3d import (MG3DLossConfig, cml_loss, dfa_loss, info_nce, itc_loss, mim_loss,
                                 mlm_loss, sfr_loss, ssm_loss, weighted_total)
 
 

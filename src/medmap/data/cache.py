@@ -1,0 +1,255 @@
+"""Disk cache of preprocessed volumes: :class:`VolumeCache`.
+
+``get(path, modality)`` returns the preprocessed ``(1, D, H, W)`` tensor, computing it once and
+storing it as a safetensors file keyed by the file content and every preprocessing setting.
+Writes are atomic (a temporary file renamed into place), so a killed writer leaves no entry
+that later reads as valid, and several processes may share one cache folder.
+
+Cache key (sha256 hex of the canonical JSON, ``sort_keys=True``) of::
+
+    {"medmap_cache_format": CACHE_FORMAT_VERSION, "kind": "image" | "mask",
+     "content": sha256 of the file bytes (DICOM folder: of every file's relative path + sha256),
+     "format": "nifti" | "nrrd" | "dicom", "preprocess": PreprocessConfig.to_dict(),
+     "intensity": resolved intensity mode of the modality (None for masks),
+     "reference": content hash of a mask's reference image (or None),
+     "storage_dtype": "float32" | "float16", "monai": monai.__version__}
+
+Entries live at ``<cache_dir>/v<CACHE_FORMAT_VERSION>/<key[:2]>/<key>.safetensors`` (one tensor,
+``"data"``, plus the key JSON as metadata). Content hashes are memoised per
+``(abs path, size, mtime_ns, inode)`` in memory and under ``<cache_dir>/hashes/`` so a later
+epoch, DataLoader worker or process does not re-read the raw file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmap.data import io as mio
+from medmap.data.preprocess import Preprocessor
+
+CACHE_FORMAT_VERSION = 1
+_CHUNK = 1 << 20
+_STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+# (signature JSON) -> content hash, shared by all caches of this process
+_HASH_MEMO: dict[str, str] = {}
+
+
+def _stat_signature(path: Path) -> tuple[str, list[Path]]:
+    """A string that changes whenever the file (or any file of a DICOM folder) changes, and the
+    list of files to hash."""
+    p = path.resolve()
+    if p.is_dir():
+        files = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.as_posix())
+        if not files:
+            raise mio.VolumeReadError(f"{path}: DICOM folder holds no files")
+    else:
+        files = [p]
+    sig = []
+    for f in files:
+        st = f.stat()
+        sig.append([f.relative_to(p).as_posix() if p.is_dir() else "", st.st_size,
+                    st.st_mtime_ns, st.st_ino])
+    return json.dumps([p.as_posix(), sig]), files
+
+
+def _hash_files(root: Path, files: list[Path]) -> str:
+    root = root.resolve()
+    outer = hashlib.sha256()
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+        if root.is_dir():
+            outer.update(f.relative_to(root).as_posix().encode() + b"\0")
+        outer.update(h.digest())
+    return outer.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class VolumeCache:
+    """Preprocessed-volume cache on disk (safetensors, no pickle), safe for concurrent workers.
+
+    Args:
+        cache_dir: folder of the cache; ``None`` disables the disk cache (every ``get``
+            preprocesses and counts as a miss).
+        preprocessor: the :class:`Preprocessor` (its config is part of every key).
+        storage_dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk; tensors come back
+            as float32 either way).
+
+    Counters: ``hits``, ``misses`` (preprocess runs) and ``files_hashed`` (raw files read to
+    compute a content hash); see :meth:`stats`. In DataLoader workers they count per worker.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path | None,
+        preprocessor: Preprocessor | None = None,
+        *,
+        storage_dtype: str = "float32",
+    ):
+        if storage_dtype not in _STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype {storage_dtype!r} unknown; use one of "
+                             f"{list(_STORAGE_DTYPES)}")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.preprocessor = preprocessor if preprocessor is not None else Preprocessor()
+        self.storage_dtype = storage_dtype
+        self.hits = 0
+        self.misses = 0
+        self.files_hashed = 0
+        self._warned_write = False
+
+    @property
+    def cfg(self):
+        return self.preprocessor.cfg
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "files_hashed": self.files_hashed}
+
+    # ---- keys -------------------------------------------------------------------------------
+    def content_hash(self, path: str | Path) -> str:
+        """sha256 of the file (or of every file of a DICOM folder), memoised by stat signature."""
+        p = Path(path)
+        if not p.exists():
+            raise mio.VolumeReadError(f"{p}: file not found; check the path in the manifest")
+        sig, files = _stat_signature(p)
+        if sig in _HASH_MEMO:
+            return _HASH_MEMO[sig]
+        memo_file = None
+        if self.cache_dir is not None:
+            memo_file = (self.cache_dir / "hashes" /
+                         hashlib.sha256(sig.encode()).hexdigest()).with_suffix(".sha256")
+            try:
+                digest = memo_file.read_text().strip()
+                if len(digest) == 64:
+                    _HASH_MEMO[sig] = digest
+                    return digest
+            except OSError:
+                pass
+        digest = _hash_files(p, files)
+        self.files_hashed += len(files)
+        _HASH_MEMO[sig] = digest
+        if memo_file is not None:
+            try:
+                memo_file.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write_bytes(memo_file, digest.encode())
+            except OSError:
+                pass
+        return digest
+
+    def key_payload(
+        self,
+        path: str | Path,
+        modality: str | None = None,
+        *,
+        kind: str = "image",
+        reference: str | Path | None = None,
+        roi: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """The JSON object whose sha256 is the cache key (see the module docstring)."""
+        import monai
+
+        return {
+            "medmap_cache_format": CACHE_FORMAT_VERSION,
+            "kind": kind,
+            "content": self.content_hash(path),
+            "format": mio.volume_format(path),
+            "preprocess": self.cfg.to_dict(),
+            "intensity": self.cfg.intensity_for(modality) if kind == "image" else None,
+            "reference": None if reference is None else self.content_hash(reference),
+            "roi": None if roi is None or self.cfg.roi_mask is None else self.content_hash(roi),
+            "storage_dtype": self.storage_dtype,
+            "monai": monai.__version__,
+        }
+
+    def key(self, path: str | Path, modality: str | None = None, *, kind: str = "image",
+            reference: str | Path | None = None, roi: str | Path | None = None) -> str:
+        payload = self.key_payload(path, modality, kind=kind, reference=reference, roi=roi)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def entry_path(self, key: str) -> Path:
+        if self.cache_dir is None:
+            raise ValueError("this VolumeCache has no cache_dir")
+        return self.cache_dir / f"v{CACHE_FORMAT_VERSION}" / key[:2] / f"{key}.safetensors"
+
+    # ---- access -----------------------------------------------------------------------------
+    def get(self, path: str | Path, modality: str | None = None,
+            roi: str | Path | None = None) -> torch.Tensor:
+        """Preprocessed image ``(1, *cfg.size)`` float32 for ``path`` read as ``modality``
+        (``roi``: the case's organ mask, needed when ``cfg.roi_mask`` is set)."""
+        return self._get(path, modality, "image", None, roi)
+
+    def get_mask(self, path: str | Path, reference: str | Path | None = None,
+                 roi: str | Path | None = None) -> torch.Tensor:
+        """Preprocessed mask (nearest interpolation) ``(1, *cfg.size)`` float32."""
+        return self._get(path, None, "mask", reference, roi)
+
+    def _compute(self, path, modality, kind, reference, roi) -> torch.Tensor:
+        self.misses += 1
+        if kind == "mask":
+            return self.preprocessor.preprocess_mask(path, reference=reference, roi=roi)
+        return self.preprocessor(path, modality=modality, roi=roi)
+
+    def _get(self, path, modality, kind, reference, roi) -> torch.Tensor:
+        if self.cache_dir is None:
+            return self._compute(path, modality, kind, reference, roi)
+        payload = self.key_payload(path, modality, kind=kind, reference=reference, roi=roi)
+        payload_json = json.dumps(payload, sort_keys=True)
+        key = hashlib.sha256(payload_json.encode()).hexdigest()
+        entry = self.entry_path(key)
+        expected = (1, *self.cfg.size)
+        if entry.exists():
+            try:
+                from safetensors.torch import load_file
+
+                t = load_file(str(entry))["data"]
+                if tuple(t.shape) == expected:
+                    self.hits += 1
+                    return t.to(torch.float32).contiguous()
+            except Exception:  # truncated / foreign file: recompute and overwrite
+                pass
+        t = self._compute(path, modality, kind, reference, roi)
+        self._store(entry, t, payload_json, path, modality)
+        return t
+
+    def _store(self, entry: Path, t: torch.Tensor, payload_json: str, path, modality) -> None:
+        from safetensors.torch import save_file
+
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            data = t.to(_STORAGE_DTYPES[self.storage_dtype]).contiguous()
+            save_file({"data": data}, str(tmp), metadata={
+                "medmap_cache_format": str(CACHE_FORMAT_VERSION),
+                "key": payload_json,
+                "source": str(path),
+                "modality": "" if modality is None else str(modality),
+            })
+            os.replace(tmp, entry)
+        except OSError as e:
+            if not self._warned_write:
+                warnings.warn(f"VolumeCache: cannot write {entry} ({e}); continuing uncached",
+                              stacklevel=3)
+                self._warned_write = True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+__all__ = ["CACHE_FORMAT_VERSION", "VolumeCache"]

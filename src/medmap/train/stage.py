@@ -1,0 +1,221 @@
+"""One stage runner for every recipe: prepare -> data -> text table -> model -> trainer -> save.
+
+A recipe stage (:mod:`medmap.train.medmap`: MedMAP pre-training and fine-tuning;
+:mod:`medmap.train.mg3d`: MG-3D pre-training) is a :class:`Stage` subclass that says, step by
+step, what its data, text features, model, Lightning module and data module are;
+:func:`run_stage` runs the steps in the same order for all of them and writes the run folder:
+
+* ``config.yaml`` (the resolved config), ``run_info.json`` (stage, medmap version, git commit,
+  start time, torch version);
+* ``logs/`` (CSV) and ``tensorboard/``; ``checkpoints/`` (every epoch plus ``last.ckpt``);
+* ``model/`` (safetensors + config.json, :mod:`medmap.models.hub`) and ``metrics.json``.
+
+Example:
+    >>> from medmap.train.medmap import FinetuneStage
+    >>> model_dir = run_stage(cfg, "runs/finetune", FinetuneStage(init="runs/pretrain/model"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmap.config import save_config
+from medmap.data.manifest import Manifest, ManifestError
+from medmap.data.vocab import get_organ
+from medmap.train.config import DataConfig, ExperimentConfig, TextConfig, check_derived_fields
+from medmap.train.engine import OptimConfig, build_trainer, last_checkpoint
+
+
+# ---- helpers every stage uses ----------------------------------------------------------------
+def load_cases(cfg: DataConfig) -> tuple[Manifest, list[str]]:
+    """The organ's cases (validated unless disabled) and the modality list to use."""
+    from medmap.data.validate import require_valid
+
+    if not cfg.manifest:
+        raise ManifestError(["data.manifest is empty; point it at a JSONL manifest"])
+    manifest = Manifest.load(cfg.manifest).select(organ=cfg.organ)
+    spec = get_organ(cfg.organ)
+    if len(manifest) == 0:
+        raise ManifestError([f"no {cfg.organ} cases in {cfg.manifest}; check data.organ"])
+    if cfg.validate:
+        require_valid(manifest, cfg.manifest,
+                      required_masks=[] if cfg.preprocess.roi_mask is None
+                      else [cfg.preprocess.roi_mask])
+    present = {m for c in manifest for m in c.modalities}
+    mods = list(cfg.modalities) or [m for m in spec.modalities if m in present]
+    unknown = [m for m in mods if m not in spec.modalities]
+    if unknown:
+        raise ValueError(f"data.modalities {unknown} are not {cfg.organ} modalities "
+                         f"({', '.join(spec.modalities)})")
+    return manifest, mods
+
+
+def augmenter(cfg: DataConfig):
+    """The training-batch augmenter of ``cfg.augment`` (None when it is off)."""
+    from medmap.data.augment import BatchAugmenter
+
+    return BatchAugmenter(cfg.augment) if cfg.augment.enabled else None
+
+
+def build_text_encoder(cfg: TextConfig):
+    """The frozen text encoder of ``cfg`` (with its on-disk embedding cache)."""
+    from medmap.text.encoder import FrozenTextEncoder
+
+    return FrozenTextEncoder(cfg.model, pooling=cfg.pooling, max_length=cfg.max_length,
+                             cache_dir=cfg.cache_dir)
+
+
+def build_loader(cfg: DataConfig):
+    """The volume loader: a :class:`VolumeCache` when ``cache_dir`` is set, else the bare
+    :class:`Preprocessor`."""
+    from medmap.data.cache import VolumeCache
+    from medmap.data.preprocess import Preprocessor
+
+    return VolumeCache(cfg.cache_dir, Preprocessor(cfg.preprocess)) if cfg.cache_dir else \
+        Preprocessor(cfg.preprocess)
+
+
+def prepare_run_dir(run_dir: str | Path, cfg: ExperimentConfig, stage: str,
+                    resume: bool) -> Path:
+    """Create the run folder and write ``config.yaml`` and ``run_info.json``."""
+    from medmap import __version__
+    from medmap.models.hub import git_commit
+
+    run = Path(run_dir)
+    if resume and last_checkpoint(run) is None:
+        raise FileNotFoundError(f"--resume: no checkpoints/last.ckpt in {run}; "
+                                "start the run without --resume")
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+    info = {"stage": stage, "medmap_version": __version__, "git_commit": git_commit(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed": resume,
+            "torch": torch.__version__}
+    (run / "run_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return run
+
+
+def trainer_metrics(trainer) -> dict[str, float]:
+    """The trainer's last logged scalar metrics."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items()
+            if isinstance(v, torch.Tensor) and v.numel() == 1}
+
+
+def model_meta(cfg: ExperimentConfig, encoder) -> dict[str, Any]:
+    """What a model folder stores besides the architecture: preprocessing, text model, organ."""
+    return {"preprocess": cfg.data.preprocess.to_dict(),
+            "text_model": {"name": cfg.text.model, "identity": encoder.identity},
+            "organ": cfg.data.organ}
+
+
+def pair_datasets(cfg) -> StageData:
+    """Modality list and the train / val (volume, report) pair datasets of a pre-training run
+    (``cfg``: a :class:`~medmap.train.config.DataConfig`); a ``ManifestError`` when the train
+    split has no pair."""
+    from medmap.data.datasets import ModalityPairDataset
+
+    manifest, mods = load_cases(cfg)
+    loader = build_loader(cfg)
+    ds = {s: ModalityPairDataset(manifest, loader, modalities=mods, split=s)
+          for s in ("train", "val")}
+    if len(ds["train"]) == 0:
+        raise ManifestError([f"no (volume, report) pairs in the train split of {cfg.manifest};"
+                             " pre-training needs per-modality reports"])
+    return StageData(mods, ds["train"], ds["val"], manifest)
+
+
+# ---- the stage contract and its runner --------------------------------------------------------
+@dataclass
+class StageData:
+    """What a stage's data step returns: the modalities and the train / val datasets."""
+
+    modalities: list[str]
+    train: Any
+    val: Any
+    manifest: Manifest | None = None
+
+
+class Stage(abc.ABC):
+    """One training stage of a recipe; :func:`run_stage` calls the steps in order.
+
+    Subclasses set ``name`` (recorded in ``run_info.json``) and ``section`` (the
+    :class:`ExperimentConfig` field holding the stage's :class:`OptimConfig`), and implement
+    :meth:`data`, :meth:`texts`, :meth:`model`, :meth:`module` and :meth:`datamodule`.
+    """
+
+    name = "stage"
+    section = "pretrain"
+    monitor: str | None = None          # checkpoint "best" by this metric (max) when set
+
+    def optim(self, cfg: ExperimentConfig) -> OptimConfig:
+        return getattr(cfg, self.section)
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        """Refuse settings the stage cannot honour (before anything is written)."""
+        check_derived_fields(cfg)
+
+    @abc.abstractmethod
+    def data(self, cfg: ExperimentConfig) -> StageData:
+        """The modalities and datasets of the stage."""
+
+    @abc.abstractmethod
+    def texts(self, cfg: ExperimentConfig, data: StageData, encoder) -> Any:
+        """The frozen text features the stage needs, computed once before training."""
+
+    @abc.abstractmethod
+    def model(self, cfg: ExperimentConfig, data: StageData, encoder, texts) -> torch.nn.Module:
+        """The model to train (built after the RNG is seeded with the stage's seed)."""
+
+    @abc.abstractmethod
+    def module(self, cfg: ExperimentConfig, model: torch.nn.Module):
+        """The Lightning module (a :class:`~medmap.train.modules.TrainModule`)."""
+
+    @abc.abstractmethod
+    def datamodule(self, cfg: ExperimentConfig, data: StageData, texts):
+        """The Lightning data module (train / val loaders)."""
+
+    def save_meta(self) -> dict[str, Any]:
+        """Extra entries of the saved model's ``config.json``."""
+        return {}
+
+
+def run_stage(cfg: ExperimentConfig, run_dir: str | Path, stage: Stage, resume: bool = False,
+              callbacks: list | None = None) -> Path:
+    """Run ``stage`` of ``cfg`` into ``run_dir``; returns the saved model folder.
+
+    ``resume`` continues from ``RUN/checkpoints/last.ckpt`` (weights, optimiser, scheduler,
+    epoch, sampler order, RNG states); ``callbacks`` are extra Lightning callbacks.
+    """
+    import lightning as L
+
+    from medmap.models.hub import save_pretrained
+
+    stage.check(cfg)
+    optim = stage.optim(cfg)
+    run = prepare_run_dir(run_dir, cfg, stage.name, resume)
+    data = stage.data(cfg)
+    encoder = build_text_encoder(cfg.text)
+    texts = stage.texts(cfg, data, encoder)
+    L.seed_everything(optim.seed, workers=True, verbose=False)
+    model = stage.model(cfg, data, encoder, texts)
+    module = stage.module(cfg, model)
+    module.augment = augmenter(cfg.data)
+    dm = stage.datamodule(cfg, data, texts)
+    monitor = stage.monitor if stage.monitor and data.val is not None and len(data.val) else None
+    trainer = build_trainer(run, optim, monitor=monitor, extra_callbacks=callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=last_checkpoint(run) if resume else None)
+    out = run / "model"
+    if trainer.is_global_zero:
+        save_pretrained(module.model, out, **stage.save_meta(), **model_meta(cfg, encoder))
+        (run / "metrics.json").write_text(json.dumps(trainer_metrics(trainer), indent=2))
+    return out
+
+
+__all__ = ["Stage", "StageData", "run_stage", "load_cases", "pair_datasets", "augmenter", "build_text_encoder",
+           "build_loader", "prepare_run_dir", "trainer_metrics", "model_meta"]
