@@ -1,7 +1,7 @@
 """Imports flow one way through medmap's layers; no import cycle, imports inside functions
 included (docs/architecture.md has the picture).
 
-Layers, lowest first: config (and the pure metrics) -> data -> text -> models + losses -> train -> inference ->
+Layers, lowest first: config (and the pure metrics) -> data -> text -> models + losses -> train -> inference (and the fast inference path) ->
 eval / predict / downstream -> cli / demo / ablation. A module may import its own layer or a
 lower one; an import of a package's own ``__init__`` from inside that package is not an edge.
 """
@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmap.text",),
     ("medmap.models", "medmap.losses"),
     ("medmap.train",),
-    ("medmap.inference",),
+    ("medmap.inference", "medmap.fastpath"),
     ("medmap.eval", "medmap.predict", "medmap.downstream"),
     ("medmap.cli", "medmap.demo", "medmap.ablation"),
 ]
