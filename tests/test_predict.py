@@ -22,6 +22,18 @@ from medmap.models.hub import from_pretrained, save_pretrained
 from medmap.models.medmap import MedMAPClassifier, MedMAPConfig
 from medmap.predict import PredictInputError, predict
 
+
+def tiny_classifier(mods, classes, organ="liver"):
+    """A tiny untrained MedMAP classifier with random prompt buffers (seeded)."""
+    torch.manual_seed(0)
+    model = MedMAPClassifier(MedMAPConfig.tiny(list(mods), list(classes), organ=organ))
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if "prompt" in name:
+                buf.normal_()
+    return model
+
+
 MODS = ["T2WI", "DWI", "C+A"]
 CLASSES = list(get_organ("liver").classes)
 COLUMNS = ["case_id", "predicted", *[f"prob_{c}" for c in CLASSES], "modalities_used",
@@ -39,9 +51,7 @@ def sim(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = MedMAPConfig.tiny(MODS, CLASSES, organ="liver")
-    model = MedMAPClassifier(cfg, torch.randn(len(MODS), cfg.text_dim))
+    model = tiny_classifier(MODS, CLASSES)
     out = tmp_path_factory.mktemp("model") / "model"
     save_pretrained(model, out, organ="liver",
                     preprocess=PreprocessConfig(spacing=None, size=(32, 32, 32)).to_dict())
@@ -216,3 +226,69 @@ def test_roi_model_needs_and_uses_the_organ_mask(model_dir, full_case, sim, tmp_
     m.save(sim / "no_liver.jsonl")
     with pytest.raises(ManifestError, match=rf"case '{m.cases[0].case_id}': masks.liver: missing"):
         predict(model_dir, sim / "no_liver.jsonl", None, preprocess_override=over)
+
+
+def _load_test_module(name: str, path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cam_folders_stay_inside_the_cam_dir(model_dir, sim, tmp_path):
+    """Case ids '..', '.', '../x' and two ids that sanitise alike: every CAM lands in its own
+    folder inside --cam, none in its parent."""
+    cases = Manifest.load(sim / "manifest.jsonl").resolved()[:5]
+    ids = ["..", ".", "../x", "a/b", "a_b"]
+    for c, cid in zip(cases, ids):
+        c.case_id = cid
+    m = Manifest(cases, tmp_path).save(tmp_path / "odd.jsonl")
+    out = tmp_path / "out"
+    cams = out / "cams"
+    rows = predict(model_dir, m, None, cam_dir=cams)
+    assert [r["case_id"] for r in rows] == ids
+    assert sorted(p.name for p in out.iterdir()) == ["cams"]           # nothing beside cams/
+    folders = sorted(p.name for p in cams.iterdir())
+    assert len(folders) == 5 and all(p.is_dir() for p in cams.iterdir()), folders
+    assert not any(n in (".", "..") or n.startswith(".") for n in folders), folders
+    assert all(list((cams / n).glob("*_cam.nii.gz")) for n in folders)
+
+
+def test_manifest_reports_play_no_part_in_prediction(model_dir, sim, tmp_path):
+    """A report for a modality the case lacks (or an empty one) does not stop prediction."""
+    cases = Manifest.load(sim / "manifest.jsonl").resolved()[:2]
+    dropped = next(m for m in cases[0].modalities if m not in MODS)
+    del cases[0].modalities[dropped]
+    cases[0].reports[dropped] = "a report for a sequence this case does not have"
+    cases[1].reports["global"] = "   "
+    m = Manifest(cases, tmp_path).save(tmp_path / "reports.jsonl")
+    rows = predict(model_dir, m, None)
+    assert [r["case_id"] for r in rows] == [c.case_id for c in cases]
+
+
+def test_predict_series_of_a_shared_dicom_folder(model_dir, tmp_path, capsys):
+    """``--series UID`` reads one series of a DICOM folder holding several."""
+    pytest.importorskip("pydicom")
+    from medmap.cli import main
+
+    dicom = _load_test_module("dicom_helpers", Path(__file__).parent / "data" /
+                              "test_dicom_series.py")
+    rng = np.random.default_rng(0)
+    vol = (100 + 20 * rng.standard_normal((20, 20, 12))).astype(np.float32)
+    folder = tmp_path / "T2WI"
+    aff = np.diag([1.5, 1.5, 2.5, 1.0])
+    uid, _, _ = dicom.write_series(folder, vol, aff, rng=rng, number=1)
+    dicom.write_series(folder, vol[:, :, :8], aff, rng=rng, number=2)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(model_dir), str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 2 DICOM series" in err and "Traceback" not in err
+    assert main(["predict", str(model_dir), str(folder), "--series", uid, "--out", str(out)]) == 0
+    (row,) = read_csv(out)
+    assert row["case_id"] == "T2WI" and row["modalities_used"] == "T2WI"
+    assert row["source"] == f"{folder}#{uid}"
+    check_probs(row)
+    assert main(["predict", str(model_dir), str(out), "--series", uid]) == 2
+    assert "is not a folder" in capsys.readouterr().err

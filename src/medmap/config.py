@@ -25,7 +25,17 @@ import yaml
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Base of the deliberate, user-facing errors: bad input, not a bug in medmap.
+
+    The message names what is wrong and the fix; the ``medmap`` command prints it as one
+    ``error: ...`` line (exit status 2). Anything that is not a ``UserError`` (or a missing
+    file / permission problem) reaching the command is treated as a bug and shown with its
+    traceback. It subclasses ``ValueError`` so ``except ValueError`` keeps catching it.
+    """
+
+
+class ConfigError(UserError):
     """A config file or override does not fit the typed schema."""
 
 
@@ -167,7 +177,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, overrides: list[str] | 
     kwargs = {k: _coerce(hints[k], _onto_default(fields[k], v),
                          f"{_where + '.' if _where else ''}{k}")
               for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError:
+        raise
+    except ValueError as e:  # a config's own checks (__post_init__) on values from the file
+        raise ConfigError(f"{_where or cls.__name__}: {e}") from e
 
 
 def _field_default(f: dataclasses.Field) -> Any:

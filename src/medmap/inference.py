@@ -23,7 +23,8 @@ from torch import nn
 
 import medmap.models  # noqa: F401  (registers the built-in model types)
 from medmap.data.preprocess import PreprocessConfig
-from medmap.models.hub import CONFIG_NAME, from_pretrained, load_pretrained_config
+from medmap.models.hub import (CONFIG_NAME, ModelFolderError, from_pretrained,
+                               load_pretrained_config)
 
 __all__ = ["LoadedModel", "load_model", "load_classifier", "resolve_model_dir", "run_manifest", "select_device"]
 
@@ -107,8 +108,8 @@ class LoadedModel:
         """The frozen text encoder the model was trained with (built once, then reused)."""
         if self._text_encoder is None:
             if not self.text_model:
-                raise ValueError(f"{self.name}: the model folder names no text model "
-                                 "(config.json 'text_model'); pass text_encoder=")
+                raise ModelFolderError(f"{self.name}: the model folder names no text model "
+                                       "(config.json 'text_model'); pass text_encoder=")
             from medmap.text.encoder import FrozenTextEncoder
 
             enc = FrozenTextEncoder(self.text_model, pooling=self.text_pooling,
@@ -119,9 +120,9 @@ class LoadedModel:
                               "the model was trained with (identity mismatch); text features "
                               "may not match", stacklevel=2)
             if enc.hidden_size != self.model.cfg.text_dim:
-                raise ValueError(f"{self.name}: text model {self.text_model!r} has hidden size "
-                                 f"{enc.hidden_size}, the model expects text_dim "
-                                 f"{self.model.cfg.text_dim}")
+                raise ModelFolderError(f"{self.name}: text model {self.text_model!r} has hidden "
+                                       f"size {enc.hidden_size}, the model expects text_dim "
+                                       f"{self.model.cfg.text_dim}")
             self._text_encoder = enc
         return self._text_encoder
 
@@ -137,8 +138,9 @@ def _preprocess(doc: dict[str, Any], mdir: Path,
                 override: Mapping[str, Any] | PreprocessConfig | None) -> PreprocessConfig:
     stored = doc.get("preprocess")
     if stored is None:
-        raise ValueError(f"{mdir}: config.json stores no 'preprocess' settings; re-save the model "
-                         "with save_pretrained(..., preprocess=PreprocessConfig(...).to_dict())")
+        raise ModelFolderError(f"{mdir}: config.json stores no 'preprocess' settings; re-save "
+                               "the model with save_pretrained(..., "
+                               "preprocess=PreprocessConfig(...).to_dict())")
     pdict = dict(stored)
     if override is not None:
         over = (override.to_dict() if isinstance(override, PreprocessConfig) else dict(override))
@@ -147,7 +149,11 @@ def _preprocess(doc: dict[str, Any], mdir: Path,
             warnings.warn(f"preprocessing overridden ({changed}); the model was trained with "
                           f"{ {k: pdict.get(k) for k in changed} }", stacklevel=3)
         pdict.update(over)
-    return PreprocessConfig.from_dict(pdict)
+    try:
+        return PreprocessConfig.from_dict(pdict)
+    except ValueError as e:
+        raise ModelFolderError(f"{mdir}: config.json 'preprocess': {e}; restore the settings the "
+                               "model was saved with") from None
 
 
 def load_model(path: str | Path, expect_type: str | tuple[str, ...] | None = None, *,
@@ -169,7 +175,8 @@ def load_model(path: str | Path, expect_type: str | tuple[str, ...] | None = Non
     ident = _parse_identity(text.get("identity"))
     organ = doc.get("organ") or getattr(net.cfg, "organ", "") or ""
     if not organ:
-        raise ValueError(f"{mdir}: config.json names no organ")
+        raise ModelFolderError(f"{mdir}: config.json names no organ; add \"organ\" (e.g. "
+                               "\"liver\") or re-save the model with save_pretrained(..., organ=)")
     return LoadedModel(net.to(select_device(device)).eval(), pcfg, organ, text.get("name"),
                        ident.get("pooling"),
                        int(ident["max_length"]) if "max_length" in ident else 128,
@@ -186,5 +193,5 @@ def load_classifier(model_dir: str | Path, preprocess_override: Mapping[str, Any
     except ValueError as e:
         if "expected 'medmap_classifier'" not in str(e):
             raise
-        raise ValueError(f"{e}; evaluation and prediction need a fine-tuned classifier "
-                         "(the model/ folder of `medmap finetune`)") from None
+        raise ModelFolderError(f"{e}; evaluation and prediction need a fine-tuned classifier "
+                               "(the model/ folder of `medmap finetune`)") from None

@@ -63,7 +63,7 @@ def test_cache_second_get_is_a_hit_without_decoding(tmp_path, count_reads, fresh
     cache = VolumeCache(tmp_path / "cache", pre())
     a = cache.get(p, "T1WI")
     b = cache.get(p, "T1WI")
-    assert cache.stats() == {"hits": 1, "misses": 1, "files_hashed": 1}
+    assert cache.stats() == {"hits": 1, "misses": 1, "files_hashed": 1, "rebuilt": 0}
     assert len(count_reads) == 1 and torch.equal(a, b)
     assert b.shape == (1, *S) and b.dtype == torch.float32
     entries = list((tmp_path / "cache").rglob("*.safetensors"))
@@ -76,7 +76,8 @@ def test_new_cache_on_same_dir_hits_without_rehashing(tmp_path, count_reads, mon
     monkeypatch.setattr(dcache, "_HASH_MEMO", {})                # as in a fresh process
     c2 = VolumeCache(tmp_path / "cache", pre())
     b = c2.get(p)
-    assert c2.stats() == {"hits": 1, "misses": 0, "files_hashed": 0}   # on-disk hash memo
+    assert c2.stats() == {"hits": 1, "misses": 0, "files_hashed": 0,    # on-disk hash memo
+                          "rebuilt": 0}
     assert len(count_reads) == 1 and torch.equal(a, b)
 
 
@@ -129,9 +130,51 @@ def test_no_cache_dir_and_float16_and_corrupt_entry(tmp_path, count_reads, fresh
     ref = c.get(p)
     entry = c.entry_path(c.key(p))
     entry.write_bytes(entry.read_bytes()[:50])                  # truncated by a crash
-    again = c.get(p)
+    with pytest.warns(UserWarning, match=r"unusable \(unreadable.*stats\(\)\['rebuilt'\]"):
+        again = c.get(p)
     assert c.misses == 2 and torch.equal(ref, again)
+    assert c.stats()["rebuilt"] == 1                            # the rebuild is counted
     assert c.get(p).equal(ref) and c.hits == 1                  # rewritten entry is valid
+
+
+def test_entry_of_another_key_is_rebuilt_not_served(tmp_path, fresh_memo):
+    """A readable entry whose stored key is not the one asked for (a foreign file renamed into
+    place) is recomputed and counted, never returned."""
+    from safetensors.torch import save_file
+
+    p = write_nii(tmp_path / "a.nii.gz")
+    c = VolumeCache(tmp_path / "cache", pre())
+    ref = c.get(p)
+    entry = c.entry_path(c.key(p))
+    save_file({"data": torch.zeros(1, *S)}, str(entry), metadata={"key": "{}"})
+    with pytest.warns(UserWarning, match="written for another key"):
+        assert torch.equal(c.get(p), ref)
+    assert c.stats()["rebuilt"] == 1 and c.get(p).equal(ref) and c.hits == 1
+
+
+def test_dicom_series_of_a_shared_folder_is_hashed_alone(tmp_path, fresh_memo):
+    """``folder#<SeriesInstanceUID>``: only that series' slices are hashed; another series of
+    the folder changing does not change its key."""
+    pytest.importorskip("pydicom")
+    from test_dicom_series import write_series
+
+    rng = np.random.default_rng(0)
+    vol = (100 + 10 * rng.standard_normal((10, 9, 8))).astype(np.float32)
+    folder = tmp_path / "study"
+    aff = np.diag([1.5, 1.5, 2.0, 1.0])
+    a_uid, _, _ = write_series(folder, vol, aff, rng=rng, number=1)
+    b_uid, _, b_files = write_series(folder, vol[:, :, :6], aff, rng=rng, number=2)
+    c = VolumeCache(tmp_path / "cache", pre())
+    h = c.content_hash(f"{folder}#{a_uid}")
+    assert c.files_hashed == 8                                  # series a's 8 slices only
+    assert c.content_hash(f"{folder}#{b_uid}") != h and c.files_hashed == 14
+    img = c.get(f"{folder}#{a_uid}", "T1WI")
+    assert img.shape == (1, *S) and torch.equal(img, pre()(f"{folder}#{a_uid}", "T1WI"))
+    key = c.key(f"{folder}#{a_uid}")
+    f = b_files[0]                                              # series b's slice changes
+    f.write_bytes(f.read_bytes() + b"\0")
+    assert c.key(f"{folder}#{a_uid}") == key
+    assert c.get(f"{folder}#{a_uid}", "T1WI").equal(img) and c.hits == 1
 
 
 def test_dicom_folder_hash_covers_every_file(tmp_path, fresh_memo):

@@ -169,3 +169,40 @@ def test_organ_masks_and_required_roi_mask(tmp_path):
     assert any(ln.startswith("case 'b': masks.liver: missing; preprocess.roi_mask is 'liver'")
                for ln in problems), problems
     assert not any("case 'a'" in ln for ln in problems)
+
+
+def test_region_mask_needs_one_volume_grid_not_all(tmp_path):
+    """LLD-MMRI full volumes: the phases lie on different grids and the lesion mask on one of
+    them (or on another grid overlapping them, resampled by affine in preprocessing). A mask
+    cut on a volume's own grid, or one whose field of view overlaps no volume, is refused."""
+    rng = np.random.default_rng(0)
+
+    def nii(name, shape, affine):
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32) + 0.1, affine),
+                 str(tmp_path / name))
+        return name
+
+    art = np.diag([0.8, 0.8, 2.0, 1.0])
+    ven = np.diag([1.0, 1.0, 3.0, 1.0])
+    ven[:3, 3] = (1.5, -2.0, 4.0)
+    coarse = np.diag([1.6, 1.6, 4.0, 1.0])
+    far = coarse.copy()
+    far[:3, 3] = 1000.0
+    mods = {"C+A": nii("ca.nii.gz", (40, 40, 20), art), "C+V": nii("cv.nii.gz", (32, 32, 14), ven)}
+    masks = {"on_art": nii("m_art.nii.gz", (40, 40, 20), art),
+             "other_grid": nii("m_coarse.nii.gz", (20, 20, 10), coarse),
+             "far": nii("m_far.nii.gz", (20, 20, 10), far),
+             "cut": nii("m_cut.nii.gz", (40, 40, 19), art)}
+    cases = [Case(k, "liver", "train", None, dict(mods), {}, {"lesion": p})
+             for k, p in masks.items()]
+    cases.append(Case("own", "liver", "train", None, dict(mods), {},
+                      {"C+V": masks["on_art"]}))          # a phase's own mask: its grid only
+    m = Manifest.load(Manifest(cases).save(tmp_path / "m.jsonl"))
+    problems = validate_manifest(m)
+    assert sorted(ln.split(":")[0] for ln in problems) == ["case 'cut'", "case 'far'",
+                                                           "case 'own'"], problems
+    cut = next(ln for ln in problems if "'cut'" in ln)
+    assert "masks.lesion" in cut and "mask shape (40, 40, 19) does not match C+A (40, 40, 20)" \
+        in cut and "resample the mask" in cut
+    own = next(ln for ln in problems if "'own'" in ln)
+    assert "masks.C+V" in own and "does not match C+V (32, 32, 14)" in own

@@ -22,6 +22,18 @@ from medmap.eval.report import render_report
 from medmap.models.hub import save_pretrained
 from medmap.models.medmap import MedMAPClassifier, MedMAPConfig
 
+
+def tiny_classifier(mods, classes, organ="liver"):
+    """A tiny untrained MedMAP classifier with random prompt buffers (seeded)."""
+    torch.manual_seed(0)
+    model = MedMAPClassifier(MedMAPConfig.tiny(list(mods), list(classes), organ=organ))
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if "prompt" in name:
+                buf.normal_()
+    return model
+
+
 MODS = ["T2WI", "C+A"]
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update",
@@ -47,9 +59,7 @@ def sim(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(sim, tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = MedMAPConfig.tiny(MODS, list(get_organ("liver").classes), organ="liver")
-    model = MedMAPClassifier(cfg, torch.randn(len(MODS), cfg.text_dim))
+    model = tiny_classifier(MODS, list(get_organ("liver").classes))
     run = tmp_path_factory.mktemp("run")
     save_pretrained(model, run / "model", organ="liver",
                     preprocess=PreprocessConfig(spacing=None, size=(32, 32, 32)).to_dict())
@@ -179,3 +189,78 @@ def test_run_manifest(run_dir, tmp_path):
     shutil.copytree(run_dir / "model", run / "model")
     (run / "config.yaml").write_text("data:\n  manifest: some/cases.jsonl\n  organ: liver\n")
     assert run_manifest(run) == run_manifest(run / "model") == Path("some/cases.jsonl")
+
+
+def test_evaluate_adds_its_metrics_to_the_model_card(result, run_dir):
+    from medmap.eval.evaluate import _update_card
+
+    card = (run_dir / "model" / "README.md").read_text(encoding="utf-8")
+    m = result["metrics"]
+    assert "## Evaluation" in card and "Not evaluated yet" not in card
+    assert f"### train split of `{Path(result['info']['manifest']).resolve()}`" in card
+    assert f"| accuracy | {m['accuracy']:.3f} | {m['ci']['accuracy'][0]:.3f}-" in card
+    assert f"{result['info']['labelled cases']} labelled" in card and "pointing game" in card
+    _update_card(run_dir / "model", result)                 # the same evaluation again
+    again = (run_dir / "model" / "README.md").read_text(encoding="utf-8")
+    assert again.count("### train split of") == 1
+
+
+def _eight_phase_page(tmp_path) -> tuple[Path, int]:
+    """A report whose CAM overlay has the 8 liver phases, plus a script recording layout."""
+    rng = np.random.default_rng(0)
+    phases = list(get_organ("liver").modalities)
+    assert len(phases) == 8
+    panels = [{"modality": m, "image": rng.random((32, 32)), "cam": rng.random((32, 32)),
+               "mask": None} for m in phases]
+    ov = [{"case_id": "c1", "true_index": 0, "true": "a", "pred": "a", "prob": 0.9,
+           "correct": True, "slice_index": 16, "slice_source": "CAM maximum", "panels": panels}]
+    res = {"classes": ["a", "b"], "info": {"split": "test"}, "metrics": None,
+           "localisation": None}
+    page = render_report(res, labels=np.array([0, 1]), probs=np.full((2, 2), 0.5),
+                         fusion=rng.normal(size=(2, 4)), overlays=ov)
+    probe = ("<script>window.addEventListener('load',function(){var r=0;"
+             "var im=document.querySelectorAll('.case img');for(var i=0;i<im.length;i++){"
+             "r=Math.max(r,im[i].getBoundingClientRect().right);}"
+             "document.body.setAttribute('data-cam-right',String(Math.ceil(r)));"
+             "document.body.setAttribute('data-scroll-width',"
+             "String(document.documentElement.scrollWidth));});</script></body>")
+    f = tmp_path / "eight.html"
+    f.write_text(page.replace("</body>", probe), encoding="utf-8")
+    return f, len(phases)
+
+
+def test_cam_rows_of_eight_phases_fit_the_page(tmp_path):
+    """The 8-phase CAM overlay is drawn in rows of 4 panels: its image is no wider than the
+    page's 1100 px column (it was 8 panels side by side, about 1600 px)."""
+    import base64
+
+    from matplotlib.image import imread
+
+    page, _ = _eight_phase_page(tmp_path)
+    src = re.findall(r"<div class='case'>.*?<img src=\"data:image/png;base64,([^\"]+)\"",
+                     page.read_text(encoding="utf-8"), flags=re.S)
+    assert len(src) == 1
+    png = tmp_path / "cam.png"
+    png.write_bytes(base64.b64decode(src[0]))
+    h, w = imread(str(png)).shape[:2]
+    assert w <= 1100 and h > w / 3, (w, h)                   # two rows of four
+
+
+def test_cam_rows_fit_a_1400px_browser(tmp_path):
+    exe = chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (run .ci/install-browser)")
+    page, _ = _eight_phase_page(tmp_path)
+    try:
+        dom = subprocess.run([exe, *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'p'}",
+                              "--window-size=1400,1000", "--virtual-time-budget=5000",
+                              "--dump-dom", page.resolve().as_uri()],
+                             capture_output=True, timeout=120, check=False, text=True).stdout
+    except subprocess.TimeoutExpired:
+        pytest.fail("headless chromium did not finish within 120 s")
+    body = re.search(r"<body[^>]*>", dom)
+    assert body, dom[:300]
+    right = re.search(r'data-cam-right="(\d+)"', body.group(0))
+    width = re.search(r'data-scroll-width="(\d+)"', body.group(0))
+    assert right and width, body.group(0)
+    assert int(right.group(1)) <= 1400 and int(width.group(1)) <= 1400, body.group(0)

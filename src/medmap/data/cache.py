@@ -8,7 +8,8 @@ that later reads as valid, and several processes may share one cache folder.
 Cache key (sha256 hex of the canonical JSON, ``sort_keys=True``) of::
 
     {"medmap_cache_format": CACHE_FORMAT_VERSION, "kind": "image" | "mask",
-     "content": sha256 of the file bytes (DICOM folder: of every file's relative path + sha256),
+     "content": sha256 of the file bytes (DICOM folder: of every file's relative path + sha256;
+                ``folder#<SeriesInstanceUID>``: of that series' slice files only),
      "format": "nifti" | "nrrd" | "dicom", "preprocess": PreprocessConfig.to_dict(),
      "intensity": resolved intensity mode of the modality (None for masks),
      "reference": content hash of a mask's reference image (or None),
@@ -18,6 +19,10 @@ Entries live at ``<cache_dir>/v<CACHE_FORMAT_VERSION>/<key[:2]>/<key>.safetensor
 ``"data"``, plus the key JSON as metadata). Content hashes are memoised per
 ``(abs path, size, mtime_ns, inode)`` in memory and under ``<cache_dir>/hashes/`` so a later
 epoch, DataLoader worker or process does not re-read the raw file.
+
+An entry that cannot be read back (truncated, foreign, written for another key) is recomputed
+and rewritten; :meth:`VolumeCache.stats` counts these as ``rebuilt`` and the first one of a
+cache is named in a warning.
 """
 
 from __future__ import annotations
@@ -43,10 +48,13 @@ _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _HASH_MEMO: dict[str, str] = {}
 
 
-def _stat_signature(path: Path) -> tuple[str, list[Path]]:
-    """A string that changes whenever the file (or any file of a DICOM folder) changes, and the
-    list of files to hash."""
-    p = path.resolve()
+def _stat_signature(path: Path) -> tuple[str, Path, str | None, list[Path]]:
+    """A string that changes whenever the file (or any file of a DICOM folder) changes; the
+    folder or file, the SeriesInstanceUID of a ``folder#<uid>`` path (else None) and the files
+    the signature covers. For ``folder#<uid>`` that is every file of the folder (stat only:
+    cheap); which of them belong to the series is read from their headers on a memo miss."""
+    base, uid = mio.split_series(path)
+    p = base.resolve()
     if p.is_dir():
         files = sorted((f for f in p.rglob("*") if f.is_file()), key=lambda f: f.as_posix())
         if not files:
@@ -58,11 +66,12 @@ def _stat_signature(path: Path) -> tuple[str, list[Path]]:
         st = f.stat()
         sig.append([f.relative_to(p).as_posix() if p.is_dir() else "", st.st_size,
                     st.st_mtime_ns, st.st_ino])
-    return json.dumps([p.as_posix(), sig]), files
+    return json.dumps([p.as_posix(), uid, sig]), p, uid, files
 
 
 def _hash_files(root: Path, files: list[Path]) -> str:
     root = root.resolve()
+    files = [f.resolve() for f in files]
     outer = hashlib.sha256()
     for f in files:
         h = hashlib.sha256()
@@ -114,22 +123,28 @@ class VolumeCache:
         self.hits = 0
         self.misses = 0
         self.files_hashed = 0
+        self.rebuilt = 0
         self._warned_write = False
+        self._warned_rebuilt = False
 
     @property
     def cfg(self):
         return self.preprocessor.cfg
 
     def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "files_hashed": self.files_hashed}
+        """``hits``, ``misses`` (preprocess runs), ``files_hashed`` and ``rebuilt`` (entries
+        found on disk but unreadable, recomputed and rewritten; each is also a miss)."""
+        return {"hits": self.hits, "misses": self.misses, "files_hashed": self.files_hashed,
+                "rebuilt": self.rebuilt}
 
     # ---- keys -------------------------------------------------------------------------------
     def content_hash(self, path: str | Path) -> str:
-        """sha256 of the file (or of every file of a DICOM folder), memoised by stat signature."""
-        p = Path(path)
-        if not p.exists():
-            raise mio.VolumeReadError(f"{p}: file not found; check the path in the manifest")
-        sig, files = _stat_signature(p)
+        """sha256 of the file (or of every file of a DICOM folder, or of the slice files of the
+        series a ``folder#<SeriesInstanceUID>`` path names), memoised by stat signature."""
+        base, _ = mio.split_series(path)
+        if not base.exists():
+            raise mio.VolumeReadError(f"{base}: file not found; check the path in the manifest")
+        sig, root, uid, files = _stat_signature(Path(path))
         if sig in _HASH_MEMO:
             return _HASH_MEMO[sig]
         memo_file = None
@@ -143,7 +158,9 @@ class VolumeCache:
                     return digest
             except OSError:
                 pass
-        digest = _hash_files(p, files)
+        if uid is not None:
+            files = mio.series_files(path)    # that series' slices; errors name the series
+        digest = _hash_files(root, files)
         self.files_hashed += len(files)
         _HASH_MEMO[sig] = digest
         if memo_file is not None:
@@ -216,18 +233,37 @@ class VolumeCache:
         entry = self.entry_path(key)
         expected = (1, *self.cfg.size)
         if entry.exists():
-            try:
-                from safetensors.torch import load_file
-
-                t = load_file(str(entry))["data"]
-                if tuple(t.shape) == expected:
-                    self.hits += 1
-                    return t.to(torch.float32).contiguous()
-            except Exception:  # truncated / foreign file: recompute and overwrite
-                pass
+            t, why = self._read_entry(entry, payload_json, expected)
+            if t is not None:
+                self.hits += 1
+                return t
+            self.rebuilt += 1
+            if not self._warned_rebuilt:
+                warnings.warn(f"VolumeCache: entry {entry} for {path} is unusable ({why}); "
+                              "recomputing it (stats()['rebuilt'] counts these)", stacklevel=3)
+                self._warned_rebuilt = True
         t = self._compute(path, modality, kind, reference, roi)
         self._store(entry, t, payload_json, path, modality)
         return t
+
+    @staticmethod
+    def _read_entry(entry: Path, payload_json: str,
+                    expected: tuple[int, ...]) -> tuple[torch.Tensor | None, str]:
+        """The entry's tensor, or ``(None, why)`` when the file is truncated, foreign, written
+        for another key or of another shape."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(entry), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("key") != payload_json:
+                    return None, "written for another key"
+                t = f.get_tensor("data")
+        except Exception as e:  # truncated / not safetensors: recompute and overwrite
+            return None, f"unreadable: {type(e).__name__}"
+        if tuple(t.shape) != expected:
+            return None, f"shape {tuple(t.shape)}, expected {expected}"
+        return t.to(torch.float32).contiguous(), ""
 
     def _store(self, entry: Path, t: torch.Tensor, payload_json: str, path, modality) -> None:
         from safetensors.torch import save_file

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from medmap.config import UserError
 from medmap.data.cache import VolumeCache
 from medmap.data.manifest import Case, Manifest
 from medmap.data.preprocess import Preprocessor
@@ -70,7 +71,7 @@ def roi_path(case: Case, roi_mask: str | None) -> str | None:
         return None
     path = case.masks.get(roi_mask)
     if not path:
-        raise ValueError(
+        raise UserError(
             f"case {case.case_id!r}: masks.{roi_mask}: missing; preprocess.roi_mask crops every "
             f"volume to this organ mask, so add it to the case (or set preprocess.roi_mask to "
             "null)")

@@ -39,11 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medmap.config import UserError
+
 __all__ = ["DicomSeries", "Volume", "VolumeReadError", "dicom_series", "read_shape",
            "read_volume", "series_files", "split_series", "volume_format"]
 
 
-class VolumeReadError(ValueError):
+class VolumeReadError(UserError):
     """A volume file is missing, unreadable, or not a single 3D volume."""
 
 
@@ -143,12 +145,25 @@ def read_volume(path: str | Path, series: str | None = None) -> Volume:
             arr = np.asarray(img)  # forces decompression of lazily read data
     except Exception as e:  # the readers raise many types (EOFError, zlib.error, OSError, ...)
         raise VolumeReadError(
-            f"{p}: unreadable or truncated {fmt} file ({type(e).__name__}: {e}); "
+            f"{p}: unreadable or truncated {fmt} file ({_reader_error(e)}); "
             "re-export or re-copy the file"
         ) from None
     arr = _as_3d(arr, p)
     affine = np.asarray(img.affine, dtype=np.float64) if hasattr(img, "affine") else np.eye(4)
     return Volume(arr.astype(np.float32, copy=False), affine, str(p))
+
+
+def _reader_error(e: Exception) -> str:
+    """One line saying why a reader failed. MONAI's "cannot find a suitable reader" message
+    embeds every reader's traceback; the last ``...Error: ...`` line of it is the cause."""
+    text = str(e).strip()
+    if "suitable reader" in text:
+        causes = re.findall(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", text, re.M)
+        if causes:
+            name, msg = causes[-1]
+            return f"{name.rsplit('.', 1)[-1]}: {msg.strip()}"[:300]
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first}"[:300]
 
 
 def _locate(path: str | Path, series: str | None) -> tuple[Path, str | None]:

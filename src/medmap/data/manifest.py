@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medmap.config import UserError
 from medmap.data.vocab import ORGANS
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest could not be parsed or is invalid; ``problems`` lists every finding."""
 
     def __init__(self, problems: list[str], source: str | Path | None = None):

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from medmap.config import UserError
 from medmap.data import io as mio
 from medmap.data.io import Volume, VolumeReadError
 
@@ -258,7 +259,7 @@ class Preprocessor:
             return None
         name = img.meta.get("filename_or_obj", "<volume>")
         if roi is None:
-            raise ValueError(
+            raise UserError(
                 f"{name}: PreprocessConfig.roi_mask is {key!r}, so every volume is cropped to "
                 f"its case's {key!r} mask, and none was given; add masks.{key} to the case in "
                 "the manifest (predict: put the mask in the case folder or pass --roi), or set "
@@ -268,7 +269,7 @@ class Preprocessor:
         margin = [int(np.ceil(self.cfg.roi_margin_mm / float(sp))) for sp in spacing]
         start, end = generate_spatial_bounding_box(r, select_fn=lambda a: a > 0, margin=margin)
         if any(e <= s for s, e in zip(start, end)):
-            raise ValueError(
+            raise UserError(
                 f"{r.meta.get('filename_or_obj', roi)}: the {key!r} ROI mask is empty (no voxel "
                 f"> 0) on the grid of {name}; check the mask, or set preprocess.roi_mask to null")
         return SpatialCrop(roi_start=start, roi_end=end)
@@ -397,8 +398,8 @@ def _finish(out, src, what: str) -> torch.Tensor:
     t = t.to(torch.float32).contiguous()
     if not torch.isfinite(t).all():
         name = src.meta.get("filename_or_obj", "<volume>") if hasattr(src, "meta") else "<volume>"
-        raise ValueError(f"{name}: preprocessing produced non-finite values in the {what}; "
-                         "check the file's intensities and the PreprocessConfig")
+        raise VolumeReadError(f"{name}: preprocessing produced non-finite values in the "
+                              f"{what}; check the file's intensities and the PreprocessConfig")
     return t
 
 

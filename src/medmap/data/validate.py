@@ -26,39 +26,87 @@ from medmap.data.vocab import GLOBAL_REPORT, ORGANS, SPLITS
 # masks in the case's reference grid that are not tied to one modality
 _REGION_MASKS = ("lesion", "organ")
 
+# (problem or None, shape or None, affine or None) of one volume file
+_Check = tuple[str | None, tuple[int, ...] | None, np.ndarray | None]
 
-def _check_volume(path: str) -> tuple[str | None, tuple[int, ...] | None]:
-    """(problem or None, shape or None) for one volume file."""
+
+def volume_problem(array: np.ndarray) -> str | None:
+    """What makes a readable 3D array unusable as an image (non-finite or constant voxels),
+    with the fix; ``None`` when it is fine."""
+    a = array
+    finite = np.isfinite(a)
+    if not finite.all():
+        n_nan = int(np.isnan(a).sum())
+        n_inf = int(np.isinf(a).sum())
+        return (f"{n_nan} NaN and {n_inf} Inf voxels; re-export the volume or replace "
+                "non-finite voxels (e.g. with 0) before use")
+    if float(a.max()) == float(a.min()):
+        return (f"constant volume (every voxel = {float(a.min()):g}); the file is blank, "
+                "re-export it or remove the modality from the case")
+    return None
+
+
+def _check_volume(path: str) -> _Check:
+    """(problem or None, shape or None, affine or None) for one volume file."""
     try:
         vol = read_volume(path)
     except VolumeReadError as e:
         msg = str(e)
         if msg.startswith(f"{path}: "):
             msg = msg[len(path) + 2:]
-        return msg, None
-    a = vol.array
-    finite = np.isfinite(a)
-    if not finite.all():
-        n_nan = int(np.isnan(a).sum())
-        n_inf = int(np.isinf(a).sum())
-        return (f"{n_nan} NaN and {n_inf} Inf voxels; re-export the volume or replace "
-                "non-finite voxels (e.g. with 0) before use"), a.shape
-    if float(a.max()) == float(a.min()):
-        return (f"constant volume (every voxel = {float(a.min()):g}); the file is blank, "
-                "re-export it or remove the modality from the case"), a.shape
-    return None, a.shape
+        return msg, None, None
+    return volume_problem(vol.array), vol.array.shape, np.asarray(vol.affine, dtype=np.float64)
+
+
+def _world_box(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world (RAS mm) bounding box of a voxel grid's field of view."""
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    w = corners @ affine[:3, :3].T + affine[:3, 3]
+    return w.min(0), w.max(0)
+
+
+def _grid_fits(mshape, maff, shape, aff) -> str:
+    """How a region mask relates to one volume's grid: ``"same"`` (same shape),
+    ``"cut"`` (same affine, another shape: a cut or padded mask), ``"resample"`` (another grid
+    whose field of view overlaps: preprocessing resamples the mask onto it by affine) or
+    ``"no"`` (no overlap)."""
+    if tuple(mshape) == tuple(shape):
+        return "same"
+    if maff is None or aff is None or len(mshape) != 3 or len(shape) != 3:
+        return "no"
+    if np.allclose(maff, aff, atol=1e-4):
+        return "cut"
+    lo1, hi1 = _world_box(mshape, maff)
+    lo2, hi2 = _world_box(shape, aff)
+    return "resample" if bool(np.all(np.minimum(hi1, hi2) > np.maximum(lo1, lo2))) else "no"
 
 
 def _volume_line(case: Case, field: str, path: str, what: str) -> str:
     return f"case {case.case_id!r}: {field} ({path}): {what}"
 
 
+def _grid_note(own: bool, fits: dict[str, str]) -> str:
+    if own:
+        return ""
+    cut = [m for m, f in fits.items() if f == "cut"]
+    if cut:
+        return f" (it has the affine of {', '.join(cut)} but another shape: cut or padded?)"
+    return " (and its field of view, by affine, overlaps none of them)"
+
+
 def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int = 2,
-                   required_masks: Sequence[str] = ()) -> list[str]:
+                   required_masks: Sequence[str] = (), check_reports: bool = True) -> list[str]:
     """All problems of ``cases`` (paths already absolute), one line each.
 
     ``required_masks``: ``masks`` keys every case must have (e.g. the ROI of
-    ``PreprocessConfig.roi_mask``).
+    ``PreprocessConfig.roi_mask``). ``check_reports=False`` skips the report checks, for uses
+    that never read reports (prediction, evaluation).
+
+    A region mask (``lesion``, ``organ`` or the organ's name) must lie on the grid of at least
+    one of the case's volumes (same shape), or on another grid that overlaps a volume's field
+    of view (preprocessing resamples it by affine), as when the phases of a study were
+    acquired on different grids. A mask keyed by a modality must match that volume's shape.
     """
     cases = list(cases)
     problems: list[str] = []
@@ -86,7 +134,7 @@ def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int
             if spec is not None and m not in spec.modalities:
                 problems.append(f"{tag}: modalities.{m}: unknown modality for {c.organ}; use one of "
                                 f"{', '.join(spec.modalities)}")
-        for m, text in c.reports.items():
+        for m, text in (c.reports.items() if check_reports else ()):
             field = f"reports.{m}"
             if m != GLOBAL_REPORT and m not in c.modalities:
                 problems.append(f"{tag}: {field}: report for a modality the case does not have; "
@@ -121,47 +169,56 @@ def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = dict(zip(vol_jobs, pool.map(_check_volume, vol_jobs)))
     for c in cases:
-        shapes: dict[str, tuple[int, ...]] = {}
+        grids: dict[str, tuple[tuple[int, ...], np.ndarray | None]] = {}
         for m, p in c.modalities.items():
-            msg, shape = results[p]
+            msg, shape, aff = results[p]
             if msg:
                 problems.append(_volume_line(c, f"modalities.{m}", p, msg))
             if shape is not None:
-                shapes[m] = shape
+                grids[m] = (shape, aff)
         for k, p in c.masks.items():
-            msg, shape = results[p]
+            msg, shape, aff = results[p]
             if msg and not msg.startswith("constant volume"):  # an empty mask is legitimate
                 problems.append(_volume_line(c, f"masks.{k}", p, msg))
                 continue
-            targets = {k: shapes[k]} if k in shapes else shapes  # region masks: every volume
-            bad = {m: s for m, s in targets.items() if s != shape}
-            if shape is not None and bad:
+            if shape is None or not grids:
+                continue
+            if k in grids:                     # a modality's own mask: that volume's grid
+                fits = {k: "same" if tuple(grids[k][0]) == tuple(shape) else "no"}
+            else:                              # a region mask: one volume's grid is enough
+                fits = {m: _grid_fits(shape, aff, s, a) for m, (s, a) in grids.items()}
+            ok = "same" in fits.values() or ("resample" in fits.values()
+                                             and "cut" not in fits.values())
+            if not ok:
                 problems.append(_volume_line(
                     c, f"masks.{k}", p,
                     f"mask shape {tuple(shape)} does not match "
-                    + ", ".join(f"{m} {tuple(s)}" for m, s in bad.items())
+                    + ", ".join(f"{m} {tuple(grids[m][0])}" for m in fits)
+                    + _grid_note(k in grids, fits)
                     + "; resample the mask onto its volume's grid"))
     return problems
 
 
 def validate_manifest(manifest: Manifest, check_files: bool = True,
-                      required_masks: Sequence[str] = ()) -> list[str]:
+                      required_masks: Sequence[str] = (), check_reports: bool = True) -> list[str]:
     """Every problem in ``manifest`` (schema, vocabulary, files), one line each."""
     return validate_cases(manifest.resolved(), check_files=check_files,
-                          required_masks=required_masks)
+                          required_masks=required_masks, check_reports=check_reports)
 
 
 def require_valid(manifest: Manifest, source: str | Path | None = None,
-                  required_masks: Sequence[str] = ()) -> Manifest:
+                  required_masks: Sequence[str] = (), check_reports: bool = True) -> Manifest:
     """Raise :class:`ManifestError` listing every problem, or return ``manifest``.
 
     ``required_masks``: ``masks`` keys every case must have (pass
-    ``[cfg.roi_mask]`` when preprocessing crops to an organ mask).
+    ``[cfg.roi_mask]`` when preprocessing crops to an organ mask). ``check_reports=False``:
+    ignore the reports (prediction and evaluation never read them).
     """
-    problems = validate_manifest(manifest, required_masks=required_masks)
+    problems = validate_manifest(manifest, required_masks=required_masks,
+                                 check_reports=check_reports)
     if problems:
         raise ManifestError(problems, source)
     return manifest
 
 
-__all__ = ["validate_manifest", "validate_cases", "require_valid", "read_shape"]
+__all__ = ["validate_manifest", "validate_cases", "require_valid", "read_shape", "volume_problem"]

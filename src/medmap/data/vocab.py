@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medmap.config import UserError
+
 
 @dataclass(frozen=True)
 class OrganSpec:
@@ -27,17 +29,17 @@ class OrganSpec:
     def class_index(self, label: str | int) -> int:
         """Index of ``label`` (a class name or an integer index); ValueError if unknown."""
         if isinstance(label, bool):
-            raise ValueError(f"label {label!r} is a boolean, expected a class name or index")
+            raise UserError(f"label {label!r} is a boolean, expected a class name or index")
         if isinstance(label, int):
             if 0 <= label < len(self.classes):
                 return label
-            raise ValueError(
+            raise UserError(
                 f"label index {label} out of range for organ {self.name!r} "
                 f"(0..{len(self.classes) - 1}: {', '.join(self.classes)})"
             )
         if label in self.classes:
             return self.classes.index(label)
-        raise ValueError(
+        raise UserError(
             f"label {label!r} is not a class of organ {self.name!r}; "
             f"use one of: {', '.join(self.classes)}"
         )
@@ -105,4 +107,4 @@ def get_organ(name: str) -> OrganSpec:
     try:
         return ORGANS[name]
     except KeyError:
-        raise ValueError(f"unknown organ {name!r}; known organs: {', '.join(ORGANS)}") from None
+        raise UserError(f"unknown organ {name!r}; known organs: {', '.join(ORGANS)}") from None

@@ -75,6 +75,7 @@ import re
 import warnings
 from pathlib import Path
 
+from medmap.config import UserError
 from medmap.data.manifest import Case, Manifest, ManifestError
 from medmap.data.sources.lld_full import (
     LesionCase,
@@ -314,8 +315,8 @@ def import_lld_mmri(
     lesions: dict[str, LesionCase] = {}
     if full_volumes:
         if mask_dir is None:
-            raise ValueError("full_volumes=True needs mask_dir=: the folder the lesion masks "
-                             "(NIfTI, one per phase) are written to")
+            raise UserError("full_volumes=True needs mask_dir=: the folder the lesion masks "
+                            "(NIfTI, one per phase) are written to")
         base = _release_folder(root)
         crop = base / "classification_dataset"
         label_dirs = [crop, base] if crop.is_dir() else [base]
@@ -337,7 +338,7 @@ def import_lld_mmri(
     if fold is not None:
         m = re.fullmatch(r"(?:fold)?\s*(\d+)", str(fold).strip(), flags=re.IGNORECASE)
         if m is None or int(m.group(1)) < 1:
-            raise ValueError(f"fold must be a positive integer such as 1 or 'fold1', got {fold!r}")
+            raise UserError(f"fold must be a positive integer such as 1 or 'fold1', got {fold!r}")
         k = int(m.group(1))
         for split, name in (("train", f"train_fold{k}.txt"), ("val", f"val_fold{k}.txt")):
             p = _find_file(label_dirs, name)

@@ -77,6 +77,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from medmap.config import UserError
 from medmap.data.manifest import Case, Manifest, ManifestError
 from medmap.data.sources.radgenome_images import TreeIndex, file_kind, parse_image_roots
 from medmap.data.sources.radgenome_text import (
@@ -158,8 +159,8 @@ def _resolve_subsets(root: Path, subsets: Iterable[str] | None) -> list[tuple[st
     for name in subsets:
         s = canonical_subset(name)
         if s is None:
-            raise ValueError(f"unknown RadGenome subset {name!r}; use some of "
-                             f"{', '.join(RADGENOME_SUBSETS)}")
+            raise UserError(f"unknown RadGenome subset {name!r}; use some of "
+                            f"{', '.join(RADGENOME_SUBSETS)}")
         if s not in on_disk:
             problems.append(f"subset {s}: folder {root / s} is missing; download it from {HF} "
                             "or leave the subset out")

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from medmap.config import UserError
 from medmap.data.sources.radgenome_text import (
     MASK_TOKENS,
     SKIPPED,
@@ -165,15 +166,15 @@ def parse_image_roots(image_root: Any) -> tuple[list[Path], dict[str, list[Path]
             for k, v in it.items():
                 s = canonical_subset(str(k))
                 if s is None:
-                    raise ValueError(f"image_root: unknown RadGenome subset {k!r}; use one of "
-                                     "BraTS_GLI, BraTS_MEN, BraTS_MET, ISLES22, WMH")
+                    raise UserError(f"image_root: unknown RadGenome subset {k!r}; use one of "
+                                    "BraTS_GLI, BraTS_MEN, BraTS_MET, ISLES22, WMH")
                 add(s, v)
         elif isinstance(it, str) and "=" in it and not Path(it).exists():
             head, _, tail = it.partition("=")
             s = canonical_subset(head.strip())
             if s is None or not tail.strip():
-                raise ValueError(f"--image-root {it!r}: write SUBSET=PATH with SUBSET one of "
-                                 "BraTS_GLI, BraTS_MEN, BraTS_MET, ISLES22, WMH (or a plain PATH)")
+                raise UserError(f"--image-root {it!r}: write SUBSET=PATH with SUBSET one of "
+                                "BraTS_GLI, BraTS_MEN, BraTS_MET, ISLES22, WMH (or a plain PATH)")
             add(s, tail.strip())
         else:
             add(None, it)
