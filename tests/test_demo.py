@@ -1,16 +1,17 @@
 import json
 
+import torch
+
 from medmap.ablation import run_ablation, summarise, to_markdown
 from medmap.cli import main
-from medmap.demo import DemoSettings, demo_config, run_demo
+from medmap.demo import DemoSettings, demo_config
 
 
-def test_demo_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypatch):
+def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypatch, capsys):
+    """`medmap demo --quick` (the README's first command): the whole pipeline, the full
+    layout (data, runs, reports, summary.json)."""
     import medmap.demo as demo
 
-    settings = DemoSettings(cases={"liver": 14, "brain": 8}, sim_size={"liver": 48, "brain": 32},
-                            size=32,
-                            pretrain_epochs=1, finetune_epochs=1, batch_size=4, feature_size=12)
     real = demo.demo_config
 
     def tiny_text(*a, **kw):  # the bundled MiniLM works too, the tiny BERT is faster
@@ -20,32 +21,62 @@ def test_demo_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypatch):
         return cfg
 
     monkeypatch.setattr(demo, "demo_config", tiny_text)
-    summary = run_demo(tmp_path / "demo", settings=settings)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    assert "zero-shot AUC" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["settings"]["cases"] == DemoSettings.quick().cases
     for organ in ("liver", "brain"):
         r = summary[organ]
         assert 0.0 <= r["accuracy"] <= 1.0 and r["n_test"] > 0
         report = tmp_path / "demo" / "runs" / organ / "finetune" / "eval-test" / "report.html"
         assert report.exists() and r["report"] == str(report)
         assert (tmp_path / "demo" / "runs" / organ / "pretrain" / "model" / "model.safetensors").exists()
-    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    saved = summary
     assert saved["liver"]["chance"] == 1 / 7 and saved["brain"]["chance"] == 0.5
     assert (tmp_path / "demo" / "data" / "DATASHEET.md").exists()
+    # the language at work: report-free zero-shot and per-sequence retrieval, exact keys
+    for organ in ("liver", "brain"):
+        zs, rt = saved[organ]["zeroshot"], saved[organ]["retrieval"]
+        assert set(zs) == {"auc", "ci", "accuracy"} and len(zs["ci"]) == 2
+        assert isinstance(zs["auc"], float) and 0.0 <= zs["accuracy"] <= 1.0
+        assert set(rt) == {"R@1", "R@5", "R@10", "chance@1", "chance@5", "chance@10", "gallery"}
+        assert isinstance(rt["gallery"], int) and rt["gallery"] > 0
+        assert 0 < rt["chance@1"] <= rt["chance@5"] <= rt["chance@10"] <= 1
+        html = (tmp_path / "demo" / "runs" / organ / "finetune" / "eval-test" /
+                "report.html").read_text()
+        assert "Language (pre-trained model)" in html and "Zero-shot classification" in html
 
 
 def test_ablation_rows_and_table(tiny_experiment, tmp_path):
     cfg = tiny_experiment
     cfg.finetune.epochs = 1
     cfg.pretrain.epochs = 1
-    doc = run_ablation(cfg, tmp_path / "abl", seeds=(0,), rows=("baseline", "+CSA"),
-                       split="val")
-    assert set(doc["rows"]) == {"baseline", "+CSA"}
+    doc = run_ablation(cfg, tmp_path / "abl", seeds=(0, 1),
+                       rows=("baseline", "+CCT", "+CSA", "language-removed"), split="val",
+                       n_boot=50)
+    assert set(doc["rows"]) == {"baseline", "+CCT", "+CSA", "language-removed"}
     md = (tmp_path / "abl" / "ablation.md").read_text()
-    assert "| +CSA |" in md and "±" in md
+    assert "| +CSA |" in md and "±" in md and "Paired difference" in md
     # +CSA used the pre-trained experts; baseline did not
     assert (tmp_path / "abl" / "seed0" / "pretrain-experts" / "model").exists()
-    cfg_doc = json.loads((tmp_path / "abl" / "seed0" / "plus-CSA" / "model" / "config.json").read_text())
+    run = tmp_path / "abl" / "seed0"
+    cfg_doc = json.loads((run / "plus-CSA" / "model" / "config.json").read_text())
     assert cfg_doc["init"].endswith("pretrain-experts/model")
-    assert cfg_doc["config"]["use_csa"] is True
+    assert cfg_doc["config"]["csa_text"] == "knowledge" and cfg_doc["config"]["use_conv"]
+    cct = json.loads((run / "plus-CCT" / "model" / "config.json").read_text())["config"]
+    assert cct["use_cct"] and not cct["use_conv"] and cct["csa_text"] == "none"
+    # language removed: the class prompts are random vectors with the real ones' norms
+    from safetensors.torch import load_file
+
+    real = load_file(str(run / "plus-CSA" / "model" / "model.safetensors"))["class_prompts"]
+    rand = load_file(str(run / "language-removed" / "model" / "model.safetensors"))["class_prompts"]
+    assert not torch.allclose(real, rand)
+    assert torch.allclose(real.norm(dim=-1), rand.norm(dim=-1), rtol=1e-5)
+    eff = doc["language_effect"]
+    assert eff["seeds"] == [0, 1] and len(eff["accuracy_diff_per_seed"]) == 2
+    assert len(eff["accuracy_diff_t95"]) == 2 and len(eff["accuracy_diff_bootstrap95"]) == 2
+    raw = (tmp_path / "abl" / "ablation.json").read_text()
+    assert "NaN" not in raw and json.loads(raw)["rows"]["+CSA"]["accuracy_mean"] is not None
 
 
 def test_summarise_and_markdown():

@@ -1,13 +1,24 @@
-"""``medmap ablation``: the paper's Table 2 rows and a Table 1-style CLIP baseline, over seeds.
+"""``medmap ablation``: the paper's Table 2 rows and two controls, over seeds.
 
-Rows (all fine-tuned with the same data, schedule and seed):
+Rows, as the paper defines them (all fine-tuned with the same data, schedule and seed):
 
-* ``baseline``: modality experts (``model.encoder``) from random init, no conv stream / CCT / CSA;
-* ``+MAVLP``: experts initialised by modality-aware pre-training;
-* ``+CCT``: plus the conv stream and the Cross-Cognition Transformer;
-* ``+CSA``: plus the text guidance (full MedMAP);
-* ``global-CLIP``: one shared, modality-agnostic encoder pre-trained contrastively, then the full
-  MedMAP head (what modality-aware experts are compared against).
+* ``baseline``: experts from random init, Transformer stream only, no text;
+* ``+MAVLP``: the same with modality-aware pre-trained experts;
+* ``+CCT``: plus the Cross-Cognition Transformer between the Transformer stream and the
+  projected class-knowledge text (no convolutional stream);
+* ``+CSA``: the Cross-modal Semantic Aggregation module -- convolutional stream plus the
+  text-guided Transformer stream -- fused by CCT: full MedMAP.
+
+Controls:
+
+* ``language-removed``: full MedMAP with every text embedding (class prompts and KL targets)
+  replaced by fixed random vectors of the same norm: the same capacity, no language;
+* ``global-CLIP``: one shared, modality-agnostic encoder pre-trained contrastively, then the
+  full MedMAP head.
+
+Besides mean +- sd per row, the table gives the paired difference "full MedMAP - language
+removed" (same seed, same test cases): its mean over seeds with a t interval over seeds, and a
+paired bootstrap CI over the test cases (pooled over seeds).
 
 Example:
     >>> from medmap.ablation import run_ablation
@@ -18,20 +29,32 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medmap.train.config import ExperimentConfig
 
 ROWS: dict[str, dict[str, Any]] = {
-    "baseline": {"use_cct": False, "use_csa": False, "pretrained": None},
-    "+MAVLP": {"use_cct": False, "use_csa": False, "pretrained": "experts"},
-    "+CCT": {"use_cct": True, "use_csa": False, "pretrained": "experts"},
-    "+CSA": {"use_cct": True, "use_csa": True, "pretrained": "experts"},
-    "global-CLIP": {"use_cct": True, "use_csa": True, "pretrained": "shared"},
+    "baseline": {"model": {"use_conv": False, "use_cct": False, "csa_text": "none"},
+                 "pretrained": None},
+    "+MAVLP": {"model": {"use_conv": False, "use_cct": False, "csa_text": "none"},
+               "pretrained": "experts"},
+    "+CCT": {"model": {"use_conv": False, "use_cct": True, "csa_text": "none"},
+             "pretrained": "experts"},
+    "+CSA": {"model": {"use_conv": True, "use_cct": True, "csa_text": "knowledge"},
+             "pretrained": "experts"},
+    "language-removed": {"model": {"use_conv": True, "use_cct": True, "csa_text": "knowledge",
+                                   "language": "random"}, "pretrained": "experts"},
+    "global-CLIP": {"model": {"use_conv": True, "use_cct": True, "csa_text": "knowledge"},
+                    "pretrained": "shared"},
 }
+FULL, CONTROL = "+CSA", "language-removed"
+METRICS = ("accuracy", "auc", "balanced_accuracy")
 
 
 def _variant(cfg: ExperimentConfig, seed: int, **model_kw: Any) -> ExperimentConfig:
@@ -44,8 +67,10 @@ def _variant(cfg: ExperimentConfig, seed: int, **model_kw: Any) -> ExperimentCon
 
 
 def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int] = (0, 1, 2),
-                 rows: Sequence[str] = tuple(ROWS), split: str = "test") -> dict[str, Any]:
-    """Run every row for every seed; writes ``ablation.json`` and ``ablation.md``."""
+                 rows: Sequence[str] = tuple(ROWS), split: str = "test",
+                 n_boot: int = 2000) -> dict[str, Any]:
+    """Run every row for every seed; writes ``ablation.json`` (strict JSON: undefined values
+    are null) and ``ablation.md``; returns the document."""
     from medmap.eval.evaluate import evaluate
     from medmap.train.medmap import finetune, pretrain
 
@@ -53,7 +78,7 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}; choose from {list(ROWS)}")
     out = Path(out_dir)
-    results: dict[str, list[dict[str, float]]] = {r: [] for r in rows}
+    results: dict[str, list[dict[str, Any]]] = {r: [] for r in rows}
     for seed in seeds:
         pre: dict[str, Path] = {}
         for r in rows:
@@ -65,41 +90,109 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
                     pc = _variant(cfg, seed, shared_encoder=kind == "shared")
                     pre[kind] = pretrain(pc, out / f"seed{seed}" / f"pretrain-{kind}")
                 init = pre[kind]
-            fc = _variant(cfg, seed, use_cct=spec["use_cct"], use_csa=spec["use_csa"],
-                          shared_encoder=spec["pretrained"] == "shared")
+            fc = _variant(cfg, seed, **spec["model"], shared_encoder=spec["pretrained"] == "shared")
             run = out / f"seed{seed}" / r.replace("+", "plus-")
             finetune(fc, run, init=init)
             # the volume cache is shared: every row and seed evaluates the same test cases
-            m = evaluate(run, cfg.data.manifest, split=split, n_boot=200, localise=False,
-                         n_cam_cases=0, cache_dir=cfg.data.cache_dir)["metrics"]
-            results[r].append({"seed": seed, "accuracy": m["accuracy"], "auc": m["auc"],
-                               "balanced_accuracy": m["balanced_accuracy"]})
-            print(f"seed {seed} {r:12s} acc {m['accuracy']:.3f} auc {m['auc']}", flush=True)
+            res = evaluate(run, cfg.data.manifest, split=split, n_boot=200, localise=False,
+                           n_cam_cases=0, cache_dir=cfg.data.cache_dir)
+            m = res["metrics"] or {}
+            classes = res["classes"]
+            correct = {c["case_id"]: int(c["predicted"] == c["label"]) for c in res["cases"]
+                       if c["label"]}
+            results[r].append({"seed": seed, **{k: m.get(k) for k in METRICS},
+                               "n": m.get("n"), "correct": correct, "classes": classes})
+            print(f"seed {seed} {r:16s} acc {_fmt(m.get('accuracy'))} auc {_fmt(m.get('auc'))}",
+                  flush=True)
     table = {r: summarise(v) for r, v in results.items()}
-    doc = {"organ": cfg.data.organ, "split": split, "seeds": list(seeds), "rows": table,
-           "runs": results}
+    doc: dict[str, Any] = {"organ": cfg.data.organ, "split": split, "seeds": list(seeds),
+                           "rows": table,
+                           "runs": {r: [{k: v for k, v in x.items() if k != "correct"}
+                                        for x in runs] for r, runs in results.items()}}
+    if FULL in results and CONTROL in results:
+        doc["language_effect"] = paired_difference(results[FULL], results[CONTROL], n_boot)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    (out / "ablation.json").write_text(json.dumps(_finite(doc), indent=2, allow_nan=False),
+                                       encoding="utf-8")
     (out / "ablation.md").write_text(to_markdown(doc), encoding="utf-8")
     print(to_markdown(doc))
     return doc
 
 
-def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Mean and sample standard deviation of each metric over seeds."""
-    out: dict[str, float] = {}
-    for k in ("accuracy", "auc", "balanced_accuracy"):
-        vals = [r[k] for r in runs if r[k] is not None]
-        out[f"{k}_mean"] = statistics.fmean(vals) if vals else float("nan")
-        out[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+def summarise(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Mean and sample standard deviation of each metric over seeds (None when undefined)."""
+    out: dict[str, float | None] = {}
+    for k in METRICS:
+        vals = [r[k] for r in runs if r.get(k) is not None and math.isfinite(r[k])]
+        out[f"{k}_mean"] = statistics.fmean(vals) if vals else None
+        out[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
     return out
 
 
+def paired_difference(full: list[dict[str, Any]], control: list[dict[str, Any]],
+                      n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Full minus control, paired by seed: accuracy and AUC differences per seed, their mean
+    with a 95% t interval over seeds, and a 95% paired bootstrap CI of the accuracy difference
+    over test cases (resampling the same cases for both rows within each seed)."""
+    from scipy import stats
+
+    by_seed = {r["seed"]: r for r in control}
+    pairs = [(a, by_seed[a["seed"]]) for a in full if a["seed"] in by_seed]
+    out: dict[str, Any] = {"rows": [FULL, CONTROL], "seeds": [a["seed"] for a, _ in pairs]}
+    for k in ("accuracy", "auc"):
+        d = [a[k] - b[k] for a, b in pairs if a.get(k) is not None and b.get(k) is not None]
+        out[f"{k}_diff_per_seed"] = d
+        out[f"{k}_diff_mean"] = float(np.mean(d)) if d else None
+        if len(d) > 1:
+            half = float(stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d)))
+            out[f"{k}_diff_t95"] = [out[f"{k}_diff_mean"] - half, out[f"{k}_diff_mean"] + half]
+    rng = np.random.default_rng(seed)
+    seeds_d = []
+    for a, b in pairs:
+        ids = sorted(set(a["correct"]) & set(b["correct"]))
+        if ids:
+            seeds_d.append(np.array([a["correct"][i] - b["correct"][i] for i in ids], float))
+    if seeds_d:
+        boots = np.mean([[d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)]
+                         for d in seeds_d], axis=0)                    # (n_boot,) seed-averaged
+        out["accuracy_diff_bootstrap95"] = [float(np.percentile(boots, 2.5)),
+                                            float(np.percentile(boots, 97.5))]
+        out["n_cases_per_seed"] = [len(d) for d in seeds_d]
+    return out
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _fmt(v: float | None, nd: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{nd}f}"
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
+    """The ablation table (mean ± sd over seeds) and the language effect, as Markdown."""
     lines = [f"Ablation on MedMoM {doc['organ']} ({doc['split']} split), seeds {doc['seeds']}",
              "", "| row | accuracy | macro AUC | balanced accuracy |", "|---|---|---|---|"]
     for r, s in doc["rows"].items():
-        lines.append(f"| {r} | {s['accuracy_mean']:.3f} ± {s['accuracy_std']:.3f} | "
-                     f"{s['auc_mean']:.3f} ± {s['auc_std']:.3f} | "
-                     f"{s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f} |")
+        lines.append("| " + r + " | " + " | ".join(
+            f"{_fmt(s[f'{k}_mean'])} ± {_fmt(s[f'{k}_std'])}" for k in METRICS) + " |")
+    eff = doc.get("language_effect")
+    if eff:
+        t_acc, t_auc = eff.get("accuracy_diff_t95"), eff.get("auc_diff_t95")
+        boot = eff.get("accuracy_diff_bootstrap95")
+        lines += ["", f"Paired difference {FULL} (full MedMAP) - {CONTROL}, same seeds:",
+                  f"- accuracy {_fmt(eff.get('accuracy_diff_mean'))}"
+                  + (f", 95% t interval over seeds [{_fmt(t_acc[0])}, {_fmt(t_acc[1])}]"
+                     if t_acc else "")
+                  + (f", 95% paired bootstrap over test cases [{_fmt(boot[0])}, {_fmt(boot[1])}]"
+                     if boot else ""),
+                  f"- macro AUC {_fmt(eff.get('auc_diff_mean'))}"
+                  + (f", 95% t interval over seeds [{_fmt(t_auc[0])}, {_fmt(t_auc[1])}]"
+                     if t_auc else "")]
     return "\n".join(lines) + "\n"

@@ -39,7 +39,7 @@ def test_cli_errors_exit_2(pretrained, tiny_sim, tmp_path, capsys):
                  "--out", str(tmp_path)]) == 2
     assert "not a medmap model folder" in capsys.readouterr().err
     assert main(["zeroshot", str(pretrained), "--manifest", str(tiny_sim), "--out",
-                 str(tmp_path), "--prompts", str(tmp_path / "nope.yaml")]) == 2
+                 str(tmp_path), "--knowledge", str(tmp_path / "nope.yaml")]) == 2
 
 
 def test_cli_refuses_an_invalid_manifest_naming_case_and_field(pretrained, tiny_sim, tmp_path,

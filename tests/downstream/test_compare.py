@@ -25,5 +25,30 @@ def test_compare_pretraining_writes_json_and_markdown(pretrained, tiny_sim, vcac
 def test_markdown_table_formats_missing_values():
     from medmap.downstream.compare import markdown_table
 
-    md = markdown_table({"a": {"R@1": 0.25, "dice": None}})
-    assert "| a | - | - | 0.250 |" in md
+    md = markdown_table({"a": {"zeroshot_ci": [0.5, 0.75], "R@1": 0.25, "dice": None}})
+    assert "| a | n/a | 0.500-0.750 | n/a | 0.250 |" in md
+
+
+def test_a_failing_task_is_an_error_not_a_dash(pretrained, tiny_sim, vcache, tmp_path,
+                                               monkeypatch):
+    import pytest
+
+    import medmap.downstream.report_gen as rg
+    from medmap.downstream.common import TaskNotApplicable
+    from medmap.downstream.compare import compare_pretraining
+
+    def broken(*a, **k):
+        raise ValueError("a bug in report generation")
+
+    monkeypatch.setattr(rg, "report_generation", broken)
+    with pytest.raises(ValueError, match="a bug in report generation"):
+        compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
+                            tasks=("report_gen",), cache_dir=vcache)
+
+    def not_here(*a, **k):
+        raise TaskNotApplicable("needs a Swin expert")
+
+    monkeypatch.setattr(rg, "report_generation", not_here)
+    doc = compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
+                              tasks=("report_gen",), cache_dir=vcache)
+    assert doc["results"]["MedMAP"]["report_gen"] == {"not_applicable": "needs a Swin expert"}

@@ -40,3 +40,15 @@ def test_report_generation_end_to_end(vlm, tiny_sim, vcache, tmp_path):
     assert {"case_id", "modality", "reference", "generated"} <= set(json.loads(lines[0]))
     assert (tmp_path / "generator" / "model.safetensors").exists()
     assert json.loads((tmp_path / "report_gen.json").read_text())["vocab_size"] == res["vocab_size"]
+
+
+def test_per_case_generation_of_the_global_impression(vlm, tiny_sim, vcache, tmp_path):
+    from medmap.data.manifest import Manifest
+    from medmap.downstream.report_gen import report_generation
+
+    res = report_generation(vlm, tiny_sim, tmp_path, epochs=1, cache_dir=vcache, per_case=True)
+    cases = [c for c in Manifest.load(tiny_sim) if c.organ == "liver" and c.split == "test"]
+    assert res["per_case"] and res["n_eval"] == len(cases)
+    rows = [json.loads(x) for x in (tmp_path / "generated.jsonl").read_text().splitlines()]
+    assert {r["modality"] for r in rows} == {"case"}
+    assert {r["reference"] for r in rows} == {c.reports["global"] for c in cases}

@@ -53,6 +53,22 @@ def test_segment_runs_and_writes_masks_in_the_input_space(vlm, tiny_sim, vcache,
     assert seg.cfg.modality == "T2WI" and tuple(pp.size) == (32, 32, 32)
 
 
+def test_organ_segmentation_writes_masks_in_the_input_space(vlm, tiny_sim, vcache, tmp_path):
+    """``mask="liver"``: the simulator's liver masks; predictions on each input's own grid."""
+    from medmap.data.manifest import Manifest
+    from medmap.downstream.segment import segment
+
+    res = segment(vlm, tiny_sim, tmp_path, epochs=1, eval_split="val", cache_dir=vcache,
+                  mask="liver", modality="C+A")
+    assert res["mask"] == "liver" and res["n_train"] > 0 and res["masks"]
+    cases = {c.case_id: c for c in Manifest.load(tiny_sim).resolved()}
+    for cid, path in res["masks"].items():
+        assert path.endswith("liver_pred.nii.gz")
+        src, out = nib.load(cases[cid].modalities["C+A"]), nib.load(path)
+        assert out.shape == src.shape
+        np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+
+
 def test_predicted_mask_keeps_a_non_trivial_affine_and_shape(vlm, tmp_path):
     """An oblique, anisotropic, non-cubic input: the mask comes back on its exact grid."""
     from medmap.downstream.segment import predict_masks, segmenter_from_vlm

@@ -26,7 +26,7 @@ MODS = ["T2WI", "C+A"]
 def model():
     torch.manual_seed(0)
     cfg = MedMAPConfig.tiny(MODS, ["a", "b", "c"])
-    return MedMAPClassifier(cfg, torch.randn(2, cfg.text_dim)).eval()
+    return MedMAPClassifier(cfg, torch.randn(2, 3, cfg.text_dim)).eval()
 
 
 def test_shapes_range_and_absent_rows(model):
@@ -88,7 +88,7 @@ class RegionEncoder(Encoder3D):
 def test_cam_peaks_in_the_only_region_that_matters():
     torch.manual_seed(0)
     cfg = MedMAPConfig.tiny(["T2WI"], ["a", "b"])
-    model = MedMAPClassifier(cfg, torch.randn(1, cfg.text_dim)).eval()
+    model = MedMAPClassifier(cfg, torch.randn(1, 2, cfg.text_dim)).eval()
     width = model.experts.proj["T2WI"].in_features
     model.experts.encoders["T2WI"] = RegionEncoder(width)
     with torch.no_grad():                     # logit_b = -logit_a: one class has positive weights

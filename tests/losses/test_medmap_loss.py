@@ -25,14 +25,20 @@ def test_medmap_loss_against_hand_computation():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
     labels = torch.tensor([0, 2])
     f_fus = torch.tensor([[0.1, 0.2, 0.3, 0.4], [1.0, 0.0, -1.0, 0.5]])
-    f_t = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.0, 0.0, 0.0, 0.0]])
-    out = medmap_loss(logits, labels, f_fus, f_t, epoch=2, max_epochs=8)
+    f_t = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.0, 3.0, 0.0, 4.0]])
+    out = medmap_loss(logits, labels, f_fus, f_t, epoch=2, max_epochs=8, temperature=0.5)
     # BCE on sigmoid probabilities against one-hot targets, mean over B*K entries
     y = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])
     p = torch.sigmoid(logits)
     bce = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
-    # KL(P_t || P_fusion) with softmax over feature dims, batch mean
-    pt, pf = f_t.softmax(-1), f_fus.softmax(-1)
+    # KL(P_t || P_fusion): both L2-normalised, / temperature, softmax over feature dims,
+    # batch mean (by hand: row norms, exp, sums)
+    tau = 0.5
+    nt = f_t / (f_t ** 2).sum(-1, keepdim=True).sqrt()
+    nf = f_fus / (f_fus ** 2).sum(-1, keepdim=True).sqrt()
+    assert torch.allclose(nt[1], torch.tensor([0.0, 0.6, 0.0, 0.8]))
+    pt = (nt / tau).exp() / (nt / tau).exp().sum(-1, keepdim=True)
+    pf = (nf / tau).exp() / (nf / tau).exp().sum(-1, keepdim=True)
     kl = (pt * (pt.log() - pf.log())).sum(-1).mean()
     lc, ls = 0.1 * math.exp(-5 * (1 - 2 / 8)), 0.1 * math.exp(-5 * 2 / 8)
     assert out["cls_loss"].item() == pytest.approx(bce.item(), rel=1e-5)
@@ -40,6 +46,22 @@ def test_medmap_loss_against_hand_computation():
     assert out["loss"].item() == pytest.approx(lc * bce.item() + ls * kl.item(), rel=1e-5)
 
 
-def test_kl_is_zero_for_identical_features():
+def test_kl_is_zero_for_identical_features_and_ignores_scale():
     f = torch.randn(3, 5)
     assert kl_alignment(f, f).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_alignment(f, 7.0 * f).item() == pytest.approx(0.0, abs=1e-6)   # L2-normalised
+    g = torch.randn(3, 5)
+    assert kl_alignment(f, g, 0.05).item() > kl_alignment(f, g, 1.0).item()     # sharper
+    with pytest.raises(ValueError, match="temperature"):
+        kl_alignment(f, g, 0.0)
+
+
+def test_kl_target_is_detached_so_it_cannot_chase_a_constant():
+    from medmap.models.medmap import MedMAPClassifier, MedMAPConfig
+
+    model = MedMAPClassifier(MedMAPConfig.tiny(["T2WI"], ["a", "b"]), torch.randn(1, 2, 32))
+    out = model(torch.randn(2, 1, 1, 32, 32, 32), torch.ones(2, 1, dtype=torch.bool),
+                text=torch.randn(2, 32))
+    assert not out["text_features"].requires_grad     # the KL term never moves the text side
+    kl_alignment(out["text_features"], out["fusion"]).backward()
+    assert model.head[1].weight.grad is None and model.norm.weight.grad is not None

@@ -29,8 +29,8 @@ def _cfg(**kw):
 
 def test_every_trainable_parameter_gets_a_gradient_and_text_encoder_none(text_encoder):
     torch.manual_seed(0)
-    prompts = text_encoder.encode([f"{m} MRI of the liver" for m in MODS])
-    model = MedMAPClassifier(_cfg(), prompts)
+    prompts = text_encoder.encode([f"{c} on {m}" for m in MODS for c in CLASSES])
+    model = MedMAPClassifier(_cfg(), prompts.view(len(MODS), len(CLASSES), -1))
     images = torch.randn(3, 3, 1, 32, 32, 32)
     present = torch.ones(3, 3, dtype=torch.bool)
     reports = text_encoder.encode(["cyst in segment vii", "mass with washout", "small cyst"])
@@ -65,7 +65,7 @@ def test_shared_encoder_switch():
 
 def test_missing_modalities_are_ignored_not_zero_filled():
     torch.manual_seed(0)
-    model = MedMAPClassifier(_cfg(), torch.randn(3, 32)).eval()
+    model = MedMAPClassifier(_cfg(), torch.randn(3, 2, 32)).eval()
     images = torch.randn(2, 3, 1, 32, 32, 32)
     present = torch.tensor([[True, False, True], [True, True, True]])
     a = model(images, present)["probs"]
@@ -81,31 +81,60 @@ def test_missing_modalities_are_ignored_not_zero_filled():
         model(images, torch.tensor([[False, False, False], [True, True, True]]))
 
 
-@pytest.mark.parametrize("flags", [dict(use_cct=False, use_csa=False),
-                                   dict(use_cct=True, use_csa=False),
-                                   dict(use_cct=True, use_csa=True),
-                                   dict(use_cct=False, use_csa=True)])
-def test_ablation_switches_build_and_run(flags):
-    model = MedMAPClassifier(_cfg(**flags), torch.randn(3, 32))
-    assert hasattr(model, "conv_stream") == (flags["use_cct"] or flags["use_csa"])
+@pytest.mark.parametrize("row", ["baseline", "+CCT", "+CSA", "modality", "report"])
+def test_table2_switches_build_and_run(row):
+    flags = {"baseline": dict(use_conv=False, use_cct=False, csa_text="none"),
+             "+CCT": dict(use_conv=False, use_cct=True, csa_text="none"),
+             "+CSA": dict(use_conv=True, use_cct=True, csa_text="knowledge"),
+             "modality": dict(use_conv=True, use_cct=True, csa_text="modality"),
+             "report": dict(use_conv=True, use_cct=True, csa_text="report")}[row]
+    model = MedMAPClassifier(_cfg(**flags), torch.randn(3, 2, 32))
+    assert hasattr(model, "conv_stream") == flags["use_conv"]
     assert hasattr(model, "cct") == flags["use_cct"]
-    out = model(torch.randn(1, 3, 1, 32, 32, 32), torch.ones(1, 3, dtype=torch.bool))
-    assert out["logits"].shape == (1, 2)
+    assert hasattr(model, "guidance") == (flags["csa_text"] in ("knowledge", "report"))
+    x, present = torch.randn(2, 3, 1, 32, 32, 32), torch.ones(2, 3, dtype=torch.bool)
+    kw = {}
+    if row == "report":
+        kw = dict(reports=torch.randn(2, 3, 32), report_mask=torch.ones(2, 3, dtype=torch.bool))
+        with pytest.raises(ValueError, match="reads reports at inference"):
+            model(x, present)
+    assert model(x, present, **kw)["logits"].shape == (2, 2)
 
 
-def test_csa_uses_the_modality_prompt():
+def test_modality_control_uses_the_modality_prompt():
     torch.manual_seed(0)
-    p = torch.randn(3, 32)
-    model = MedMAPClassifier(_cfg(), p).eval()
+    model = MedMAPClassifier(_cfg(csa_text="modality"), modality_prompts=torch.randn(3, 32)).eval()
     x, present = torch.randn(1, 3, 1, 32, 32, 32), torch.ones(1, 3, dtype=torch.bool)
     a = model(x, present)["logits"]
-    model.prompt_embeddings.copy_(torch.randn(3, 32))
+    model.modality_prompts.copy_(torch.randn(3, 32))
     assert not torch.allclose(model(x, present)["logits"], a)
+
+
+def test_csa_is_the_identity_at_initialisation():
+    torch.manual_seed(0)
+    model = MedMAPClassifier(_cfg(), torch.randn(3, 2, 32)).eval()
+    f = torch.randn(4, 8, 32)
+    f_vt, text_vec, attn = model.text_guidance(f, 0)
+    assert torch.allclose(f_vt, f, atol=1e-6)
+    assert attn.shape == (4, 8, 2) and torch.allclose(attn.sum(-1), torch.ones(4, 8))
+
+
+def test_csa_text_vector_depends_on_the_case():
+    """Two cases of one modality get different attended text vectors (not a per-modality
+    constant), at initialisation already."""
+    torch.manual_seed(0)
+    model = MedMAPClassifier(_cfg(), torch.randn(3, 2, 32)).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        tokens = model.experts.encode(x, "C+A")                         # (2, N, d)
+        _, text_vec, attn = model.text_guidance(tokens, 1)
+    assert not torch.allclose(text_vec[0], text_vec[1], atol=1e-4)
+    assert not torch.allclose(attn[0], attn[1], atol=1e-4)
 
 
 def test_save_and_load_pretrained_roundtrip(tmp_path):
     torch.manual_seed(0)
-    model = MedMAPClassifier(_cfg(), torch.randn(3, 32)).eval()
+    model = MedMAPClassifier(_cfg(), torch.randn(3, 2, 32)).eval()
     save_pretrained(model, tmp_path / "m", preprocess={"size": [32, 32, 32]})
     assert (tmp_path / "m" / "model.safetensors").exists()
     loaded, doc = from_pretrained(tmp_path / "m")
@@ -121,7 +150,7 @@ def test_load_pretrained_experts_copies_and_refuses_mismatch(tmp_path):
     torch.manual_seed(0)
     clip = ModalityAwareCLIP(_cfg())
     save_pretrained(clip, tmp_path / "pre")
-    model = MedMAPClassifier(_cfg(), torch.randn(3, 32))
+    model = MedMAPClassifier(_cfg(), torch.randn(3, 2, 32))
     load_pretrained_experts(model, str(tmp_path / "pre"))
     for k in MODS:
         a = clip.experts.encoders[k].state_dict()
@@ -129,11 +158,11 @@ def test_load_pretrained_experts_copies_and_refuses_mismatch(tmp_path):
         assert all(torch.equal(a[n], b[n]) for n in a)
     assert torch.equal(model.text_proj.weight, clip.text_proj.weight)
 
-    more = MedMAPClassifier(MedMAPConfig.tiny(MODS + ["DWI"], CLASSES), torch.randn(4, 32))
+    more = MedMAPClassifier(MedMAPConfig.tiny(MODS + ["DWI"], CLASSES), torch.randn(4, 2, 32))
     with pytest.raises(ValueError, match=r"no pre-trained expert for modalities \['DWI'\]"):
         load_pretrained_experts(more, str(tmp_path / "pre"))
     other = MedMAPClassifier(_cfg(encoder=CNNConfig(channels=(8, 16))),
-                             torch.randn(3, 32))
+                             torch.randn(3, 2, 32))
     with pytest.raises(ValueError, match="pre-trained encoder .* differs"):
         load_pretrained_experts(other, str(tmp_path / "pre"))
     save_pretrained(model, tmp_path / "cls")

@@ -48,7 +48,7 @@ def _problem():
     g = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = MedMAPClassifier(cfg, torch.randn(len(MODS), cfg.text_dim, generator=g))
+        model = MedMAPClassifier(cfg, torch.randn(len(MODS), len(CLASSES), cfg.text_dim, generator=g))
     images = torch.randn(4, len(MODS), 1, S, S, S, generator=g)
     present = torch.tensor([[True, True], [True, False], [False, True], [False, True]])
     images[~present] = 0.0                      # as collate_cases fills missing slots

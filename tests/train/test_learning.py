@@ -20,7 +20,8 @@ def _toy_batch(n: int, g: torch.Generator):
 def test_tiny_model_learns_a_separable_toy_task():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    model = MedMAPClassifier(MedMAPConfig.tiny(["A", "B"], ["left", "right"]), torch.randn(2, 32))
+    model = MedMAPClassifier(MedMAPConfig.tiny(["A", "B"], ["left", "right"]),
+                             torch.randn(2, 2, 32))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     present = torch.ones(8, 2, dtype=torch.bool)
     epochs = 25
@@ -38,6 +39,12 @@ def test_tiny_model_learns_a_separable_toy_task():
     with torch.no_grad():
         acc = (model(x, torch.ones(32, 2, dtype=torch.bool))["logits"].argmax(1) == y).float().mean()
     assert acc >= 0.9, acc
+    # the class-knowledge text guides the trained model: other prompt embeddings, other output
+    with torch.no_grad():
+        before = model(x, torch.ones(32, 2, dtype=torch.bool))["logits"]
+        model.class_prompts.copy_(torch.randn(2, 2, 32, generator=torch.Generator().manual_seed(7)))
+        after = model(x, torch.ones(32, 2, dtype=torch.bool))["logits"]
+    assert (before - after).abs().max() > 1e-3, (before - after).abs().max()
 
 
 def test_predictions_ignore_reports_and_labels(tiny_sim):
@@ -52,7 +59,7 @@ def test_predictions_ignore_reports_and_labels(tiny_sim):
         c.reports, c.label = {}, "hepatic_cyst"
     mods = ["T2WI", "C+A", "C+V"]
     model = MedMAPClassifier(MedMAPConfig.tiny(mods, [f"c{i}" for i in range(7)]),
-                             torch.randn(3, 32))
+                             torch.randn(3, 7, 32))
     model.eval()
     pre = Preprocessor(PreprocessConfig(spacing=None, size=(32, 32, 32)))
     probs = []

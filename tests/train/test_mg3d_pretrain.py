@@ -109,7 +109,7 @@ def test_cli_pretrain_recipe_mg3d_then_medmap_finetune_from_it(mg3d_experiment, 
     mg, _ = from_pretrained(pre)
     mc = cfg.model
     mc.modalities, mc.classes, mc.text_dim = ["T2WI", "C+A"], ["a", "b"], mg.cfg.text_dim
-    clf = load_pretrained_experts(MedMAPClassifier(mc, torch.zeros(2, mc.text_dim)), str(pre))
+    clf = load_pretrained_experts(MedMAPClassifier(mc), str(pre))
     for k in ("T2WI", "C+A"):
         a, b = clf.experts.encoders[k].state_dict(), mg.experts.encoders[k].state_dict()
         assert all(torch.equal(a[n], b[n]) for n in a)

@@ -75,10 +75,15 @@ def test_training_refuses_an_invalid_manifest(tiny_experiment, tmp_path):
     assert f"case {m.cases[1].case_id!r}: label" in msg
 
 
+@pytest.mark.parametrize("case_alignment", [False, True])
 def test_pretrain_resume_with_modality_grouped_batches_equals_uninterrupted(tiny_experiment,
-                                                                           tmp_path):
+                                                                           tmp_path,
+                                                                           case_alignment):
+    """Exact resume of pre-training: modality-grouped pair batches (the paper's objective) and
+    case batches with the case-level term."""
     cfg = tiny_experiment
     cfg.pretrain.epochs = 3
+    cfg.model.losses.case_alignment = case_alignment
     full = pretrain(cfg, tmp_path / "full")
     with pytest.raises(RuntimeError, match="simulated kill"):
         pretrain(cfg, tmp_path / "killed", callbacks=[CrashAtEpoch(2)])

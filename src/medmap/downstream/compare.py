@@ -11,8 +11,10 @@ preprocessing and text model of the first named folder, or of ``experiment``):
 
 with the same seed, epochs and splits for all, and writes ``comparison.json`` (every task's full
 result under ``results[name][task]``, a one-line ``summary`` per model) and ``comparison.md``
-(one table). A task that cannot run for a model (e.g. segmentation of a non-Swin encoder)
-records its error instead of stopping the comparison.
+(one table). A task that cannot run for a model by design (a
+:class:`~medmap.downstream.common.TaskNotApplicable`, e.g. segmentation of a non-Swin encoder)
+is recorded as ``{"not_applicable": reason}`` ("n/a" in the table); any other error stops the
+comparison -- a failure is never shown as "not applicable".
 
 Example:
     >>> from medmap.downstream.compare import compare_pretraining
@@ -27,43 +29,49 @@ from pathlib import Path
 from typing import Any
 
 from medmap.data.manifest import Manifest
-from medmap.downstream.common import safe_name, write_json
+from medmap.downstream.common import TaskNotApplicable, safe_name, write_json
 from medmap.downstream.vlm import LoadedVLM, load_vlm
 
 __all__ = ["compare_pretraining", "TASKS", "summary_row", "markdown_table"]
 
 TASKS = ("zeroshot", "retrieval", "segment", "report_gen")
 
-_COLUMNS = [("zeroshot_macro_auc", "zero-shot AUC"), ("zeroshot_accuracy", "zero-shot acc"),
-            ("R@1", "R@1"), ("R@5", "R@5"), ("R@10", "R@10"), ("R@50", "R@50"),
-            ("median_rank", "median rank"), ("dice", "Dice"), ("BLEU-1", "BLEU-1"),
-            ("BLEU-2", "BLEU-2"), ("BLEU-3", "BLEU-3"), ("BLEU-4", "BLEU-4")]
+_COLUMNS = [("zeroshot_auc", "zero-shot AUC"), ("zeroshot_ci", "95% CI"),
+            ("zeroshot_accuracy", "zero-shot acc"),
+            ("R@1", "R@1 per seq."), ("R@5", "R@5 per seq."), ("R@10", "R@10 per seq."),
+            ("chance@5", "chance@5"), ("case_R@5", "case R@5"), ("case_chance@5", "chance@5"),
+            ("dice", "Dice"), ("BLEU-1", "BLEU-1"), ("BLEU-4", "BLEU-4")]
 
 
-def summary_row(results: Mapping[str, Any]) -> dict[str, float | None]:
-    """The headline numbers of one model's task results."""
-    row: dict[str, float | None] = {k: None for k, _ in _COLUMNS}
+def summary_row(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline numbers of one model's task results (report -> volume retrieval)."""
+    row: dict[str, Any] = {k: None for k, _ in _COLUMNS}
     zs = results.get("zeroshot")
-    if isinstance(zs, dict) and "macro_auc" in zs:
-        row["zeroshot_macro_auc"] = zs["macro_auc"]
-        row["zeroshot_accuracy"] = zs.get("multiclass", {}).get("accuracy")
+    if isinstance(zs, dict) and "auc" in zs:
+        row["zeroshot_auc"], row["zeroshot_ci"] = zs["auc"], zs.get("ci")
+        row["zeroshot_accuracy"] = zs.get("accuracy")
     rt = results.get("retrieval")
-    if isinstance(rt, dict) and "pair" in rt:
-        r2v = rt["pair"]["report_to_volume"]
-        for k in ("R@1", "R@5", "R@10", "R@50", "median_rank"):
+    if isinstance(rt, dict) and "per_sequence" in rt:
+        r2v = rt["per_sequence"]["report_to_volume"]
+        for k in ("R@1", "R@5", "R@10", "chance@5"):
             row[k] = r2v.get(k)
+        if rt.get("case"):
+            row["case_R@5"] = rt["case"]["report_to_volume"]["R@5"]
+            row["case_chance@5"] = rt["case"]["report_to_volume"]["chance@5"]
     sg = results.get("segment")
     if isinstance(sg, dict) and "dice" in sg:
         row["dice"] = sg["dice"]
     rg = results.get("report_gen")
     if isinstance(rg, dict) and rg.get("bleu"):
-        row.update(rg["bleu"])
+        row.update({k: v for k, v in rg["bleu"].items() if k in row})
     return row
 
 
 def _fmt(v: Any) -> str:
     if v is None:
-        return "-"
+        return "n/a"
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return "-" if v[0] is None else f"{v[0]:.3f}-{v[1]:.3f}"
     if isinstance(v, float):
         return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
     return str(v)
@@ -81,7 +89,7 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]], title: str = "") ->
 def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
                         manifest: Manifest | str | Path, out_dir: str | Path, *,
                         split: str = "test", train_split: str = "train",
-                        tasks: Sequence[str] = TASKS, prompts: str | Path | dict | None = None,
+                        tasks: Sequence[str] = TASKS, knowledge: str | Path | None = None,
                         seg_epochs: int = 10, gen_epochs: int = 20, batch_size: int = 4,
                         seed: int = 0, experiment=None, cache_dir: str | Path | None = None,
                         device: str | None = None) -> dict[str, Any]:
@@ -117,7 +125,7 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
         loader = vlm.loader(cache_dir)
         res: dict[str, Any] = {"model": vlm.name}
         runs = {
-            "zeroshot": lambda: zeroshot(vlm, manifest, split, prompts, folder / "zeroshot",
+            "zeroshot": lambda: zeroshot(vlm, manifest, split, knowledge, folder / "zeroshot",
                                          loader=loader, batch_size=batch_size),
             "retrieval": lambda: retrieval(vlm, manifest, split, folder / "retrieval",
                                            loader=loader, batch_size=batch_size),
@@ -131,8 +139,10 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
         for task in tasks:
             try:
                 res[task] = runs[task]()
-            except ValueError as e:
-                res[task] = {"error": str(e)}
+            except TaskNotApplicable as e:
+                res[task] = {"not_applicable": str(e)}
+            if task == "zeroshot" and isinstance(res[task], dict):
+                res[task].pop("labels", None), res[task].pop("probs", None)
         results[name] = res
         summary[name] = {"model": vlm.name, **summary_row(res)}
     doc = {"split": split, "train_split": train_split, "tasks": list(tasks), "seed": seed,

@@ -138,21 +138,26 @@ class ReportGenerator(nn.Module):
     def memory(self, tokens: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
         return self.mem_proj(tokens) + self.modality_embed(modality)[:, None]   # (B, N, d)
 
-    def forward(self, memory: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-        """memory (B, N, d), seq (B, L) compact ids -> logits (B, L, V)."""
+    def forward(self, memory: torch.Tensor, seq: torch.Tensor,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """memory (B, N, d), seq (B, L) compact ids, memory_mask (B, N) bool (True = real
+        token; None: all) -> logits (B, L, V)."""
         L = seq.shape[1]
         x = self.tok_embed(seq) + self.pos_embed[:L]
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=seq.device), 1)
-        h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=seq == PAD)
+        pad = None if memory_mask is None else ~memory_mask
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=seq == PAD,
+                         memory_key_padding_mask=pad)
         return self.head(self.norm(h))
 
     @torch.no_grad()
-    def greedy(self, memory: torch.Tensor) -> list[list[int]]:
+    def greedy(self, memory: torch.Tensor,
+               memory_mask: torch.Tensor | None = None) -> list[list[int]]:
         B = memory.shape[0]
         seq = torch.full((B, 1), BOS, dtype=torch.long, device=memory.device)
         done = torch.zeros(B, dtype=torch.bool, device=memory.device)
         for _ in range(self.cfg.max_len - 1):
-            nxt = self(memory, seq)[:, -1].argmax(-1)
+            nxt = self(memory, seq, memory_mask)[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
             seq = torch.cat([seq, nxt[:, None]], 1)
             done |= nxt == EOS
@@ -200,43 +205,83 @@ def _pad(seqs: list[list[int]]) -> torch.Tensor:
     return torch.tensor([s + [PAD] * (L - len(s)) for s in seqs], dtype=torch.long)
 
 
+def _memory(gen: ReportGenerator, units: Sequence[Sequence[int]], tokens: dict[int, torch.Tensor],
+            mods: Sequence[int], dev) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decoder memory of each unit (one volume, or every volume of a case): its volumes' projected
+    tokens plus their modality embeddings, concatenated -> (B, L, d) and a padding mask (None
+    when every unit has the same length)."""
+    per = [torch.cat([gen.memory(tokens[i][None].to(dev),
+                                 torch.tensor([mods[i]], device=dev))[0] for i in u])
+           for u in units]                                            # each (L_u, d)
+    L = max(m.shape[0] for m in per)
+    if all(m.shape[0] == L for m in per):
+        return torch.stack(per), None
+    mem = per[0].new_zeros(len(per), L, per[0].shape[1])
+    mask = torch.zeros(len(per), L, dtype=torch.bool, device=dev)
+    for k, m in enumerate(per):
+        mem[k, :m.shape[0]], mask[k, :m.shape[0]] = m, True
+    return mem, mask
+
+
+def case_units(items: Sequence[VolumeItem]) -> tuple[list[list[int]], list[str]]:
+    """Per case with a global report: the indices of its volumes in ``items`` and the report."""
+    from medmap.data.vocab import GLOBAL_REPORT
+
+    units: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        g = it.case.reports.get(GLOBAL_REPORT)
+        if isinstance(g, str) and g.strip():
+            units.setdefault(it.case.case_id, []).append(i)
+    keys = list(units)
+    return [units[k] for k in keys], [items[units[k][0]].case.reports[GLOBAL_REPORT] for k in keys]
+
+
 def train_report_generator(vlm: LoadedVLM, items: Sequence[VolumeItem], loader,
                            cfg: ReportGenConfig | None = None, optim: OptimConfig | None = None,
                            tokenizer=None, train_encoder: bool = False,
+                           units: Sequence[Sequence[int]] | None = None,
+                           targets: Sequence[str] | None = None,
                            ) -> tuple[ReportGenerator, CompactVocab, list[float]]:
-    """Train a decoder on ``items`` (each with a report); returns (generator, vocab, losses)."""
+    """Train a decoder on ``items``; returns (generator, vocab, losses).
+
+    Default unit: each item with its own report. ``units`` / ``targets``: groups of item
+    indices (e.g. every volume of a case, :func:`case_units`) and the report each generates.
+    """
     cfg = cfg or ReportGenConfig()
     optim = optim or OptimConfig(epochs=20, batch_size=4, lr=1e-3, warmup_epochs=1.0)
-    items = [it for it in items if it.report]
-    if not items:
+    if units is None:
+        units = [[i] for i, it in enumerate(items) if it.report]
+        targets = [items[u[0]].report for u in units]
+    if not units:
         raise ValueError("no (volume, report) pair to train the report generator on")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(vlm)
-    vocab = CompactVocab.build(tokenizer, [it.report for it in items], cfg.max_len)
+    vocab = CompactVocab.build(tokenizer, list(targets), cfg.max_len)
     gen = ReportGenerator(cfg, len(vocab), int(vlm.model.cfg.embed_dim),
                           len(vlm.modalities)).to(vlm.device)
-    seqs = [vocab.encode(it.report, cfg.max_len) for it in items]
+    seqs = [vocab.encode(t, cfg.max_len) for t in targets]
     mods = [it.modality_index for it in items]
     dev = vlm.device
+    ds = ListDataset(list(range(len(units))))
     if train_encoder:
-        ds = ListDataset(list(range(len(items))))
-
         def tokens_of(idx):
-            return torch.stack(_visual_tokens(vlm, loader, [items[i] for i in idx], grad=True))
+            return dict(zip(idx, _visual_tokens(vlm, loader, [items[i] for i in idx], grad=True)))
         groups = [(gen, 1.0), (vlm.model.experts, 0.1)]
         train_modules = [gen, vlm.model]
     else:
-        cache = torch.stack(_visual_tokens(vlm, loader, items))      # (n, N, embed_dim)
-        ds = ListDataset(list(range(len(items))))
+        used = sorted({i for u in units for i in u})
+        cache = dict(zip(used, _visual_tokens(vlm, loader, [items[i] for i in used])))
 
         def tokens_of(idx):
-            return cache[idx]
+            return cache
         groups = [(gen, 1.0)]
         train_modules = [gen]
 
     def step(idx: list[int]) -> torch.Tensor:
-        seq = _pad([seqs[i] for i in idx]).to(dev)
-        mem = gen.memory(tokens_of(idx).to(dev), torch.tensor([mods[i] for i in idx], device=dev))
-        logits = gen(mem, seq[:, :-1])
+        seq = _pad([seqs[k] for k in idx]).to(dev)
+        batch_units = [units[k] for k in idx]
+        mem, mask = _memory(gen, batch_units, tokens_of(sorted({i for u in batch_units for i in u})),
+                            mods, dev)
+        logits = gen(mem, seq[:, :-1], mask)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, 1:].reshape(-1),
                                ignore_index=PAD)
 
@@ -246,17 +291,20 @@ def train_report_generator(vlm: LoadedVLM, items: Sequence[VolumeItem], loader,
 
 @torch.no_grad()
 def generate_reports(gen: ReportGenerator, vocab: CompactVocab, vlm: LoadedVLM,
-                     items: Sequence[VolumeItem], loader, batch_size: int = 8) -> list[str]:
-    """Greedy-decoded report of every item's volume."""
+                     items: Sequence[VolumeItem], loader, batch_size: int = 8,
+                     units: Sequence[Sequence[int]] | None = None) -> list[str]:
+    """Greedy-decoded report of every item's volume (or of every unit of items)."""
     gen.eval()
     vlm.model.eval()
-    dev = vlm.device
+    units = [[i] for i in range(len(items))] if units is None else units
+    mods = [it.modality_index for it in items]
     out: list[str] = []
-    for s in range(0, len(items), batch_size):
-        chunk = list(items[s:s + batch_size])
-        tok = torch.stack(_visual_tokens(vlm, loader, chunk)).to(dev)
-        mem = gen.memory(tok, torch.tensor([it.modality_index for it in chunk], device=dev))
-        out += [vocab.decode(seq) for seq in gen.greedy(mem)]
+    for s in range(0, len(units), batch_size):
+        chunk = units[s:s + batch_size]
+        used = sorted({i for u in chunk for i in u})
+        tokens = dict(zip(used, _visual_tokens(vlm, loader, [items[i] for i in used])))
+        mem, mask = _memory(gen, chunk, tokens, mods, vlm.device)
+        out += [vocab.decode(seq) for seq in gen.greedy(mem, mask)]
     return out
 
 
@@ -266,9 +314,11 @@ def report_generation(model: str | Path | LoadedVLM | None, manifest: Manifest |
                       lr: float = 1e-3, cfg: ReportGenConfig | None = None,
                       train_encoder: bool = False, seed: int = 0, tokenizer=None, loader=None,
                       cache_dir: str | Path | None = None, device: str | None = None,
-                      experiment=None) -> dict[str, Any]:
+                      experiment=None, per_case: bool = False) -> dict[str, Any]:
     """Train on ``train_split``'s (volume, report) pairs, generate for ``eval_split``'s, BLEU.
 
+    ``per_case``: the unit is a whole case -- the memory holds every sequence's tokens (each
+    with its modality embedding) and the target is the case's global impression.
     With ``out_dir``: ``report_gen.json`` (metrics), ``generated.jsonl`` (case, modality,
     reference, generated) and ``generator/`` (weights + config + vocabulary).
     """
@@ -280,28 +330,39 @@ def report_generation(model: str | Path | LoadedVLM | None, manifest: Manifest |
         vlm.model = copy.deepcopy(vlm.model)
     if loader is None:
         loader = vlm.loader(cache_dir)
-    train = vlm.volume_items(manifest, train_split, require_report=True)
-    test = vlm.volume_items(manifest, eval_split, require_report=True)
+    train = vlm.volume_items(manifest, train_split, require_report=not per_case)
+    test = vlm.volume_items(manifest, eval_split, require_report=not per_case)
+    tr_units = tr_targets = te_units = None
+    refs = [it.report for it in test]
+    if per_case:
+        (tr_units, tr_targets), (te_units, refs) = case_units(train), case_units(test)
+        if not tr_units:
+            raise ValueError(f"no {vlm.organ} case of split {train_split!r} has a global report; "
+                             "--per-case generates the global impression")
     optim = OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         warmup_epochs=min(1.0, epochs / 10), weight_decay=0.01)
     torch.manual_seed(seed)
-    cfg = cfg or ReportGenConfig()
+    if cfg is None:     # a global impression is longer than one sequence's report
+        cfg = ReportGenConfig(max_len=96) if per_case else ReportGenConfig()
     gen, vocab, losses = train_report_generator(vlm, train, loader, cfg, optim, tokenizer,
-                                                train_encoder)
-    hyps = generate_reports(gen, vocab, vlm, test, loader) if test else []
-    refs = [it.report for it in test]
+                                                train_encoder, tr_units, tr_targets)
+    hyps = generate_reports(gen, vocab, vlm, test, loader, units=te_units) if refs else []
     res: dict[str, Any] = {"model": vlm.name, "organ": vlm.organ, "train_split": train_split,
-                           "eval_split": eval_split, "n_train": len(train), "n_eval": len(test),
+                           "eval_split": eval_split, "per_case": per_case,
+                           "n_train": len(tr_units) if per_case else len(train),
+                           "n_eval": len(refs),
                            "epochs": epochs, "vocab_size": len(vocab), "train_loss": losses,
-                           "bleu": bleu_scores(refs, hyps) if test else None,
+                           "bleu": bleu_scores(refs, hyps) if refs else None,
                            "config": asdict(cfg), "train_encoder": train_encoder}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        firsts = [test[u[0]] for u in te_units] if per_case else test
         with (out / "generated.jsonl").open("w", encoding="utf-8") as f:
-            for it, h in zip(test, hyps):
-                f.write(json.dumps({"case_id": it.case.case_id, "modality": it.modality,
-                                    "reference": it.report, "generated": h},
+            for it, ref, h in zip(firsts, refs, hyps):
+                f.write(json.dumps({"case_id": it.case.case_id,
+                                    "modality": "case" if per_case else it.modality,
+                                    "reference": ref, "generated": h},
                                    ensure_ascii=False) + "\n")
         from safetensors.torch import save_file
 

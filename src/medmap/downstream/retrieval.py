@@ -1,23 +1,25 @@
 """Report-to-volume and volume-to-report retrieval (MG-3D's cross-modal retrieval task).
 
 Global features: ``encode_image`` of a volume and ``text_proj`` of its report's frozen text
-embedding, both L2-normalised; similarity = cosine. Two granularities over a split:
+embedding, both L2-normalised; similarity = cosine. Over a split, both directions each:
 
-* ``pair`` (default, how the experts were pre-trained): every (case, modality) volume that has
-  its own report; the query's match is the volume/report of the same pair. Also per modality
-  (queries and gallery of one modality only).
+* ``per_sequence`` (the headline, how the experts were pre-trained): one gallery per MRI
+  sequence -- its volumes that have their own report; Recall@K averaged over the sequences
+  (``pair.per_modality`` holds each sequence's own numbers);
 * ``case``: one volume feature per case (mean of its normalised modality embeddings,
-  re-normalised) against the case report (the ``global`` report, else the modality reports
-  joined).
+  re-normalised) against the case report (the ``global`` impression, else the modality reports
+  joined);
+* ``pair`` (secondary): every sequence's pairs pooled into one gallery.
 
 Rank of the match = 1 + the number of gallery items scored strictly higher (ties with the match
 count in its favour, so identical reports are not penalised). ``R@K`` = fraction of queries whose
-match ranks <= min(K, N); also the median and mean rank.
+match ranks <= min(K, N), printed beside its chance level ``chance@K = min(K, N) / N``; also the
+median and mean rank.
 
 Example:
     >>> from medmap.downstream.retrieval import retrieval
     >>> res = retrieval("runs/pretrain/model", "sim/manifest.jsonl", split="test")  # doctest: +SKIP
-    >>> res["pair"]["report_to_volume"]["R@5"]                                        # doctest: +SKIP
+    >>> res["per_sequence"]["report_to_volume"]["R@5"]                                # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from medmap.downstream.features import (
 )
 from medmap.downstream.vlm import LoadedVLM, load_vlm
 
-__all__ = ["retrieval", "retrieval_metrics", "match_ranks", "recall_at_k", "DEFAULT_KS"]
+__all__ = ["retrieval", "retrieval_metrics", "match_ranks", "recall_at_k", "chance_at_k",
+           "per_sequence_summary", "DEFAULT_KS"]
 
 DEFAULT_KS = (1, 5, 10, 50)
 
@@ -59,6 +62,25 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     return float((ranks <= min(k, len(ranks))).mean()) if len(ranks) else float("nan")
 
 
+def chance_at_k(n: int, k: int) -> float | None:
+    """Recall@K of a random ranking over a gallery of ``n``: ``min(K, n) / n``."""
+    return min(k, n) / n if n else None
+
+
+def per_sequence_summary(per_mod: dict[str, Any], ks: Sequence[int]) -> dict[str, Any]:
+    """The headline: per-sequence galleries' Recall@K averaged over the sequences, with the
+    chance level averaged the same way, for both directions, and the mean gallery size."""
+    out: dict[str, Any] = {"sequences": list(per_mod)}
+    for d in ("report_to_volume", "volume_to_report"):
+        out[d] = {}
+        for k in ks:
+            for key in (f"R@{k}", f"chance@{k}"):
+                vals = [m[d][key] for m in per_mod.values() if m[d].get(key) is not None]
+                out[d][key] = float(np.mean(vals)) if vals else None
+    out["gallery"] = float(np.mean([m["n"] for m in per_mod.values()])) if per_mod else 0.0
+    return out
+
+
 def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
     """Both directions from ``sim`` (reports x volumes): ``report_to_volume`` uses the rows,
     ``volume_to_report`` the columns. Each: ``R@K`` for every K (capped at N), median and mean
@@ -68,6 +90,7 @@ def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[s
     def one(s: np.ndarray) -> dict[str, Any]:
         r = match_ranks(s)
         out: dict[str, Any] = {f"R@{k}": recall_at_k(r, k) for k in ks}
+        out.update({f"chance@{k}": chance_at_k(len(r), k) for k in ks})
         out.update({"median_rank": float(np.median(r)) if len(r) else None,
                     "mean_rank": float(np.mean(r)) if len(r) else None, "n": int(len(r))})
         return out
@@ -108,6 +131,7 @@ def retrieval(model: str | Path | LoadedVLM | None, manifest: Manifest | str | P
         if len(sel):
             per_mod[m] = retrieval_metrics(t_pair[sel] @ v_pair[sel].T, ks)
     res["pair"]["per_modality"] = per_mod
+    res["per_sequence"] = per_sequence_summary(per_mod, ks)
     res["case"] = retrieval_metrics(t_case @ cemb[keep].T, ks) if keep else None
     if out_dir is not None:
         write_json(res, Path(out_dir) / "retrieval.json")

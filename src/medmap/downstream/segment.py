@@ -37,7 +37,7 @@ from torch import nn
 
 from medmap.data.manifest import Manifest
 from medmap.data.preprocess import PreprocessConfig
-from medmap.downstream.common import safe_name, write_json
+from medmap.downstream.common import TaskNotApplicable, safe_name, write_json
 from medmap.downstream.vlm import LoadedVLM, VolumeItem, load_vlm
 from medmap.train.loop import ListDataset, fit
 from medmap.models.encoders import EncoderConfig, SwinConfig, build_encoder
@@ -73,7 +73,7 @@ class SwinUNETRSegmenter(nn.Module):
         self.cfg = cfg
         self.encoder = build_encoder(cfg.encoder)
         if not hasattr(self.encoder, "hidden_states"):
-            raise ValueError(f"segmentation needs a Swin encoder with hidden_states; the model's "
+            raise TaskNotApplicable(f"segmentation needs a Swin encoder with hidden_states; the model's "
                              f"experts are {cfg.encoder.name!r}")
         fs, S, nn_ = cfg.encoder.feature_size, cfg.encoder.out_stage, cfg.norm_name
         ch = [fs * 2 ** i for i in range(S + 1)]
@@ -104,13 +104,14 @@ class SwinUNETRSegmenter(nn.Module):
 
 
 def segmenter_from_vlm(vlm: LoadedVLM, modality: str | None = None,
-                       num_classes: int = 2) -> SwinUNETRSegmenter:
-    """A segmenter whose encoder is a copy of ``modality``'s pre-trained expert."""
+                       num_classes: int = 2, mask_key: str = "lesion") -> SwinUNETRSegmenter:
+    """A segmenter of manifest mask ``mask_key`` whose encoder is a copy of ``modality``'s
+    pre-trained expert."""
     model = vlm.model
     modality = modality or vlm.modalities[0]
     key = model.experts.key(modality)
     cfg = SegmenterConfig(encoder=model.cfg.encoder, modality=modality, organ=vlm.organ,
-                          num_classes=num_classes)
+                          num_classes=num_classes, mask_key=mask_key)
     seg = SwinUNETRSegmenter(cfg)
     seg.encoder.load_state_dict(model.experts.encoders[key].state_dict())
     return seg.to(vlm.device)
@@ -229,12 +230,14 @@ def segment(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pat
             train_split: str = "train", eval_split: str = "test", epochs: int = 20,
             batch_size: int = 2, lr: float = 1e-3, encoder_lr_ratio: float = 0.1,
             seed: int = 0, write_masks: bool = True, cache_dir: str | Path | None = None,
-            loader=None, device: str | None = None, experiment=None) -> dict[str, Any]:
-    """Fine-tune a SwinUNETR segmenter on ``train_split`` and evaluate Dice on ``eval_split``.
+            loader=None, device: str | None = None, experiment=None,
+            mask: str = "lesion") -> dict[str, Any]:
+    """Fine-tune a SwinUNETR segmenter of manifest mask ``mask`` (``"lesion"``, or an organ:
+    ``"liver"``) on ``train_split`` and evaluate Dice on ``eval_split``.
 
     With ``out_dir``: ``segment.json`` (metrics), ``model/`` (the segmenter, safetensors) and,
-    with ``write_masks``, ``masks/<case_id>/lesion_pred.nii.gz`` for every ``eval_split`` case in
-    the input's own space. Returns the metrics.
+    with ``write_masks``, ``masks/<case_id>/<mask>_pred.nii.gz`` for every ``eval_split`` case
+    in the input's own space (same shape and affine as the input volume). Returns the metrics.
     """
     vlm = load_vlm(model, experiment=experiment, device=device, seed=seed)
     modality = modality or vlm.modalities[0]
@@ -242,17 +245,18 @@ def segment(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pat
         raise ValueError(f"modality {modality!r} has no expert; the model has {vlm.modalities}")
     if loader is None:
         loader = vlm.loader(cache_dir)
-    mkey = "lesion"
+    mkey = mask
     train = _seg_items(vlm, vlm.cases(manifest, train_split), modality, mkey, True)
     test = _seg_items(vlm, vlm.cases(manifest, eval_split), modality, mkey, True)
     if not train:
         raise ValueError(f"no {vlm.organ} case of split {train_split!r} has a {modality} volume "
                          f"and a '{mkey}' mask; segmentation needs masks['{mkey}']")
-    seg = segmenter_from_vlm(vlm, modality)
+    seg = segmenter_from_vlm(vlm, modality, mask_key=mkey)
     optim = OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         warmup_epochs=min(1.0, epochs / 10), weight_decay=1e-4)
     losses = train_segmenter(seg, train, loader, optim, encoder_lr_ratio)
     res: dict[str, Any] = {"model": vlm.name, "organ": vlm.organ, "modality": modality,
+                           "mask": mkey,
                            "train_split": train_split, "eval_split": eval_split,
                            "n_train": len(train), "epochs": epochs, "train_loss": losses}
     res[eval_split] = evaluate_segmenter(seg, test, loader) if test else None
@@ -266,7 +270,7 @@ def segment(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pat
         if write_masks and test:
             roi = vlm.preprocess.roi_mask
             written = predict_masks(seg, vlm.preprocess, {it.case.case_id: it.path for it in test},
-                                    out / "masks",
+                                    out / "masks", filename=f"{safe_name(mkey)}_pred.nii.gz",
                                     rois={it.case.case_id: it.case.masks[roi] for it in test}
                                     if roi else None)
             res["masks"] = {k: str(v) for k, v in written.items()}

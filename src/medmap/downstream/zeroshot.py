@@ -1,182 +1,129 @@
-"""Zero-shot abnormality classification with text prompts (MG-3D's vocabulary-prompt task).
+"""Zero-shot abnormality classification with text prompts, CLIP-standard, report-free.
 
-Prompts come from a YAML file (``configs/zeroshot-prompts.yaml`` documents the format; the
-built-in :func:`default_prompts` is the same content)::
+Prompts come from the class-knowledge file (:mod:`medmap.text.knowledge`, the same file MedMAP's
+CSA reads): per modality, each class's *appearance* sentences, in the reports' language; per
+organ, each class's *diagnosis-name* prompts (name templates x names). A prompt set is
+ensembled CLIP-style: the mean of its L2-normalised projected text embeddings (``text_proj``
+over the frozen encoder), re-normalised.
 
-    version: 1
-    organs:
-      liver:
-        positive_templates: ["MRI of the liver showing a {finding}.", ...]
-        negative_templates: ["MRI of the liver with no {finding}.", ...]
-        classes:
-          hepatic_cyst:
-            findings: ["hepatic cyst", "simple liver cyst"]   # fill {finding}
-            positive: ["..."]          # optional extra prompts, used as written
-            negative: ["..."]
+Scores, with ``s`` the model's learned ``logit_scale`` (1/0.07 if it has none):
 
-Per class ``k``, the *positive* prompt set is every positive template filled with every finding
-(plus the extra ``positive`` prompts), the *negative* set likewise. A set is ensembled by
-averaging its L2-normalised projected text embeddings (``text_proj`` over the frozen encoder)
-and re-normalising, giving ``t_k^+`` and ``t_k^-``.
+* per modality ``m`` (each expert with its modality's prompts):
+  ``z_m[k] = s * cos(v_m, a_{m,k})`` for the case's volume embedding ``v_m``;
+* appearance, fused over the modalities present: ``z_app = mean_m z_m`` (a product of
+  per-modality softmax experts up to normalisation -- missing modalities are left out);
+* names (case-level, needs case-level alignment in pre-training): ``z_name[k] =
+  s * cos(v_case, n_k)`` with ``v_case`` the mean of the case's normalised modality embeddings;
+* ``prompts="both"`` (default): ``z = (z_app + z_name) / 2``; ``"appearance"`` / ``"names"``:
+  that one alone. Probabilities ``softmax(z)`` over classes.
 
-The visual feature of a case is the mean of its available modalities' L2-normalised
-``encode_image`` embeddings, re-normalised (``modality=`` uses one modality only).
-
-* per class: ``p_k = softmax(s * [cos(v, t_k^+), cos(v, t_k^-)])[0]`` with ``s`` the model's
-  learned ``logit_scale`` (exp, clamped at 100; 1/0.07 if the model has none); one-vs-rest
-  AUC of ``p_k`` against ``label == k`` (sklearn), macro AUC = mean over classes with both
-  positives and negatives;
-* multi-class: ``softmax(s * cos(v, t_k^+))`` over classes; accuracy of its argmax and
-  macro AUC via :func:`medmap.metrics.classification_metrics`.
+Headline: multi-class one-vs-rest macro AUC with a 95% bootstrap CI, and accuracy
+(:func:`medmap.metrics.full_metrics`); per-modality AUCs beside it. ``score="posneg"`` keeps the
+old per-class option: ``softmax(s * [cos(v_case, n_k), cos(v_case, not-n_k)])`` against the
+negated name prompts (a class-independent negation direction makes its macro AUC ~0.5 by
+construction; it is not the headline).
 
 Example:
     >>> from medmap.downstream.zeroshot import zeroshot
     >>> res = zeroshot("runs/pretrain/model", "sim/manifest.jsonl", split="test")  # doctest: +SKIP
-    >>> res["macro_auc"], res["multiclass"]["accuracy"]                              # doctest: +SKIP
+    >>> res["auc"], res["ci"], res["accuracy"]                                       # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import csv
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
 
 from medmap.data.manifest import Manifest
-from medmap.data.vocab import ORGANS, get_organ
+from medmap.data.vocab import get_organ
 from medmap.downstream.common import write_json
-from medmap.downstream.features import case_embeddings, volume_embeddings
-from medmap.downstream.vlm import LoadedVLM, load_vlm
+from medmap.downstream.features import case_embeddings, text_embeddings, volume_embeddings
+from medmap.downstream.vlm import LoadedVLM, VolumeItem, load_vlm
 
-__all__ = ["default_prompts", "load_prompts", "expand_prompts", "zeroshot",
-           "zeroshot_from_embeddings", "per_class_auc", "DEFAULT_PROMPTS_FILE"]
+__all__ = ["zeroshot", "PromptBank", "prompt_bank", "zeroshot_logits", "zeroshot_from_logits",
+           "per_class_auc", "logit_scale_of"]
 
-DEFAULT_PROMPTS_FILE = "configs/zeroshot-prompts.yaml"
-
-_SYNONYMS: dict[str, list[str]] = {
-    "hepatic_hemangioma": ["hepatic hemangioma", "liver haemangioma"],
-    "intrahepatic_cholangiocarcinoma": ["intrahepatic cholangiocarcinoma",
-                                        "mass-forming cholangiocarcinoma"],
-    "hepatic_abscess": ["hepatic abscess", "liver abscess"],
-    "hepatic_metastasis": ["hepatic metastasis", "liver metastases"],
-    "hepatic_cyst": ["hepatic cyst", "simple liver cyst"],
-    "focal_nodular_hyperplasia": ["focal nodular hyperplasia", "FNH with a central scar"],
-    "hepatocellular_carcinoma": ["hepatocellular carcinoma", "HCC with arterial enhancement "
-                                 "and washout"],
-    "benign": ["benign tumour", "benign extra-axial lesion such as a meningioma"],
-    "malignant": ["malignant tumour", "malignant intra-axial tumour such as a glioblastoma"],
-}
-
-_TEMPLATES: dict[str, dict[str, list[str]]] = {
-    "liver": {
-        "positive_templates": [
-            "MRI of the liver showing a {finding}.",
-            "There is a {finding} in the liver.",
-            "Findings are consistent with {finding}.",
-            "Focal liver lesion, most likely {finding}.",
-        ],
-        "negative_templates": [
-            "MRI of the liver with no {finding}.",
-            "There is no {finding} in the liver.",
-            "Findings are not consistent with {finding}.",
-            "No evidence of {finding}.",
-        ],
-    },
-    "brain": {
-        "positive_templates": [
-            "MRI of the brain showing a {finding}.",
-            "There is a {finding} in the brain.",
-            "Findings are consistent with a {finding}.",
-            "Brain lesion, most likely a {finding}.",
-        ],
-        "negative_templates": [
-            "MRI of the brain with no {finding}.",
-            "There is no {finding} in the brain.",
-            "Findings are not consistent with a {finding}.",
-            "No evidence of a {finding}.",
-        ],
-    },
-}
+PromptMode = Literal["both", "appearance", "names"]
 
 
-def default_prompts() -> dict[str, Any]:
-    """The built-in prompt document (the content of ``configs/zeroshot-prompts.yaml``)."""
-    organs: dict[str, Any] = {}
-    for organ, spec in ORGANS.items():
-        t = _TEMPLATES[organ]
-        organs[organ] = {
-            "positive_templates": list(t["positive_templates"]),
-            "negative_templates": list(t["negative_templates"]),
-            "classes": {c: {"findings": list(_SYNONYMS.get(c, [d]))}
-                        for c, d in zip(spec.classes, spec.class_descriptions)},
-        }
-    return {"version": 1, "organs": organs}
-
-
-def load_prompts(source: str | Path | dict | None = None) -> dict[str, Any]:
-    """A prompt document from a YAML path, a dict, or None (the built-in defaults); checked."""
-    if source is None:
-        doc = default_prompts()
-    elif isinstance(source, dict):
-        doc = source
-    else:
-        p = Path(source)
-        if not p.exists():
-            raise FileNotFoundError(f"prompt file {p} not found; see {DEFAULT_PROMPTS_FILE}")
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    if not isinstance(doc, dict) or not isinstance(doc.get("organs"), dict):
-        raise ValueError(f"{source}: a prompt file needs a top-level 'organs' mapping "
-                         f"(see {DEFAULT_PROMPTS_FILE})")
-    return doc
-
-
-def expand_prompts(doc: dict[str, Any], organ: str,
-                   classes: list[str] | None = None) -> dict[str, dict[str, list[str]]]:
-    """``{class: {"positive": [...], "negative": [...]}}`` for ``organ``'s classes (all of the
-    organ's vocabulary by default); raises ValueError naming a class without prompts."""
-    spec = get_organ(organ)
-    classes = list(classes or spec.classes)
-    odoc = doc["organs"].get(organ)
-    if not isinstance(odoc, dict):
-        raise ValueError(f"the prompt file has no prompts for organ {organ!r} "
-                         f"(has: {', '.join(doc['organs'])})")
-    pos_t = list(odoc.get("positive_templates") or [])
-    neg_t = list(odoc.get("negative_templates") or [])
-    cdoc = odoc.get("classes") or {}
-    out: dict[str, dict[str, list[str]]] = {}
-    problems = []
-    for c in classes:
-        entry = cdoc.get(c) or {}
-        findings = list(entry.get("findings") or [])
-        if not findings and c in spec.classes:
-            findings = [spec.class_descriptions[spec.classes.index(c)]]
-        pos = [t.format(finding=f) for t in pos_t for f in findings] + list(entry.get("positive") or [])
-        neg = [t.format(finding=f) for t in neg_t for f in findings] + list(entry.get("negative") or [])
-        if not pos or not neg:
-            problems.append(f"class {c!r}: needs positive and negative prompts (templates with "
-                            "findings, or explicit 'positive' / 'negative' lists)")
-        out[c] = {"positive": _dedup(pos), "negative": _dedup(neg)}
-    if problems:
-        raise ValueError(f"prompts for organ {organ!r}: " + "; ".join(problems))
-    return out
-
-
-def _dedup(xs: list[str]) -> list[str]:
-    return list(dict.fromkeys(x.strip() for x in xs if x and x.strip()))
+def _norm(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _ensemble(emb: np.ndarray) -> np.ndarray:
-    v = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    v = v.mean(0)
-    return v / max(np.linalg.norm(v), 1e-12)
+    """(P, d) projected prompt embeddings -> (d,) the normalised mean of the normalised ones."""
+    return _norm(_norm(emb).mean(0))
 
 
-def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=axis, keepdims=True)
+class PromptBank:
+    """Ensembled, normalised prompt embeddings in the model's shared space.
+
+    ``appearance`` (M, C, d) per modality and class; ``names`` / ``negatives`` (C, d);
+    ``texts`` the prompts used (for the output file).
+    """
+
+    def __init__(self, appearance: np.ndarray, names: np.ndarray, negatives: np.ndarray | None,
+                 texts: dict[str, Any]):
+        self.appearance, self.names, self.negatives, self.texts = appearance, names, negatives, texts
+
+
+def prompt_bank(vlm: LoadedVLM, knowledge=None, text_encoder=None) -> PromptBank:
+    """Embed the class-knowledge prompts of ``vlm``'s organ and modalities (``knowledge``: a
+    :class:`~medmap.text.knowledge.ClassKnowledge`, a path, or None for the shipped file)."""
+    from medmap.text.knowledge import ClassKnowledge, load_class_knowledge
+
+    kn = knowledge if isinstance(knowledge, ClassKnowledge) else \
+        load_class_knowledge(knowledge, vlm.organ)
+    mods, classes = vlm.modalities, list(kn.classes)
+    app = {m: kn.appearance_prompts(m) for m in mods}
+    names, negs = kn.name_prompts(), kn.negative_prompts()
+    flat = ([t for m in mods for c in classes for t in app[m][c]]
+            + [t for c in classes for t in names[c]] + [t for c in classes for t in negs[c]])
+    emb = text_embeddings(vlm, flat, text_encoder)                    # (P, d) normalised
+    i = 0
+
+    def take(n: int) -> np.ndarray:
+        nonlocal i
+        out = emb[i:i + n]
+        i += n
+        return out
+
+    appearance = np.stack([np.stack([_ensemble(take(len(app[m][c]))) for c in classes])
+                           for m in mods])                            # (M, C, d)
+    name_emb = np.stack([_ensemble(take(len(names[c]))) for c in classes])        # (C, d)
+    neg_emb = (np.stack([_ensemble(take(len(negs[c]))) for c in classes])
+               if all(negs[c] for c in classes) else None)
+    return PromptBank(appearance, name_emb, neg_emb,
+                      {"appearance": app, "names": names, "negatives": negs})
+
+
+def logit_scale_of(model) -> float:
+    ls = getattr(model, "logit_scale", None)
+    if isinstance(ls, torch.Tensor):
+        return float(ls.detach().float().exp().clamp(max=100.0))
+    return 1 / 0.07
+
+
+def zeroshot_logits(items: list[VolumeItem], vol_emb: np.ndarray, bank: PromptBank,
+                    scale: float, prompts: PromptMode = "both",
+                    ) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """Per case: ``(cases, logits (N, C), per-modality logits (M, N, C) with NaN where a
+    modality is absent, case embeddings (N, d))``; see the module doc for the fusion."""
+    cases, cemb = case_embeddings(items, vol_emb)                     # (N, d)
+    row = {c.case_id: i for i, c in enumerate(cases)}
+    M, C = bank.appearance.shape[:2]
+    per = np.full((M, len(cases), C), np.nan)
+    for it, v in zip(items, _norm(vol_emb)):
+        per[it.modality_index, row[it.case.case_id]] = scale * bank.appearance[it.modality_index] @ v
+    app = np.nanmean(per, axis=0)                                     # (N, C) mean over present
+    name = scale * cemb @ bank.names.T                                # (N, C)
+    z = {"both": (app + name) / 2, "appearance": app, "names": name}[prompts]
+    return cases, z, per, cemb
 
 
 def per_class_auc(labels: np.ndarray, scores: np.ndarray,
@@ -193,93 +140,91 @@ def per_class_auc(labels: np.ndarray, scores: np.ndarray,
     return per, (float(np.mean(vals)) if vals else None)
 
 
-def zeroshot_from_embeddings(image_emb: np.ndarray, labels: np.ndarray, pos_emb: np.ndarray,
-                             neg_emb: np.ndarray, classes: list[str],
-                             logit_scale: float = 1 / 0.07) -> dict[str, Any]:
-    """Zero-shot scores and metrics from ready embeddings.
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
 
-    ``image_emb`` (N, d), ``labels`` (N,) class indices, ``pos_emb`` / ``neg_emb`` (K, d) the
-    ensembled prompt embeddings of the K ``classes``. Returns ``per_class_auc``, ``macro_auc``,
-    ``multiclass`` (accuracy, balanced accuracy, AUC), ``scores`` (N, K) per-class probabilities
-    and ``multiclass_probs`` (N, K).
-    """
-    from medmap.metrics import classification_metrics
 
-    v = image_emb / np.maximum(np.linalg.norm(image_emb, axis=1, keepdims=True), 1e-12)
-    tp = pos_emb / np.maximum(np.linalg.norm(pos_emb, axis=1, keepdims=True), 1e-12)
-    tn = neg_emb / np.maximum(np.linalg.norm(neg_emb, axis=1, keepdims=True), 1e-12)
-    sp, sn = v @ tp.T, v @ tn.T                                        # (N, K)
-    scores = _softmax(logit_scale * np.stack([sp, sn], -1), -1)[..., 0]  # (N, K)
-    multi = _softmax(logit_scale * sp, -1)
+def zeroshot_from_logits(labels: np.ndarray, logits: np.ndarray, classes: list[str],
+                         n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The headline metrics of class logits (N, C): ``auc`` (macro one-vs-rest; binary AUC for
+    two classes), ``ci`` (95% bootstrap), ``accuracy``, ``balanced_accuracy``, ``per_class_auc``,
+    ``roc`` (per class fpr / tpr) and ``probs`` (N, C)."""
+    from medmap.metrics import full_metrics
+
+    probs = _softmax(np.asarray(logits, float))
     labels = np.asarray(labels).astype(int)
-    per, macro = per_class_auc(labels, scores, classes)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mc = classification_metrics(labels, multi) if len(labels) else {}
-    return {"n": int(len(labels)), "classes": list(classes), "per_class_auc": per,
-            "macro_auc": macro, "multiclass": {k: float(x) for k, x in mc.items()},
-            "logit_scale": float(logit_scale), "scores": scores, "multiclass_probs": multi}
-
-
-def _logit_scale(model) -> float:
-    ls = getattr(model, "logit_scale", None)
-    if isinstance(ls, torch.Tensor):
-        return float(ls.detach().float().exp().clamp(max=100.0))
-    return 1 / 0.07
+        m = full_metrics(labels, probs, classes, n_boot=n_boot, seed=seed)
+    per, _ = per_class_auc(labels, probs, classes)
+    return {"n": int(len(labels)), "classes": list(classes), "auc": m["auc"],
+            "ci": m["ci"]["auc"], "accuracy": m["accuracy"],
+            "accuracy_ci": m["ci"]["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+            "per_class_auc": per, "roc": m["roc"], "chance_accuracy": 1.0 / len(classes),
+            "probs": probs}
 
 
 def zeroshot(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Path,
-             split: str = "test", prompts: str | Path | dict | None = None,
-             out_dir: str | Path | None = None, *, modality: str | None = None,
-             text_encoder=None, loader=None, cache_dir: str | Path | None = None,
-             batch_size: int = 4, device: str | None = None, experiment=None,
-             seed: int = 0) -> dict[str, Any]:
-    """Zero-shot abnormality classification of ``split``'s labelled cases (see module doc).
+             split: str | None = "test", knowledge: str | Path | Any = None,
+             out_dir: str | Path | None = None, *, prompts: PromptMode = "both",
+             score: Literal["softmax", "posneg"] = "softmax", text_encoder=None, loader=None,
+             cache_dir: str | Path | None = None, batch_size: int = 4,
+             device: str | None = None, experiment=None, seed: int = 0,
+             n_boot: int = 1000) -> dict[str, Any]:
+    """Zero-shot classification of ``split``'s labelled cases (see the module doc).
 
     ``model``: a model folder, a :class:`LoadedVLM`, or None (no pre-training; needs
-    ``experiment``). Writes ``zeroshot.json`` (metrics, prompts used) and ``scores.csv`` (per
-    case) to ``out_dir`` when given; returns the metrics dict (without the score arrays).
+    ``experiment``). ``knowledge``: the class-knowledge file (None: the shipped one). Writes
+    ``zeroshot.json`` (metrics, prompts used) and ``scores.csv`` (per case probabilities) to
+    ``out_dir`` when given; returns the metrics (``probs`` left out).
     """
     vlm = load_vlm(model, experiment=experiment, device=device, seed=seed)
-    doc = load_prompts(prompts)
-    classes = list(get_organ(vlm.organ).classes)
-    sets = expand_prompts(doc, vlm.organ, classes)
     items = [it for it in vlm.volume_items(manifest, split) if it.case.label is not None]
     if not items:
         raise ValueError(f"no labelled {vlm.organ} case in split {split!r}; zero-shot "
-                         "classification needs labels to score")
-    if loader is None:
-        loader = vlm.loader(cache_dir)
-    emb = volume_embeddings(vlm, items, loader, batch_size)
-    cases, cemb = case_embeddings(items, emb, modality)
-    if not cases:
-        raise ValueError(f"no case of split {split!r} has modality {modality!r}")
+                         "classification needs labels to score (--split)")
+    bank = prompt_bank(vlm, knowledge, text_encoder)
+    classes = list(get_organ(vlm.organ).classes)
+    emb = volume_embeddings(vlm, items, loader if loader is not None else vlm.loader(cache_dir),
+                            batch_size)
+    scale = logit_scale_of(vlm.model)
+    cases, z, _, cemb = zeroshot_logits(items, emb, bank, scale, prompts)
     labels = np.array([c.label_index for c in cases])
-    from medmap.downstream.features import text_embeddings
-
-    flat = [(c, kind, t) for c in classes for kind in ("positive", "negative")
-            for t in sets[c][kind]]
-    temb = text_embeddings(vlm, [t for _, _, t in flat], text_encoder)
-    pos = np.stack([_ensemble(temb[[i for i, f in enumerate(flat) if f[0] == c and
-                                    f[1] == "positive"]]) for c in classes])
-    neg = np.stack([_ensemble(temb[[i for i, f in enumerate(flat) if f[0] == c and
-                                    f[1] == "negative"]]) for c in classes])
-    res = zeroshot_from_embeddings(cemb, labels, pos, neg, classes, _logit_scale(vlm.model))
-    scores, multi = res.pop("scores"), res.pop("multiclass_probs")
-    res.update({"model": vlm.name, "organ": vlm.organ, "split": split,
-                "modality": modality or "mean of available modalities",
-                "n_prompts": {c: {k: len(v) for k, v in sets[c].items()} for c in classes}})
+    res = zeroshot_from_logits(labels, z, classes, n_boot, seed)
+    res.update({"model": vlm.name, "organ": vlm.organ, "split": split, "prompts": prompts,
+                "score": score, "logit_scale": scale,
+                "fusion": "mean of per-modality appearance logits over the present modalities"
+                          + (", averaged with the case-level name logits" if prompts == "both"
+                             else "")})
+    # per-modality and per-prompt-kind AUCs beside the headline
+    res["per_modality_auc"] = {}
+    for mi, m in enumerate(vlm.modalities):
+        sel = [i for i, it in enumerate(items) if it.modality_index == mi]
+        if not sel:
+            continue
+        lab = np.array([items[i].case.label_index for i in sel])
+        zz = scale * _norm(emb[sel]) @ bank.appearance[mi].T
+        res["per_modality_auc"][m] = per_class_auc(lab, _softmax(zz), classes)[1]
+    for kind in ("appearance", "names"):
+        res[f"{kind}_auc"] = zeroshot_from_logits(
+            labels, zeroshot_logits(items, emb, bank, scale, kind)[1], classes, 0)["auc"]
+    if score == "posneg":
+        if bank.negatives is None:
+            raise ValueError("score 'posneg' needs negative_templates in the class-knowledge file")
+        sp, sn = cemb @ bank.names.T, cemb @ bank.negatives.T           # (N, C)
+        pn = _softmax(scale * np.stack([sp, sn], -1))[..., 0]
+        res["posneg_per_class_auc"], res["posneg_macro_auc"] = per_class_auc(labels, pn, classes)
+    probs = res.pop("probs")
     if out_dir is not None:
         out = Path(out_dir)
-        write_json({**res, "prompts": sets}, out / "zeroshot.json")
-        import csv
-
+        write_json({**res, "prompts_used": bank.texts}, out / "zeroshot.json")
         with (out / "scores.csv").open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["case_id", "label", "predicted"] + [f"p_{c}" for c in classes])
-            for c, s, m in zip(cases, scores, multi):
-                w.writerow([c.case_id, c.label, classes[int(m.argmax())]]
-                           + [f"{x:.6f}" for x in s])
+            for c, p in zip(cases, probs):
+                w.writerow([c.case_id, c.label, classes[int(p.argmax())]]
+                           + [f"{x:.6f}" for x in p])
+    res["labels"], res["probs"] = labels.tolist(), probs.tolist()
     return res

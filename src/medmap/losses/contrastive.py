@@ -47,17 +47,23 @@ def modality_contrastive_loss(
     modality: torch.Tensor,
     logit_scale: torch.Tensor,
     gather: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | dict[int, torch.Tensor]]:
     """Per-modality symmetric InfoNCE on (possibly gathered) features.
 
     Args:
         v: (B, E) normalised volume embeddings. t: (B, E) normalised report embeddings.
         modality: (B,) modality index of each pair. logit_scale: scalar, 1 / temperature.
+        mask: (B,) bool, the rows that are real pairs (case batches pad every case to all
+            modalities so that ranks gather same-size tensors); None: every row.
     Returns ``contrastive_loss`` (scalar), ``per_modality`` {index: loss} and ``v2t_correct``
     (number of pairs whose top-1 report within their modality is their own).
     """
     if gather:
         v, t, modality = gather_with_grad(v), gather_with_grad(t), gather_with_grad(modality)
+        mask = None if mask is None else gather_with_grad(mask)
+    if mask is not None:
+        v, t, modality = v[mask], t[mask], modality[mask]
     losses: dict[int, torch.Tensor] = {}
     correct = v.new_zeros(())
     for m in torch.unique(modality).tolist():
@@ -75,17 +81,34 @@ def modality_contrastive_loss(
 class ModalityContrastiveLoss(torch.nn.Module):
     """MedMAP's pre-training objective as a module: ``loss(**model(...))``.
 
-    Takes the keys of :meth:`~medmap.models.medmap.ModalityAwareCLIP.forward` and returns
-    :func:`modality_contrastive_loss`'s terms plus ``loss`` (the total).
+    Takes the keys of :meth:`~medmap.models.medmap.ModalityAwareCLIP.forward`: the per-modality
+    symmetric InfoNCE of :func:`modality_contrastive_loss` and, for case batches with
+    ``case_weight > 0``, ``case_loss``: symmetric InfoNCE between the case embeddings and their
+    global impressions (cases without one left out). Returns those terms and ``loss``, the
+    total ``contrastive_loss + case_weight * case_loss``.
     """
 
-    def __init__(self, gather: bool = True):
+    def __init__(self, case_weight: float = 0.0, gather: bool = True):
         super().__init__()
-        self.gather = gather
+        self.case_weight, self.gather = case_weight, gather
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
-                modality: torch.Tensor, logit_scale: torch.Tensor) -> dict:
+                modality: torch.Tensor, logit_scale: torch.Tensor,
+                pair_mask: torch.Tensor | None = None,
+                case_features: torch.Tensor | None = None,
+                global_features: torch.Tensor | None = None,
+                global_mask: torch.Tensor | None = None) -> dict:
         out = modality_contrastive_loss(image_features, text_features, modality, logit_scale,
-                                        gather=self.gather)
+                                        gather=self.gather, mask=pair_mask)
         out["loss"] = out["contrastive_loss"]
+        if self.case_weight > 0 and case_features is not None and global_features is not None:
+            keep = global_mask.bool() if global_mask is not None else \
+                torch.ones(len(case_features), dtype=torch.bool, device=case_features.device)
+            v, t = case_features, global_features
+            if self.gather:      # same-size tensors on every rank, masked after the gather
+                v, t, keep = gather_with_grad(v), gather_with_grad(t), gather_with_grad(keep)
+            v, t = v[keep], t[keep]
+            case = clip_loss(v, t, logit_scale) if len(v) >= 2 else (v.sum() + t.sum()) * 0.0
+            out["case_loss"] = case
+            out["loss"] = out["loss"] + self.case_weight * case
         return out

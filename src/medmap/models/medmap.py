@@ -2,27 +2,34 @@
 
 Stage 1, :class:`ModalityAwareCLIP`: one 3D vision encoder per MRI modality (an *expert*) with a
 projection into the shared embedding space, a trainable projection of the frozen text encoder's
-report embedding, and a learnable temperature. ``shared=True`` trains one modality-agnostic
-encoder instead (the ablation baseline).
+report embedding, and a learnable temperature. Pair batches ``(volume, its sequence's report)``
+give the paper's per-modality contrastive objective; case batches (all of a case's sequences)
+add the optional case-level term (the case embedding against the global impression, see
+:class:`MedMAPLossConfig`). ``shared_encoder=True`` trains one modality-agnostic encoder instead.
 
 Stage 2, :class:`MedMAPClassifier`, per available modality ``m`` of a case:
 
-* Transformer stream: the modality's (pre-trained) Swin expert -> tokens ``T_m`` (B, N, d)
-* convolutional stream: a 3D conv stack on the same volume -> tokens ``f_v`` (B, N', d)
-* CSA: the frozen text embedding of the modality's prompt -> trainable projection ``p_m`` (d),
-  ``f_vt = T_m * p_m`` (element-wise, broadcast over tokens)
-* CCT: bidirectional cross-attention between ``f_v`` and ``f_vt`` -> ``f_fusion_m`` (B, d)
+* Transformer stream: the modality's (pre-trained) expert -> tokens ``f_swin`` (b, N, d);
+* CSA text guidance (``csa_text``): each token attends over the modality's K projected
+  class-knowledge descriptions (``"knowledge"``, the default; stored as a buffer, so inference
+  needs no text model), or over the case's own report of that modality (``"report"``: only for
+  users whose cases carry reports at inference; it leaks the label wherever a report states the
+  diagnosis), and is modulated by the attended text vector: ``f_vt = f_swin * (1 + tanh(.))``
+  (:class:`~medmap.models.csa.TextGuidance`; identity at initialisation). ``"modality"`` is the
+  old per-modality prompt gain ``f_swin * p_m`` (an ablation control), ``"none"`` no text;
+* CSA convolutional stream (``use_conv``): a 3D conv stack on the same volume -> ``f_v``;
+* CCT (``use_cct``): bidirectional cross-attention between ``f_v`` and ``f_vt``; without the
+  conv stream, between ``f_swin`` and the projected class descriptions (Table 2's +CCT row);
+* mean + max pooling of both token sets -> the modality's feature (b, d),
 
-then attention pooling over the case's *present* modalities (missing ones are masked out, never
-zero-filled) -> ``f_fusion`` (B, d) -> classification head (B, K).
-
-Inference uses only the volumes and the stored prompt embeddings: no report, no label.
+then a Transformer layer over the case's *present* modalities (absent ones masked out, never
+zero-filled), a masked mean -> ``f_fusion`` (B, d) -> classification head (B, K).
 
 Example:
     >>> import torch
     >>> from medmap.models.medmap import MedMAPConfig, MedMAPClassifier
     >>> cfg = MedMAPConfig.tiny(modalities=["T2WI", "C+A"], classes=["a", "b"])
-    >>> model = MedMAPClassifier(cfg, prompt_embeddings=torch.randn(2, cfg.text_dim))
+    >>> model = MedMAPClassifier(cfg, class_prompts=torch.randn(2, 2, cfg.text_dim))
     >>> out = model(torch.randn(3, 2, 1, 32, 32, 32), torch.ones(3, 2, dtype=torch.bool))
     >>> tuple(out["logits"].shape)
     (3, 2)
@@ -32,21 +39,47 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medmap.config import to_dict
+from medmap.models.csa import CrossCognitionBlock, TextGuidance
 from medmap.models.encoders import (CNNConfig, EncoderConfig, SwinConfig, build_encoder,
                                     tiny_encoder_config)
 from medmap.models.experts import ModalityExperts
 from medmap.models.hub import from_pretrained, register_model
 
+CSAText = Literal["knowledge", "report", "modality", "none"]
+
+
+@dataclass
+class MedMAPLossConfig:
+    """Objective settings of both stages (saved with the weights).
+
+    ``case_alignment``: pre-training adds a symmetric InfoNCE term between each case's embedding
+    (the mean of its present experts' normalised embeddings) and its global impression, weighted
+    ``case_weight`` -- an extension beyond the paper; ``false`` is the paper's exact objective
+    (per-modality InfoNCE only). It applies only when the training cases have a global report.
+    ``kl_temperature``: the temperature of the fine-tuning KL term's softmaxes.
+    """
+
+    case_alignment: bool = True
+    case_weight: float = 1.0
+    kl_temperature: float = 0.1
+
 
 @dataclass
 class MedMAPConfig:
-    """Architecture of both MedMAP stages (saved with the weights)."""
+    """Architecture of both MedMAP stages (saved with the weights).
+
+    ``modalities``, ``classes``, ``organ`` and ``text_dim`` are filled by the training stages
+    from the data and the text encoder. ``language="random"`` records a model trained with every
+    text embedding replaced by a fixed random vector of the same norm (the language-removed
+    control of the ablation).
+    """
 
     modalities: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
@@ -56,15 +89,18 @@ class MedMAPConfig:
     embed_dim: int = 256
     text_dim: int = 384
     shared_encoder: bool = False        # one modality-agnostic encoder (ablation)
-    use_cct: bool = True                # conv stream + Cross-Cognition Transformer
-    use_csa: bool = True                # text-guided Transformer stream (element-wise product)
+    use_conv: bool = True               # CSA's convolutional stream
+    use_cct: bool = True                # Cross-Cognition Transformer
+    csa_text: CSAText = "knowledge"     # what guides the Transformer stream (module doc)
+    language: Literal["real", "random"] = "real"
     cct_layers: int = 1
     cct_heads: int = 4
     dropout: float = 0.1
     init_logit_scale: float = math.log(1 / 0.07)
-    prompts: dict[str, str] = field(default_factory=dict)   # modality -> prompt text
+    prompts: dict[str, str] = field(default_factory=dict)   # modality -> prompt ("modality" CSA)
     # recompute each expert's activations in the backward pass (memory for compute)
     expert_checkpoint: bool = False
+    losses: MedMAPLossConfig = field(default_factory=MedMAPLossConfig)
 
     @classmethod
     def tiny(cls, modalities: list[str], classes: list[str], **kw) -> MedMAPConfig:
@@ -81,9 +117,13 @@ class MedMAPConfig:
 class ModalityAwareCLIP(nn.Module):
     """Stage 1: modality-aware vision-language pre-training model.
 
-    ``forward(images (B,1,D,H,W), modality_index (B,), text (B, text_dim))`` returns the
-    contrastive loss's arguments: normalised ``image_features`` / ``text_features`` (B, d),
-    ``modality`` (B,) and ``logit_scale``.
+    ``forward(images (B,1,D,H,W), modality_index (B,), text (B, text_dim))`` (pairs) or
+    ``forward(images (B,M,1,D,H,W), present=(B,M), text=(B,M,text_dim), text_mask=(B,M),
+    global_text=(B,text_dim), global_mask=(B,))`` (cases) returns the contrastive loss's
+    arguments: normalised ``image_features`` / ``text_features`` (P, d) of the (volume, report)
+    pairs, their ``modality`` (P,) and ``logit_scale``; for cases every case holds a row per
+    modality (P = B * M, ``pair_mask`` marks the real pairs) and ``case_features`` /
+    ``global_features`` (B, d) with ``global_mask`` come too.
     """
 
     def __init__(self, cfg: MedMAPConfig):
@@ -105,12 +145,34 @@ class ModalityAwareCLIP(nn.Module):
             out = out.index_copy(0, rows, emb)
         return out
 
-    def forward(self, images: torch.Tensor, modality_index: torch.Tensor,
-                text: torch.Tensor) -> dict[str, torch.Tensor]:
-        v = F.normalize(self.encode_image(images, modality_index), dim=-1)   # (B, d)
-        t = F.normalize(self.text_proj(text), dim=-1)                          # (B, d)
-        return {"image_features": v, "text_features": t, "modality": modality_index,
-                "logit_scale": self.logit_scale.exp().clamp(max=100.0)}
+    def forward(self, images: torch.Tensor, modality_index: torch.Tensor | None = None,
+                text: torch.Tensor | None = None, *, present: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, global_text: torch.Tensor | None = None,
+                global_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        if present is None:                                                # pairs
+            v = F.normalize(self.encode_image(images, modality_index), dim=-1)   # (B, d)
+            t = F.normalize(self.text_proj(text), dim=-1)                          # (B, d)
+            return {"image_features": v, "text_features": t, "modality": modality_index,
+                    "logit_scale": scale}
+        B, M = present.shape                                               # cases
+        vol = images.new_zeros(B, M, self.cfg.embed_dim)                   # (B, M, d)
+        for m in range(M):
+            rows = present[:, m].nonzero(as_tuple=True)[0]
+            if rows.numel():
+                e = self.experts.encode(images[rows, m], self.cfg.modalities[m]).mean(1)
+                vol = vol.index_put((rows, torch.full_like(rows, m)), F.normalize(e, dim=-1))
+        pair = (present & text_mask).flatten()                             # (B*M,)
+        out = {"image_features": vol.flatten(0, 1),                        # (B*M, d)
+               "text_features": F.normalize(self.text_proj(text), dim=-1).flatten(0, 1),
+               "modality": torch.arange(M, device=present.device).repeat(B),
+               "pair_mask": pair, "logit_scale": scale}
+        w = present.unsqueeze(-1).to(vol.dtype)
+        out["case_features"] = F.normalize((vol * w).sum(1), dim=-1)       # (B, d)
+        if global_text is not None:
+            out["global_features"] = F.normalize(self.text_proj(global_text), dim=-1)  # (B, d)
+            out["global_mask"] = global_mask
+        return out
 
 
 def _pool(tokens: torch.Tensor) -> torch.Tensor:
@@ -119,54 +181,35 @@ def _pool(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat([tokens.mean(1), tokens.amax(1)], dim=-1)
 
 
-class CrossCognitionBlock(nn.Module):
-    """Bidirectional cross-attention: each token set attends to the other (pre-norm + FFN)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.norm_a, self.norm_b = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.a_from_b = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.b_from_a = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.ffn_a = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
-                                   nn.Dropout(dropout), nn.Linear(4 * dim, dim))
-        self.ffn_b = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
-                                   nn.Dropout(dropout), nn.Linear(4 * dim, dim))
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        na, nb = self.norm_a(a), self.norm_b(b)           # (B, Na, d), (B, Nb, d)
-        a = a + self.a_from_b(na, nb, nb, need_weights=False)[0]
-        b = b + self.b_from_a(nb, na, na, need_weights=False)[0]
-        return a + self.ffn_a(a), b + self.ffn_b(b)
-
-
-@register_model("medmap_classifier", MedMAPConfig,
-                lambda cfg, state: MedMAPClassifier(cfg, state.get("prompt_embeddings")))
+@register_model("medmap_classifier", MedMAPConfig)     # the prompt buffers come with the weights
 class MedMAPClassifier(nn.Module):
     """Stage 2: multi-modality abnormality classifier with CSA and CCT (see module doc).
 
-    ``prompt_embeddings`` (M, text_dim): the frozen text encoder's embedding of each modality's
-    prompt, stored as a buffer so inference needs no text model.
+    ``class_prompts`` (M, C, text_dim): the frozen text encoder's embedding of each class's
+    knowledge description per modality; ``modality_prompts`` (M, text_dim): each modality's
+    prompt (the ``"modality"`` control). Both are buffers saved with the weights.
     """
 
-    def __init__(self, cfg: MedMAPConfig, prompt_embeddings: torch.Tensor | None = None):
+    def __init__(self, cfg: MedMAPConfig, class_prompts: torch.Tensor | None = None,
+                 modality_prompts: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
-        M, d = len(cfg.modalities), cfg.embed_dim
-        if M == 0 or not cfg.classes:
+        M, C, d, T = len(cfg.modalities), len(cfg.classes), cfg.embed_dim, cfg.text_dim
+        if M == 0 or C == 0:
             raise ValueError("MedMAPConfig needs at least one modality and one class")
         self.experts = ModalityExperts(cfg.modalities, cfg.encoder, d, cfg.shared_encoder,
                                        cfg.expert_checkpoint)
-        self.text_proj = nn.Linear(cfg.text_dim, d)
-        if prompt_embeddings is None:
-            prompt_embeddings = torch.zeros(M, cfg.text_dim)
-        if tuple(prompt_embeddings.shape) != (M, cfg.text_dim):
-            raise ValueError(f"prompt_embeddings must be (M={M}, text_dim={cfg.text_dim}), got "
-                             f"{tuple(prompt_embeddings.shape)}")
-        self.register_buffer("prompt_embeddings", prompt_embeddings.float().clone())
-        self.use_conv = cfg.use_cct or cfg.use_csa
-        if self.use_conv:
+        self.text_proj = nn.Linear(T, d)
+        for name, value, shape in (("class_prompts", class_prompts, (M, C, T)),
+                                   ("modality_prompts", modality_prompts, (M, T))):
+            value = torch.zeros(shape) if value is None else value
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name} must be {shape} (modalities, classes, text_dim), got "
+                                 f"{tuple(value.shape)}")
+            self.register_buffer(name, value.float().clone())
+        if cfg.use_conv:
             # One conv stream per modality (like the experts); LayerNorm puts its tokens on the
-            # Swin tokens' scale (those are layer-normed).
+            # Transformer tokens' scale.
             keys = ["shared"] if cfg.shared_encoder else cfg.modalities
             self.conv_stream = nn.ModuleDict({k: build_encoder(cfg.conv_stream) for k in keys})
             width = next(iter(self.conv_stream.values())).out_dim
@@ -175,7 +218,8 @@ class MedMAPClassifier(nn.Module):
         if cfg.use_cct:
             self.cct = nn.ModuleList([CrossCognitionBlock(d, cfg.cct_heads, cfg.dropout)
                                       for _ in range(cfg.cct_layers)])
-        self.merge = nn.Linear((4 if self.use_conv else 2) * d, d)
+        two_streams = cfg.use_conv or cfg.use_cct
+        self.merge = nn.Linear((4 if two_streams else 2) * d, d)
         # Cross-modality fusion: a Transformer layer over the present modalities' tokens
         # (modality embeddings as positions, absent ones masked out), then a masked mean.
         self.modality_embed = nn.Parameter(torch.zeros(M, d))
@@ -183,30 +227,60 @@ class MedMAPClassifier(nn.Module):
                                                  activation="gelu", batch_first=True,
                                                  norm_first=True)
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, len(cfg.classes)))
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, C))
         nn.init.normal_(self.modality_embed, std=0.02)
+        if cfg.csa_text in ("knowledge", "report"):
+            self.guidance = TextGuidance(d, cfg.cct_heads, cfg.dropout)
 
-    def modality_feature(self, x: torch.Tensor, m: int) -> torch.Tensor:
+    def class_text(self, m: int) -> torch.Tensor:
+        """The projected class descriptions of modality ``m``: (C, d)."""
+        return self.text_proj(self.class_prompts[m])
+
+    def text_guidance(self, f_swin: torch.Tensor, m: int, report: torch.Tensor | None = None,
+                      report_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """CSA's text-guided tokens of modality ``m``: ``(f_vt (b, N, d), the attended text
+        vector of each token (b, N, d), attention over the text vectors (b, N, K))``."""
+        mode, b = self.cfg.csa_text, f_swin.shape[0]
+        if mode == "knowledge":
+            return self.guidance(f_swin, self.class_text(m).expand(b, -1, -1))
+        if mode == "report":
+            if report is None:
+                raise ValueError("csa_text 'report' needs each case's report embeddings "
+                                 "(reports=(B, M, text_dim)); this model reads reports at "
+                                 "inference")
+            return self.guidance(f_swin, self.text_proj(report)[:, None], report_mask[:, None])
+        if mode == "modality":
+            return f_swin * self.text_proj(self.modality_prompts[m]), None, None
+        return f_swin, None, None
+
+    def modality_feature(self, x: torch.Tensor, m: int, report: torch.Tensor | None = None,
+                         report_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Fused feature (b, d) of modality ``m``'s volumes ``x`` (b, 1, D, H, W)."""
-        name = self.cfg.modalities[m]
+        cfg, name = self.cfg, self.cfg.modalities[m]
         f_swin = self.experts.encode(x, name)                    # (b, N, d) Transformer stream
-        if self.cfg.use_csa:
-            p = self.text_proj(self.prompt_embeddings[m])         # (d,)
-            f_swin = f_swin * p                                   # f_vt: text-guided tokens
-        if not self.use_conv:
-            return self.merge(_pool(f_swin))
-        k = self.experts.key(name)
-        f_v = self.conv_proj[k](self.conv_stream[k](x).tokens)  # (b, N', d) conv stream
-        if self.cfg.use_cct:
+        f_swin = self.text_guidance(f_swin, m, report, report_mask)[0]   # f_vt
+        other = None
+        if cfg.use_conv:
+            k = self.experts.key(name)
+            other = self.conv_proj[k](self.conv_stream[k](x).tokens)     # (b, N', d) f_v
+        elif cfg.use_cct:
+            other = self.class_text(m).expand(x.shape[0], -1, -1)        # (b, C, d) class text
+        if cfg.use_cct:
             for blk in self.cct:
-                f_v, f_swin = blk(f_v, f_swin)
-        return self.merge(torch.cat([_pool(f_v), _pool(f_swin)], dim=-1))  # (b, d)
+                other, f_swin = blk(other, f_swin)
+        if other is None:
+            return self.merge(_pool(f_swin))
+        return self.merge(torch.cat([_pool(other), _pool(f_swin)], dim=-1))   # (b, d)
 
     def forward(self, images: torch.Tensor, present: torch.Tensor,
-                text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                text: torch.Tensor | None = None, reports: torch.Tensor | None = None,
+                report_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """images (B, M, 1, D, H, W), present (B, M) bool -> ``logits`` (B, K), ``probs``,
-        ``fusion`` (B, d); with ``text`` (B, text_dim), the frozen embedding of each case's
-        report (training only), also ``text_features`` (B, d) for the KL term."""
+        ``fusion`` (B, d). ``text`` (B, text_dim): the frozen embedding of each case's report
+        (training only) -> also ``text_features`` (B, d), the KL term's target (detached: the
+        KL term cannot move it). ``reports`` (B, M, text_dim) / ``report_mask`` (B, M): the
+        per-sequence report embeddings ``csa_text="report"`` reads."""
         B, M = present.shape
         if M != len(self.cfg.modalities):
             raise ValueError(f"expected {len(self.cfg.modalities)} modalities "
@@ -218,9 +292,10 @@ class MedMAPClassifier(nn.Module):
         for m in range(M):
             rows = present[:, m].nonzero(as_tuple=True)[0]
             if rows.numel():
-                feats = feats.index_copy(1, torch.tensor([m], device=feats.device),
-                                         feats[:, m:m + 1].index_copy(
-                                             0, rows, self.modality_feature(images[rows, m], m)[:, None]))
+                rep = None if reports is None else reports[rows, m]
+                rmask = None if report_mask is None else report_mask[rows, m]
+                f = self.modality_feature(images[rows, m], m, rep, rmask)     # (b, d)
+                feats = feats.index_put((rows, torch.full_like(rows, m)), f)
         feats = feats + self.modality_embed                      # (B, M, d)
         feats = self.fusion(feats, src_key_padding_mask=~present)  # absent tokens never attended
         w = present.unsqueeze(-1).to(feats.dtype)                # (B, M, 1)
@@ -232,13 +307,13 @@ class MedMAPClassifier(nn.Module):
         return out
 
     def text_features(self, text: torch.Tensor) -> torch.Tensor:
-        """Projected report / class-prompt embedding ``f_t`` (B, d), training only."""
-        return self.text_proj(text)
+        """The KL target ``f_t`` (B, d): the projected report embedding, detached."""
+        with torch.no_grad():
+            return self.text_proj(text)
 
 
-__all__ = ["MedMAPConfig", "ModalityExperts", "ModalityAwareCLIP", "MedMAPClassifier",
-           "load_pretrained_experts",
-           "CrossCognitionBlock"]
+__all__ = ["MedMAPConfig", "MedMAPLossConfig", "ModalityExperts", "ModalityAwareCLIP",
+           "MedMAPClassifier", "load_pretrained_experts", "CrossCognitionBlock", "CSAText"]
 
 
 def load_pretrained_experts(model: MedMAPClassifier, pretrained: str) -> MedMAPClassifier:

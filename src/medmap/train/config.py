@@ -49,6 +49,8 @@ class TextConfig:
     pooling: str | None = None     # cls / mean; None: the model's own default
     max_length: int = 128
     cache_dir: str | None = None   # on-disk embedding cache
+    # class-knowledge YAML (CSA guidance, zero-shot prompts); None: the one shipped with medmap
+    knowledge: str | None = None
 
 
 @dataclass

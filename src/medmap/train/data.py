@@ -37,6 +37,21 @@ class TextTable:
     def stack(self, texts: Sequence[str]) -> torch.Tensor:
         return self.embeddings[[self.index[t] for t in texts]]  # (B, text_dim)
 
+    def randomized(self, seed: int) -> TextTable:
+        """The same texts with every embedding replaced by a fixed random vector of the same
+        norm (the language-removed control)."""
+        out = object.__new__(TextTable)
+        out.index, out.dim = self.index, self.dim
+        out.embeddings = random_like(self.embeddings, seed)
+        return out
+
+
+def random_like(emb: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gaussian random vectors with the norms of ``emb``'s last-axis vectors (seeded)."""
+    g = torch.Generator().manual_seed(int(seed))
+    r = torch.randn(emb.shape, generator=g)
+    return r / r.norm(dim=-1, keepdim=True).clamp_min(1e-12) * emb.norm(dim=-1, keepdim=True)
+
 
 def case_text(reports: dict[str, str], label: int, organ: str, classes: Sequence[str],
               modalities: Sequence[str]) -> str:
@@ -65,13 +80,43 @@ class PairCollator:
         return b
 
 
+def modality_reports(table: TextTable, reports: Sequence[dict[str, str]],
+                     modalities: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each case's per-sequence report embeddings ``(B, M, T)`` (zeros where a sequence has no
+    report) and the mask of those that exist ``(B, M)``."""
+    B, M = len(reports), len(modalities)
+    emb = torch.zeros(B, M, table.dim)
+    mask = torch.zeros(B, M, dtype=torch.bool)
+    for i, r in enumerate(reports):
+        for j, m in enumerate(modalities):
+            t = r.get(m)
+            if isinstance(t, str) and t.strip() and t in table.index:
+                emb[i, j], mask[i, j] = table[t], True
+    return emb, mask
+
+
+def global_reports(table: TextTable, reports: Sequence[dict[str, str]]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each case's global-impression embedding ``(B, T)`` and whether it has one ``(B,)``."""
+    emb = torch.zeros(len(reports), table.dim)
+    mask = torch.zeros(len(reports), dtype=torch.bool)
+    for i, r in enumerate(reports):
+        t = r.get(GLOBAL_REPORT)
+        if isinstance(t, str) and t.strip() and t in table.index:
+            emb[i], mask[i] = table[t], True
+    return emb, mask
+
+
 class CaseCollator:
-    """Collate cases and attach ``text`` (the case text embedding, for the KL term)."""
+    """Collate cases and attach ``text`` (the case text embedding, for the KL term) and, with
+    ``with_modality_reports``, ``reports_emb`` / ``report_mask`` (the per-sequence report
+    embeddings ``csa_text="report"`` reads)."""
 
     def __init__(self, table: TextTable | None, organ: str, classes: Sequence[str],
-                 modalities: Sequence[str]):
+                 modalities: Sequence[str], with_modality_reports: bool = False):
         self.table, self.organ = table, organ
         self.classes, self.modalities = list(classes), list(modalities)
+        self.with_modality_reports = with_modality_reports
 
     def texts(self, b: dict[str, Any]) -> list[str]:
         return [case_text(r, int(y), self.organ, self.classes, self.modalities)
@@ -79,8 +124,25 @@ class CaseCollator:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         b = collate_cases(items)
-        if self.table is not None:
+        if self.table is not None and (b["label"] >= 0).all():
             b["text"] = self.table.stack(self.texts(b))
+        if self.with_modality_reports:
+            b["reports_emb"], b["report_mask"] = modality_reports(self.table, b["reports"],
+                                                                  self.modalities)
+        return b
+
+
+class CasePairCollator:
+    """Collate cases for case-level pre-training: ``text`` (B, M, T) per-sequence report
+    embeddings with ``text_mask`` (B, M), and ``global_text`` (B, T) with ``global_mask``."""
+
+    def __init__(self, table: TextTable, modalities: Sequence[str]):
+        self.table, self.modalities = table, list(modalities)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        b = collate_cases(items)
+        b["text"], b["text_mask"] = modality_reports(self.table, b["reports"], self.modalities)
+        b["global_text"], b["global_mask"] = global_reports(self.table, b["reports"])
         return b
 
 

@@ -1,9 +1,16 @@
 """The MedMAP recipe's stages: modality-aware pre-training and CSA + CCT fine-tuning.
 
 * :class:`PretrainStage` / :func:`pretrain`: per-modality symmetric InfoNCE between each
-  sequence's expert and the projected report text (:class:`PretrainModule`);
+  sequence's expert and the projected report text; with ``model.losses.case_alignment`` and
+  training cases that carry a global impression, batches of whole cases add the case-level
+  term (the case embedding against the global impression; :class:`PretrainModule`).
+  ``pretrain.early_stop_patience`` stops when validation retrieval (mean per-sequence R@5)
+  stops improving and saves the best epoch.
 * :class:`FinetuneStage` / :func:`finetune`: the MedMAP classifier with BCE + KL and the ramp
-  weights (:class:`FinetuneModule`), optionally from pre-trained experts.
+  weights (:class:`FinetuneModule`), optionally from pre-trained experts. The class-knowledge
+  descriptions (``text.knowledge``) are embedded once into the model's ``class_prompts``
+  buffer; ``model.language="random"`` replaces them and the KL targets by fixed random vectors
+  of the same norm (the language-removed control).
 
 Both run through :func:`medmap.train.stage.run_stage` (run-folder layout there).
 
@@ -15,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +30,18 @@ import numpy as np
 import torch
 
 from medmap.data.manifest import ManifestError
-from medmap.data.vocab import get_organ
+from medmap.data.vocab import GLOBAL_REPORT, get_organ
 from medmap.losses.contrastive import ModalityContrastiveLoss, modality_contrastive_loss
 from medmap.losses.medmap import MedMAPLoss
 from medmap.models.medmap import (MedMAPClassifier, MedMAPConfig, ModalityAwareCLIP,
                                   load_pretrained_experts)
 from medmap.train.config import ExperimentConfig
-from medmap.train.data import CaseCollator, PairCollator, StageDataModule, TextTable
+from medmap.train.data import (CaseCollator, CasePairCollator, PairCollator, StageDataModule,
+                               TextTable, random_like)
 from medmap.train.engine import OptimConfig
 from medmap.train.modules import TrainModule, per_modality_top1
 from medmap.train.stage import (Stage, StageData, build_loader, load_cases, pair_datasets,
-                                 run_stage)
+                                run_stage)
 
 
 def complete_model_config(cfg: ExperimentConfig, modalities: list[str],
@@ -49,28 +58,46 @@ def complete_model_config(cfg: ExperimentConfig, modalities: list[str],
     return m
 
 
+def _recall_at(v: torch.Tensor, t: torch.Tensor, m: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over modalities of volume->report Recall@k within each modality."""
+    out = []
+    for mod in torch.unique(m).tolist():
+        sel = m == mod
+        sim = v[sel] @ t[sel].t()                                    # (n, n)
+        rank = (sim > sim.diagonal()[:, None]).sum(1)                # 0-based rank of the match
+        out.append((rank < k).float().mean())
+    return torch.stack(out).mean()
+
+
 # ---- Lightning modules ------------------------------------------------------------------------
 class PretrainModule(TrainModule):
-    """Stage 1: per-modality symmetric InfoNCE between experts and the projected report text.
+    """Stage 1: per-modality symmetric InfoNCE (+ the case-level term on case batches).
 
-    Batch: ``image`` (B,1,D,H,W), ``model_modality`` (B,) index into the model's modalities,
-    ``text`` (B, text_dim) frozen report embeddings.
+    Pair batch: ``image`` (B,1,D,H,W), ``model_modality`` (B,), ``text`` (B, T). Case batch:
+    ``images`` (B,M,1,D,H,W), ``present`` (B,M), ``text`` (B,M,T), ``text_mask`` (B,M),
+    ``global_text`` (B,T), ``global_mask`` (B,).
     """
 
     model: ModalityAwareCLIP
 
-    def __init__(self, model: ModalityAwareCLIP, optim: OptimConfig):
-        super().__init__(model, ModalityContrastiveLoss(), optim)
+    def __init__(self, model: ModalityAwareCLIP, optim: OptimConfig, case_weight: float = 0.0):
+        super().__init__(model, ModalityContrastiveLoss(case_weight), optim)
 
     def _forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if "images" in batch:
+            return self.model(batch["images"], present=batch["present"], text=batch["text"],
+                              text_mask=batch["text_mask"], global_text=batch["global_text"],
+                              global_mask=batch["global_mask"])
         return self.model(batch["image"], batch["model_modality"], batch["text"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch = self._augmented(batch, batch_idx)
         res = self.loss(**self._forward(batch))
-        bs = batch["image"].shape[0]
+        bs = (batch["images"] if "images" in batch else batch["image"]).shape[0]
         terms = {"contrastive_loss": res["contrastive_loss"],
                  "temperature": 1.0 / self.model.logit_scale.exp().detach()}
+        if "case_loss" in res:
+            terms["case_loss"] = res["case_loss"]
         for m, v in res["per_modality"].items():
             terms[f"{self.model.cfg.modalities[m]}_loss"] = v
         self._log_terms("train", terms, bs, prog_bar=False)
@@ -79,8 +106,12 @@ class PretrainModule(TrainModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._forward(batch)
-        self._val.append((out["image_features"].float(), out["text_features"].float(),
-                          out["modality"]))
+        keep = out.get("pair_mask")
+        if keep is None:
+            keep = torch.ones(len(out["modality"]), dtype=torch.bool,
+                              device=out["modality"].device)
+        self._val.append((out["image_features"].float()[keep], out["text_features"].float()[keep],
+                          out["modality"][keep]))
 
     def on_validation_epoch_end(self) -> None:
         gathered = self._gather_val()
@@ -91,6 +122,7 @@ class PretrainModule(TrainModule):
         n = max(1, int(sum((m == k).sum() for k in res["per_modality"])))
         self.log("val/contrastive_loss", res["contrastive_loss"], sync_dist=False)
         self.log("val/retrieval_top1", res["v2t_correct"].float() / n, prog_bar=True)
+        self.log("val/retrieval_r5", _recall_at(v, t, m, 5), prog_bar=True)
         for k, acc in per_modality_top1(v, t, m).items():
             self.log(f"val/{self.model.cfg.modalities[k]}_retrieval_top1", acc)
 
@@ -99,17 +131,24 @@ class FinetuneModule(TrainModule):
     """Stage 2: ``lambda_c * BCE + lambda_s * KL(f_t, f_fusion)`` with the epoch ramps.
 
     Batch: ``images`` (B,M,1,D,H,W), ``present`` (B,M), ``label`` (B,), ``text`` (B, text_dim)
-    frozen embedding of the case report (or class prompt), used only by the KL term.
+    frozen embedding of the case report (or class prompt), used only by the KL term; for
+    ``csa_text="report"`` also ``reports_emb`` (B,M,T) / ``report_mask`` (B,M).
     """
 
     model: MedMAPClassifier
 
     def __init__(self, model: MedMAPClassifier, optim: OptimConfig):
-        super().__init__(model, MedMAPLoss(optim.loss_ramp_epochs or optim.epochs), optim)
+        super().__init__(model, MedMAPLoss(optim.loss_ramp_epochs or optim.epochs,
+                                           model.cfg.losses.kl_temperature), optim)
+
+    def _forward(self, batch: dict[str, Any], text: bool) -> dict[str, Any]:
+        return self.model(batch["images"], batch["present"],
+                          text=batch["text"] if text else None,
+                          reports=batch.get("reports_emb"), report_mask=batch.get("report_mask"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch = self._augmented(batch, batch_idx)
-        out = self.model(batch["images"], batch["present"], text=batch["text"])
+        out = self._forward(batch, text=True)
         terms = self.loss(**out, labels=batch["label"], epoch=self.current_epoch)
         bs = batch["label"].shape[0]
         acc = (out["logits"].argmax(-1) == batch["label"]).float().mean()
@@ -118,7 +157,7 @@ class FinetuneModule(TrainModule):
         return terms["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.model(batch["images"], batch["present"])
+        out = self._forward(batch, text=False)
         self._val.append((out["probs"].float(), batch["label"]))
 
     def on_validation_epoch_end(self) -> None:
@@ -135,31 +174,60 @@ class FinetuneModule(TrainModule):
 
 
 # ---- stages -----------------------------------------------------------------------------------
-class PretrainStage(Stage):
-    """Modality-aware contrastive pre-training of the experts."""
+def _has_global(cases) -> bool:
+    return any(isinstance(c.reports.get(GLOBAL_REPORT), str) and c.reports[GLOBAL_REPORT].strip()
+               for c in cases)
 
-    name, section = "pretrain", "pretrain"
+
+class PretrainStage(Stage):
+    """Modality-aware contrastive pre-training of the experts (see the module doc)."""
+
+    name, section, monitor = "pretrain", "pretrain", "val/retrieval_r5"
 
     def data(self, cfg: ExperimentConfig) -> StageData:
+        self.cases = False
+        if cfg.model.losses.case_alignment and cfg.model.losses.case_weight > 0:
+            from medmap.data.datasets import CaseDataset
+
+            manifest, mods = load_cases(cfg.data)
+            loader = build_loader(cfg.data)
+            ds = {s: CaseDataset(manifest, loader, modalities=mods, split=s)
+                  for s in ("train", "val")}
+            if _has_global(ds["train"].cases):
+                self.cases = True
+                return StageData(mods, ds["train"], ds["val"], manifest)
+            warnings.warn(f"{cfg.data.manifest}: no training case has a '{GLOBAL_REPORT}' "
+                          "report; pre-training without the case-level term", stacklevel=3)
         return pair_datasets(cfg.data)
 
     def texts(self, cfg: ExperimentConfig, data: StageData, encoder) -> TextTable:
-        return TextTable(encoder, [p[3] for d in (data.train, data.val) for p in d.pairs])
+        if not self.cases:
+            return TextTable(encoder, [p[3] for d in (data.train, data.val) for p in d.pairs])
+        texts = [r for d in (data.train, data.val) for c in d.cases
+                 for k, r in c.reports.items()
+                 if (k in data.modalities or k == GLOBAL_REPORT) and isinstance(r, str) and r.strip()]
+        return TextTable(encoder, texts)
 
     def model(self, cfg: ExperimentConfig, data: StageData, encoder, texts) -> ModalityAwareCLIP:
         self.mcfg = complete_model_config(cfg, data.modalities, encoder.hidden_size)
         return ModalityAwareCLIP(self.mcfg)
 
     def module(self, cfg: ExperimentConfig, model: ModalityAwareCLIP) -> PretrainModule:
-        return PretrainModule(model, cfg.pretrain)
+        w = cfg.model.losses.case_weight if self.cases else 0.0
+        return PretrainModule(model, cfg.pretrain, case_weight=w)
 
     def datamodule(self, cfg: ExperimentConfig, data: StageData, texts) -> StageDataModule:
-        mods = data.modalities
+        mods, o = data.modalities, cfg.pretrain
+        if self.cases:
+            return StageDataModule(data.train, data.val, CasePairCollator(texts, mods),
+                                   o.batch_size, o.num_workers, o.seed)
         # one modality per batch: full in-modality negatives (the loss is per modality anyway)
         groups = [mods.index(p[1]) for p in data.train.pairs]
-        o = cfg.pretrain
         return StageDataModule(data.train, data.val, PairCollator(texts, mods), o.batch_size,
                                o.num_workers, o.seed, train_groups=groups)
+
+    def save_meta(self) -> dict[str, Any]:
+        return {"case_alignment": self.cases}
 
 
 class FinetuneStage(Stage):
@@ -186,16 +254,32 @@ class FinetuneStage(Stage):
         return StageData(mods, ds["train"], ds["val"], manifest)
 
     def texts(self, cfg: ExperimentConfig, data: StageData, encoder) -> TextTable:
-        mods = data.modalities
-        self.mcfg = complete_model_config(cfg, mods, encoder.hidden_size)
-        self.prompt_emb = encoder.encode([self.mcfg.prompts[m] for m in mods]).float()  # (M, T)
-        collate = CaseCollator(None, self.mcfg.organ, self.mcfg.classes, mods)
+        from medmap.text.knowledge import load_class_knowledge
+
+        mods, seed = data.modalities, cfg.finetune.seed
+        self.mcfg = m = complete_model_config(cfg, mods, encoder.hidden_size)
+        knowledge = load_class_knowledge(cfg.text.knowledge, m.organ)
+        self.class_prompts = knowledge.embed_appearance(encoder, mods)              # (M, C, T)
+        self.modality_prompts = encoder.encode([m.prompts[x] for x in mods]).float()  # (M, T)
+        collate = CaseCollator(None, m.organ, m.classes, mods)
         texts = [collate.texts({"reports": [c.reports], "label": torch.tensor([c.label_index])})[0]
                  for c in data.train.cases]  # train cases are all labelled (checked above)
-        return TextTable(encoder, texts)
+        if m.csa_text == "report":
+            warnings.warn("csa_text 'report': the case's own reports guide the classifier at "
+                          "inference too; wherever a report states the diagnosis this leaks the "
+                          "label into the prediction", stacklevel=3)
+            texts += [r for d in (data.train, data.val) for c in d.cases
+                      for k, r in c.reports.items()
+                      if k in mods and isinstance(r, str) and r.strip()]
+        table = TextTable(encoder, texts)
+        if m.language == "random":           # language removed: same norms, no semantics
+            self.class_prompts = random_like(self.class_prompts, 1_000 + seed)
+            self.modality_prompts = random_like(self.modality_prompts, 2_000 + seed)
+            table = table.randomized(3_000 + seed)
+        return table
 
     def model(self, cfg: ExperimentConfig, data: StageData, encoder, texts) -> MedMAPClassifier:
-        model = MedMAPClassifier(self.mcfg, self.prompt_emb)
+        model = MedMAPClassifier(self.mcfg, self.class_prompts, self.modality_prompts)
         if self.init:
             load_pretrained_experts(model, str(self.init))
         return model
@@ -205,9 +289,12 @@ class FinetuneStage(Stage):
 
     def datamodule(self, cfg: ExperimentConfig, data: StageData, texts) -> StageDataModule:
         m, mods, o = self.mcfg, data.modalities, cfg.finetune
-        return StageDataModule(data.train, data.val, CaseCollator(texts, m.organ, m.classes, mods),
+        reports = m.csa_text == "report"
+        return StageDataModule(data.train, data.val,
+                               CaseCollator(texts, m.organ, m.classes, mods, reports),
                                o.batch_size, o.num_workers, o.seed,
-                               val_collate=CaseCollator(None, m.organ, m.classes, mods))
+                               val_collate=CaseCollator(texts if reports else None, m.organ,
+                                                        m.classes, mods, reports))
 
     def save_meta(self) -> dict[str, Any]:
         return {"init": str(self.init) if self.init else None}

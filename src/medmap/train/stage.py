@@ -101,6 +101,11 @@ def prepare_run_dir(run_dir: str | Path, cfg: ExperimentConfig, stage: str,
     return run
 
 
+def _best_checkpoint(run: Path) -> Path | None:
+    p = run / "checkpoints" / "best.ckpt"
+    return p if p.exists() else None
+
+
 def trainer_metrics(trainer) -> dict[str, float]:
     """The trainer's last logged scalar metrics."""
     return {k: float(v) for k, v in trainer.callback_metrics.items()
@@ -212,6 +217,10 @@ def run_stage(cfg: ExperimentConfig, run_dir: str | Path, stage: Stage, resume: 
     trainer.fit(module, datamodule=dm, ckpt_path=last_checkpoint(run) if resume else None)
     out = run / "model"
     if trainer.is_global_zero:
+        best = _best_checkpoint(run) if monitor and optim.early_stop_patience > 0 else None
+        if best is not None:       # early stopping: the best epoch's weights, not the last
+            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            module.load_state_dict(state)
         save_pretrained(module.model, out, **stage.save_meta(), **model_meta(cfg, encoder))
         (run / "metrics.json").write_text(json.dumps(trainer_metrics(trainer), indent=2))
     return out
