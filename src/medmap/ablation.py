@@ -88,11 +88,12 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
                 kind = spec["pretrained"]
                 if kind not in pre:
                     pc = _variant(cfg, seed, shared_encoder=kind == "shared")
-                    pre[kind] = pretrain(pc, out / f"seed{seed}" / f"pretrain-{kind}")
+                    pre[kind] = pretrain(pc, out / f"seed{seed}" / f"pretrain-{kind}",
+                                         overwrite=True)
                 init = pre[kind]
             fc = _variant(cfg, seed, **spec["model"], shared_encoder=spec["pretrained"] == "shared")
             run = out / f"seed{seed}" / r.replace("+", "plus-")
-            finetune(fc, run, init=init)
+            finetune(fc, run, init=init, overwrite=True)
             # the volume cache is shared: every row and seed evaluates the same test cases
             res = evaluate(run, cfg.data.manifest, split=split, n_boot=200, localise=False,
                            n_cam_cases=0, cache_dir=cfg.data.cache_dir)

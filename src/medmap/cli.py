@@ -72,6 +72,48 @@ def _cmd_import_radgenome(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- checks before a command starts (light: no torch import) ---------------------------------
+def _writable_dir(path: str | Path, option: str, shown: str | Path | None = None) -> None:
+    """Refuse an output folder that cannot be written (checked before any work starts): the
+    folder, or the nearest existing folder above it, must accept a new file. ``shown``: the
+    option's value as given (default: ``path``)."""
+    import tempfile
+
+    from medmap.config import UserError
+
+    path_shown = path if shown is None else shown
+    p = Path(path).absolute()
+    anc = p
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UserError(f"{option} {path_shown}: {anc} is a file, not a folder; choose another "
+                        f"{option}")
+    try:
+        with tempfile.TemporaryFile(dir=anc, prefix=".medmap-write-check-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{option} {path_shown}: cannot write into {anc} ({e.strerror or e}); "
+                        f"choose a writable {option} folder or fix its permissions") from None
+
+
+def _writable_file(path: str | Path, option: str) -> None:
+    """Refuse an output file that cannot be written (its folder, or the file itself)."""
+    from medmap.config import UserError
+
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name, e.g. {p / 'preds.csv'}")
+    _writable_dir(p.absolute().parent, option, shown=path)
+    if p.exists():
+        try:
+            with p.open("a"):
+                pass
+        except OSError as e:
+            raise UserError(f"{option} {path}: cannot write the file ({e.strerror or e}); "
+                            f"choose another {option}") from None
+
+
 def _experiment(a: argparse.Namespace):
     from medmap.config import load_config
     from medmap.train.config import ExperimentConfig
@@ -80,43 +122,80 @@ def _experiment(a: argparse.Namespace):
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
+    _writable_dir(a.run_dir, "--run-dir")
+    cfg = _experiment(a)
+    from medmap.train.stage import check_run_dir
+
+    check_run_dir(a.run_dir, a.resume, a.overwrite)     # before any data is read
     if a.recipe == "mg3d":
         from medmap.train.mg3d import pretrain_mg3d as run
     else:
         from medmap.train.medmap import pretrain as run
 
-    out = run(_experiment(a), a.run_dir, resume=a.resume)
+    out = run(cfg, a.run_dir, resume=a.resume, overwrite=a.overwrite)
     print(f"pre-trained ({a.recipe}): {out}")
     return 0
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:
+    _writable_dir(a.run_dir, "--run-dir")
+    cfg = _experiment(a)
+    from medmap.train.stage import check_run_dir
+
+    check_run_dir(a.run_dir, a.resume, a.overwrite)     # before any data is read
     from medmap.train.medmap import finetune
 
-    out = finetune(_experiment(a), a.run_dir, init=a.init, resume=a.resume)
+    out = finetune(cfg, a.run_dir, init=a.init, resume=a.resume, overwrite=a.overwrite)
     print(f"fine-tuned model: {out}")
     return 0
 
 
+def _default_eval_dir(run: str, split: str) -> Path:
+    """Where ``evaluate`` writes without ``--out``: next to the model folder (``RUN/model`` of a
+    run folder, else RUN itself), as ``eval-SPLIT``."""
+    p = Path(run)
+    mdir = p / "model" if not (p / "config.json").exists() and (p / "model" / "config.json"
+                                                                 ).exists() else p
+    return mdir.resolve().parent / f"eval-{split}"
+
+
 def _cmd_evaluate(a: argparse.Namespace) -> int:
+    _writable_dir(a.out if a.out is not None else _default_eval_dir(a.run, a.split),
+                  "--out")
     from medmap.eval.evaluate import evaluate
 
     res = evaluate(a.run, a.manifest, split=a.split, out_dir=a.out, n_cam_cases=a.n_cam_cases,
                    batch_size=a.batch_size, n_boot=a.n_boot, localise=not a.no_localise,
                    device=a.device, cache_dir=a.cache_dir)
-    m = res["metrics"]
-    print(f"{a.split}: n={m['n']} accuracy={m['accuracy']:.3f} "
-          f"balanced_accuracy={m['balanced_accuracy']:.3f} auc={m['auc']}")
+    m, info = res["metrics"], res["info"]
+    if m is None:       # no labelled case: predictions only
+        print(f"{a.split}: n={info['cases']} case(s), none labelled: no classification metrics "
+              "(the predictions are in predictions.csv)")
+    else:
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+        print(f"{a.split}: n={m['n']} accuracy={m['accuracy']:.3f} "
+              f"balanced_accuracy={m['balanced_accuracy']:.3f} auc={auc}")
     for name, path in res["files"].items():
         print(f"{name}: {path}")
     return 0
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
+    from medmap.config import UserError
+
+    source = a.input
+    if a.series is not None:
+        if not Path(a.input).is_dir():
+            raise UserError(f"--series {a.series}: INPUT {a.input} is not a folder; --series "
+                            "picks one series of a DICOM folder holding several")
+        source = f"{str(a.input).rstrip('/')}#{a.series.strip()}"
+    _writable_file(a.out, "--out")
+    if a.cam is not None:
+        _writable_dir(a.cam, "--cam")
     from medmap.predict import predict
 
-    rows = predict(a.model, a.input, a.out, cam_dir=a.cam, modality=a.modality, device=a.device,
-                   roi=a.roi)
+    rows = predict(a.model, source, a.out, cam_dir=a.cam, modality=a.modality, device=a.device,
+                   roi=a.roi, fast=not a.no_fast_path, precision=a.precision)
     print(f"wrote {len(rows)} prediction(s) to {a.out}" + (f"; CAMs in {a.cam}" if a.cam else ""))
     return 0
 
@@ -131,7 +210,7 @@ def _cmd_ablation(a: argparse.Namespace) -> int:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from medmap.demo import run_demo
 
-    run_demo(a.out, full=a.full, seed=a.seed)
+    run_demo(a.out, full=a.full, seed=a.seed, quick=a.quick)
     return 0
 
 
@@ -141,8 +220,10 @@ def _downstream_model(a: argparse.Namespace):
     if a.model.lower() not in ("none", "random"):
         return a.model
     if not a.config:
-        raise ValueError("MODEL 'none' (no pre-training) needs --config: an experiment YAML "
-                         "(e.g. a pre-training run's config.yaml) for architecture and data")
+        from medmap.config import UserError
+
+        raise UserError("MODEL 'none' (no pre-training) needs --config: an experiment YAML "
+                        "(e.g. a pre-training run's config.yaml) for architecture and data")
     from medmap.downstream.vlm import load_vlm
 
     return load_vlm(None, experiment=_experiment(argparse.Namespace(config=a.config,
@@ -151,14 +232,34 @@ def _downstream_model(a: argparse.Namespace):
 
 
 def _cmd_zeroshot(a: argparse.Namespace) -> int:
+    if a.vocabfine:
+        from medmap.downstream.vocabfine import vocabfine
+
+        r = vocabfine(_downstream_model(a), a.manifest, a.vocabfine, eval_split=a.split,
+                      knowledge=a.knowledge, out_dir=a.out, cache_dir=a.cache_dir,
+                      device=a.device, seed=a.seed)
+        b, f = r["before"], r["after"]
+        print(f"{a.split}: VocabFine with {a.vocabfine} case(s) per class: zero-shot AUC "
+              f"{_f(b['auc'])} -> {_f(f['auc'])} (95% CI {_ci(f['ci'])}), accuracy "
+              f"{_f(b['accuracy'])} -> {_f(f['accuracy'])}; {Path(a.out) / 'vocabfine.json'}")
+        return 0
     from medmap.downstream.zeroshot import zeroshot
 
-    r = zeroshot(_downstream_model(a), a.manifest, split=a.split, prompts=a.prompts, out_dir=a.out,
-                 modality=a.modality, cache_dir=a.cache_dir, batch_size=a.batch_size,
-                 device=a.device, seed=a.seed)
-    print(f"{a.split}: n={r['n']} macro_auc={r['macro_auc']} "
-          f"accuracy={r['multiclass'].get('accuracy')}; {Path(a.out) / 'zeroshot.json'}")
+    r = zeroshot(_downstream_model(a), a.manifest, split=a.split, knowledge=a.knowledge,
+                 out_dir=a.out, prompts=a.prompts, score=a.score, cache_dir=a.cache_dir,
+                 batch_size=a.batch_size, device=a.device, seed=a.seed)
+    print(f"{a.split}: n={r['n']} zero-shot macro AUC {_f(r['auc'])} (95% CI {_ci(r['ci'])}), "
+          f"accuracy {_f(r['accuracy'])} (chance {_f(r['chance_accuracy'])}); "
+          f"{Path(a.out) / 'zeroshot.json'}")
     return 0
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _ci(ci) -> str:
+    return "n/a" if not ci or ci[0] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
 def _cmd_retrieve(a: argparse.Namespace) -> int:
@@ -166,17 +267,23 @@ def _cmd_retrieve(a: argparse.Namespace) -> int:
 
     r = retrieval(_downstream_model(a), a.manifest, split=a.split, out_dir=a.out,
                   cache_dir=a.cache_dir, batch_size=a.batch_size, device=a.device, seed=a.seed)
-    r2v = r["pair"]["report_to_volume"]
-    print(f"{a.split}: n={r2v['n']} report->volume " + " ".join(
-        f"{k}={r2v[k]:.3f}" for k in r2v if k.startswith("R@"))
-        + f" median_rank={r2v['median_rank']}; {Path(a.out) / 'retrieval.json'}")
+    rows = [("per-sequence", r["per_sequence"], r["per_sequence"]["gallery"]),
+            ("case", r["case"], (r["case"] or {}).get("n")), ("pooled", r["pair"], r["pair"]["n"])]
+    for name, block, n in rows:
+        if not block:
+            continue
+        for d in ("report_to_volume", "volume_to_report"):
+            m = block[d]
+            print(f"{a.split} {name:12s} {d:16s} gallery {n:>6.0f}  " + "  ".join(
+                f"R@{k} {_f(m[f'R@{k}'])} (chance {_f(m[f'chance@{k}'])})" for k in (1, 5, 10)))
+    print(f"{Path(a.out) / 'retrieval.json'}")
     return 0
 
 
 def _cmd_segment(a: argparse.Namespace) -> int:
     from medmap.downstream.segment import segment
 
-    r = segment(_downstream_model(a), a.manifest, a.out, modality=a.modality,
+    r = segment(_downstream_model(a), a.manifest, a.out, modality=a.modality, mask=a.mask,
                 train_split=a.train_split, eval_split=a.split, epochs=a.epochs,
                 batch_size=a.batch_size, lr=a.lr, seed=a.seed, write_masks=not a.no_masks,
                 cache_dir=a.cache_dir, device=a.device)
@@ -189,7 +296,8 @@ def _cmd_generate_report(a: argparse.Namespace) -> int:
 
     r = report_generation(_downstream_model(a), a.manifest, a.out, train_split=a.train_split,
                           eval_split=a.split, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                          seed=a.seed, cache_dir=a.cache_dir, device=a.device)
+                          seed=a.seed, cache_dir=a.cache_dir, device=a.device,
+                          per_case=a.per_case)
     bleu = r["bleu"] or {}
     print(f"{a.split}: n={r['n_eval']} " + " ".join(f"{k}={v:.3f}" for k, v in bleu.items())
           + f"; {Path(a.out) / 'report_gen.json'}")
@@ -225,44 +333,63 @@ def _add_downstream_parsers(sub) -> None:
         q = sub.add_parser(name, help=helptext)
         q.add_argument("model", help="pre-trained model folder (save_pretrained), or 'none' for "
                                      "no pre-training (with --config)")
-        q.add_argument("--manifest", required=True)
+        q.add_argument("--manifest", required=True, help="JSONL / CSV manifest of the cases")
         q.add_argument("--out", required=True, help="output folder (metrics JSON and files)")
         q.add_argument("--split", default=split,
                        help="evaluation split" if split else "only this split (default: all)")
         if train:
-            q.add_argument("--train-split", default="train")
+            q.add_argument("--train-split", default="train",
+                           help="split the task's head is trained on (default: train)")
         if epochs is not None:
-            q.add_argument("--epochs", type=int, default=epochs)
-            q.add_argument("--lr", type=float, default=1e-3)
+            q.add_argument("--epochs", type=int, default=epochs,
+                           help=f"training epochs of the task's head (default: {epochs})")
+            q.add_argument("--lr", type=float, default=1e-3,
+                           help="learning rate of the task's head (default: 1e-3)")
         q.add_argument("--config", default=None,
                        help="experiment YAML for MODEL 'none' (architecture, data, text model)")
-        q.add_argument("--batch-size", type=int, default=4)
+        q.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4)")
         q.add_argument("--cache-dir", default=None, help="preprocessed-volume cache folder")
-        q.add_argument("--device", default=None)
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA when available, else the CPU)")
+        q.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
         return q
 
-    z = common("zeroshot", "zero-shot abnormality classification with text prompts")
-    z.add_argument("--prompts", default=None,
-                   help="prompt YAML (default: built-in = configs/zeroshot-prompts.yaml)")
-    z.add_argument("--modality", default=None, help="use one modality (default: mean of all)")
+    z = common("zeroshot", "zero-shot abnormality classification with class-knowledge prompts")
+    z.add_argument("--knowledge", default=None,
+                   help="class-knowledge YAML (default: the shipped configs/class-knowledge.yaml)")
+    z.add_argument("--prompts", choices=["both", "appearance", "names"], default="both",
+                   help="per-sequence appearance prompts, case-level diagnosis names, or both "
+                        "(their logits averaged)")
+    z.add_argument("--score", choices=["softmax", "posneg"], default="softmax",
+                   help="softmax over classes (CLIP standard) or, in addition, the per-class "
+                        "positive / negative prompt score")
+    z.add_argument("--vocabfine", type=int, default=0, metavar="N",
+                   help="CT-VocabFine: first fine-tune the text projection and the experts' "
+                        "projections on N labelled training cases per class")
     z.set_defaults(func=_cmd_zeroshot)
 
-    common("retrieve", "report-to-volume / volume-to-report retrieval (Recall@K)"
+    common("retrieve", "report-to-volume / volume-to-report retrieval (Recall@K beside chance)"
            ).set_defaults(func=_cmd_retrieve)
 
-    sg = common("segment", "lesion segmentation: SwinUNETR decoder on the pre-trained encoder",
+    sg = common("segment", "segmentation: SwinUNETR decoder on the pre-trained encoder",
                 train=True, epochs=20)
     sg.add_argument("--modality", default=None, help="input modality (default: the first)")
+    sg.add_argument("--mask", default="lesion",
+                    help="manifest mask to segment: lesion, or an organ mask such as liver")
     sg.add_argument("--no-masks", action="store_true", help="do not write predicted masks")
     sg.set_defaults(func=_cmd_segment)
 
-    common("generate-report", "report generation: Transformer decoder over visual tokens",
-           train=True, epochs=20).set_defaults(func=_cmd_generate_report)
+    gr = common("generate-report", "report generation: Transformer decoder over visual tokens",
+                train=True, epochs=20)
+    gr.add_argument("--per-case", action="store_true",
+                    help="generate each case's global impression from all its sequences "
+                         "(default: one report per sequence)")
+    gr.set_defaults(func=_cmd_generate_report)
 
     pb = common("probe", "classification by linear probe or full fine-tuning", train=True,
                 epochs=5)
-    pb.add_argument("--mode", choices=["linear", "finetune"], default="linear")
+    pb.add_argument("--mode", choices=["linear", "finetune"], default="linear",
+                    help="linear: logistic regression on frozen features (default); finetune: "
+                         "train the encoder with a classification head")
     pb.set_defaults(func=_cmd_probe)
 
     common("embed", "export volume and report embeddings (.npy + CSV index)",
@@ -280,25 +407,32 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     v = dsub.add_parser("validate", help="report every problem in a manifest, one line each")
-    v.add_argument("manifest")
-    v.add_argument("--no-files", action="store_true", help="check the schema only")
+    v.add_argument("manifest", help="JSONL / CSV manifest to check")
+    v.add_argument("--no-files", action="store_true",
+                   help="check the schema only (do not read the volumes)")
     v.set_defaults(func=_cmd_validate)
 
     s = dsub.add_parser("simulate", help="write the MedMoM-Sim benchmark")
-    s.add_argument("--out", required=True)
-    s.add_argument("--cases", type=int, default=60, help="cases per organ")
-    s.add_argument("--size", type=int, default=64, help="volume side in voxels")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--organs", nargs="+", default=["liver", "brain"])
-    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--out", required=True,
+                   help="output folder (volumes, manifest.jsonl, DATASHEET.md)")
+    s.add_argument("--cases", type=int, default=60, help="cases per organ (default: 60)")
+    s.add_argument("--size", type=int, default=64, help="volume side in voxels (default: 64)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--organs", nargs="+", default=["liver", "brain"],
+                   help="organs to simulate (default: liver brain)")
+    s.add_argument("--workers", type=int, default=None,
+                   help="parallel worker processes (default: one per CPU core)")
     s.set_defaults(func=_cmd_simulate)
 
     lld = dsub.add_parser("import-lld-mmri", help="LLD-MMRI layout to a manifest")
     lld.add_argument("root", help="the release folder (images/, labels/, classification_dataset/),"
                                   " the test archive's folder, or classification_dataset/")
-    lld.add_argument("--out", default="cases.jsonl")
+    lld.add_argument("--out", default="cases.jsonl",
+                     help="manifest to write (default: cases.jsonl)")
     lld.add_argument("--labels", default=None, help="labels file (default: found under ROOT)")
-    lld.add_argument("--fold", type=int, default=None)
+    lld.add_argument("--fold", type=int, default=None,
+                     help="cross-validation fold whose validation cases become the val split "
+                          "(default: none)")
     lld.add_argument("--full-volumes", action="store_true",
                      help="whole volumes (images/ + labels/Annotation.json) instead of the "
                           "pre-cropped ROIs; the 3D lesion boxes become masks")
@@ -308,9 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     lld.set_defaults(func=_cmd_import_lld)
 
     rg = dsub.add_parser("import-radgenome", help="RadGenome-Brain MRI to a manifest")
-    rg.add_argument("root")
-    rg.add_argument("--out", default="cases.jsonl")
-    rg.add_argument("--subsets", nargs="+", default=None)
+    rg.add_argument("root", help="the RadGenome-Brain MRI release folder (reports and splits)")
+    rg.add_argument("--out", default="cases.jsonl",
+                    help="manifest to write (default: cases.jsonl)")
+    rg.add_argument("--subsets", nargs="+", default=None,
+                    help="subsets to import, e.g. BraTS_GLI ISLES22 (default: all)")
     rg.add_argument("--image-root", action="append", default=None, metavar="[SUBSET=]PATH",
                     help="folder the challenge downloads were unpacked into, searched "
                          "recursively for each case; SUBSET=PATH for one subset only "
@@ -324,8 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
                            ("finetune", "stage 2: fine-tune MedMAP (CSA + CCT) for detection")):
         t = sub.add_parser(name, help=helptext)
         t.add_argument("--config", default=None, help="YAML file (see configs/)")
-        t.add_argument("--run-dir", default=f"runs/{name}")
+        t.add_argument("--run-dir", default=f"runs/{name}",
+                       help=f"run folder: config, logs, checkpoints, model/ (default: "
+                            f"runs/{name}); one that already holds a run needs --resume or "
+                            "--overwrite")
         t.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last.ckpt")
+        t.add_argument("--overwrite", action="store_true",
+                       help="start again in a RUN_DIR that holds a run: its checkpoints, model, "
+                            "logs and metrics are removed first")
         if name == "finetune":
             t.add_argument("--init", default=None, help="pre-trained model folder (runs/pretrain/model)")
         else:
@@ -337,60 +479,124 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics, CAMs and an HTML report for a trained model")
     e.add_argument("run", help="a run folder (uses RUN/model) or a model folder")
     e.add_argument("--manifest", default=None, help="default: the run's data.manifest")
-    e.add_argument("--split", default="test")
-    e.add_argument("--out", default=None, help="default: RUN/eval-SPLIT")
-    e.add_argument("--n-cam-cases", type=int, default=2)
-    e.add_argument("--batch-size", type=int, default=4)
-    e.add_argument("--n-boot", type=int, default=1000)
-    e.add_argument("--no-localise", action="store_true")
-    e.add_argument("--device", default=None)
-    e.add_argument("--cache-dir", default=None)
+    e.add_argument("--split", default="test",
+                   help="split to evaluate: train, val or test (default: test)")
+    e.add_argument("--out", default=None,
+                   help="output folder for metrics.json, predictions.csv, report.html "
+                        "(default: RUN/eval-SPLIT)")
+    e.add_argument("--n-cam-cases", type=int, default=2,
+                   help="CAM overlays in the report per class, for correct and for wrong "
+                        "predictions each (default: 2)")
+    e.add_argument("--batch-size", type=int, default=4, help="inference batch size (default: 4)")
+    e.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples for the confidence intervals (default: 1000)")
+    e.add_argument("--no-localise", action="store_true",
+                   help="skip the Grad-CAM localisation metrics on cases with a lesion mask")
+    e.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA when available, else the CPU)")
+    e.add_argument("--cache-dir", default=None, help="preprocessed-volume cache folder")
     e.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict new cases (no report needed)")
     pr.add_argument("model", help="a model folder or run folder")
     pr.add_argument("input", help="a manifest, a case folder or a single volume")
-    pr.add_argument("--out", default="preds.csv")
+    pr.add_argument("--out", default="preds.csv",
+                    help="CSV to write, one row per case (default: preds.csv)")
     pr.add_argument("--cam", default=None, help="write CAM NIfTIs in the input space here")
     pr.add_argument("--modality", default=None, help="modality of a single-volume input")
     pr.add_argument("--roi", default=None, metavar="FILE",
                     help="organ mask of a single-volume / case-folder input, for models trained "
                          "with preprocess.roi_mask")
-    pr.add_argument("--device", default=None)
+    pr.add_argument("--series", default=None, metavar="UID",
+                    help="SeriesInstanceUID of the series to read when INPUT is a DICOM folder "
+                         "holding several (same as INPUT#UID)")
+    pr.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA when available, else the CPU)")
+    pr.add_argument("--no-fast-path", action="store_true",
+                    help="run the plain eager model instead of the fast inference path "
+                         "(medmap.fastpath: fused window attention, fp32, same predictions; "
+                         "the default)")
+    pr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="fast path numerics: fp32 (default) or bf16 autocast in the experts "
+                         "and conv streams (faster on CPU; probabilities change slightly, see "
+                         "docs/benchmarks.md)")
     pr.set_defaults(func=_cmd_predict)
 
-    ab = sub.add_parser("ablation", help="Table 2 rows + a global-CLIP baseline over seeds")
-    ab.add_argument("--config", default=None)
-    ab.add_argument("--out", default="runs/ablation")
-    ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ab = sub.add_parser("ablation", help="Table 2 rows (baseline, +MAVLP, +CCT, +CSA) and the "
+                                         "language-removed and global-CLIP controls over seeds")
+    ab.add_argument("--config", default=None, help="experiment YAML, e.g. configs/demo.yaml")
+    ab.add_argument("--out", default="runs/ablation", help="output folder (runs + ablation.json)")
+    ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (paired)")
     ab.add_argument("--rows", nargs="+", default=["baseline", "+MAVLP", "+CCT", "+CSA",
-                                                   "global-CLIP"])
-    ab.add_argument("--split", default="test")
+                                                   "language-removed", "global-CLIP"],
+                    help="rows to run (default: all)")
+    ab.add_argument("--split", default="test", help="evaluation split")
     ab.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=5")
     ab.set_defaults(func=_cmd_ablation)
 
     d = sub.add_parser("demo", help="run the end-to-end demo on the embedded benchmark")
-    d.add_argument("--out", default="medmap-demo")
+    d.add_argument("--out", default="medmap-demo",
+                   help="output folder: data, runs, reports, summary.json (default: medmap-demo)")
+    d.add_argument("--quick", action="store_true",
+                   help="the first thing to try: the whole pipeline at a tiny size in about a "
+                        "minute (same output layout)")
     d.add_argument("--full", action="store_true",
                    help="larger, slower setting: 64^3, Swin experts, 350 + 200 cases, 60 epochs")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed of the simulation and the training runs (default: 0)")
     d.set_defaults(func=_cmd_demo)
 
     _add_downstream_parsers(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``medmap`` console command."""
-    args = build_parser().parse_args(argv)
-    from medmap.config import ConfigError
-    from medmap.data.manifest import ManifestError
+# OSError numbers that are the user's environment, not a bug: permissions, space, paths
+_USER_ERRNOS = ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "ENOTDIR", "EISDIR", "ENOENT",
+                "EEXIST", "ENAMETOOLONG")
 
-    try:
-        return int(args.func(args) or 0)
-    except (ManifestError, FileNotFoundError, ValueError, ConfigError) as e:
+
+def report_error(e: BaseException) -> int:
+    """Print ``e`` for the command line and return the exit status.
+
+    A deliberate user-facing error (:class:`medmap.config.UserError`: ConfigError,
+    ManifestError, VolumeReadError, PredictInputError, ModelFolderError, ...), a missing file,
+    a permission / disk-space problem or a checkpoint refused by the weights-only loader is one
+    ``error: ...`` line (exit 2). Anything else is a bug: its traceback, then a line saying so
+    (exit 1).
+    """
+    import errno
+    import pickle
+    import traceback
+
+    from medmap.config import UserError
+
+    if isinstance(e, (UserError, FileNotFoundError)):
         print(f"error: {e}", file=sys.stderr)
         return 2
+    user_errnos = {getattr(errno, n) for n in _USER_ERRNOS if hasattr(errno, n)}
+    if isinstance(e, OSError) and e.errno in user_errnos:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}; check the path and its permissions (and free "
+              "space), or choose another output folder", file=sys.stderr)
+        return 2
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        print("error: refused to load a checkpoint that holds arbitrary Python objects (medmap "
+              "loads weights-only checkpoints and safetensors only; this file was not written "
+              "by medmap or was tampered with): "
+              + str(e).strip().splitlines()[0], file=sys.stderr)
+        return 2
+    traceback.print_exception(e)
+    print(f"error: internal error ({type(e).__name__}: {e}); this is a bug in medmap, not in "
+          "your input: please report it with the traceback above", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medmap`` console command (exit status: 0 done, 1 an internal bug,
+    2 a usage / input error; see :func:`report_error`)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs
+        return report_error(e)
 
 
 if __name__ == "__main__":

@@ -158,10 +158,10 @@ def run_demo(out_dir: str | Path = "medmap-demo", full: bool = False, seed: int 
         runs = out / "runs" / organ
         print(f"[2/5] {organ}: modality-aware pre-training (up to {s.pretrain_epochs} epochs) "
               f"[{time.time() - t0:.0f} s]", flush=True)
-        pre = pretrain(cfg, runs / "pretrain")
+        pre = pretrain(cfg, runs / "pretrain", overwrite=True)     # the demo owns its folder
         print(f"[3/5] {organ}: fine-tuning MedMAP ({s.finetune_epochs} epochs) "
               f"[{time.time() - t0:.0f} s]", flush=True)
-        finetune(cfg, runs / "finetune", init=pre)
+        finetune(cfg, runs / "finetune", init=pre, overwrite=True)
         print(f"[4/5] {organ}: zero-shot and retrieval with the pre-trained model "
               f"[{time.time() - t0:.0f} s]", flush=True)
         zs = zeroshot(pre, manifest, split="test", out_dir=runs / "zeroshot",

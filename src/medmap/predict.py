@@ -7,8 +7,9 @@
   :data:`~medmap.data.vocab.MODALITY_ALIASES`) to the model's modalities, e.g. ``T2WI.nii.gz``,
   ``c+a.nii.gz``, ``FLAIR.nrrd``; a sub-folder named after a modality is read as a DICOM series.
   Files matching no modality are listed in a warning and ignored;
-* a single volume file (or a DICOM series folder): its modality is ``modality`` (the CLI's
-  ``--modality``) or else its file stem.
+* a single volume file (or a DICOM series folder, or ``folder#<SeriesInstanceUID>`` for one
+  series of a folder holding several: the CLI's ``--series``): its modality is ``modality``
+  (the CLI's ``--modality``) or else its file (folder) stem.
 
 A model trained with ``preprocess.roi_mask`` (e.g. ``"liver"``: volumes cropped to the liver)
 needs that organ mask per case: the manifest's ``masks.<roi>``, a file named ``<roi>``,
@@ -19,9 +20,17 @@ modalities are allowed (the model masks them out) and listed per case. One CSV r
 ``case_id, predicted, prob_<class>..., modalities_used, modalities_missing, label, source``
 (modality lists joined with ``;``; ``label`` is the manifest's label when known).
 
+Every volume is checked before use: an unreadable, truncated, 2D or 4D file, non-finite
+voxels or a constant (blank) volume is a :class:`~medmap.data.io.VolumeReadError` naming the
+case, the modality, the file and the fix. A manifest's reports play no part in prediction and
+are not checked.
+
 With ``cam_dir``, the Grad-CAM of the predicted class is written per case and modality as
 ``<cam_dir>/<case_id>/<modality>_cam.nii.gz`` on the source volume's own voxel grid (same shape
-and affine), mapped back through :meth:`Preprocessor.invert`.
+and affine), mapped back through :meth:`Preprocessor.invert`. The case folder's name is the
+case id with characters other than letters, digits and ``+._-`` replaced by ``_`` and a
+leading ``.`` by ``_`` (so ``..`` or ``../x`` stay inside ``cam_dir``); two cases whose names
+collide get a short hash of their id appended.
 
 Example:
     >>> from medmap.predict import predict
@@ -33,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -43,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medmap.config import UserError
+
 __all__ = ["predict", "PredictInputError", "prediction_row", "write_rows_csv",
            "match_modality", "resolve_input", "PredictCase"]
 
@@ -50,7 +62,7 @@ _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".dcm")
 _MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv")
 
 
-class PredictInputError(ValueError):
+class PredictInputError(UserError):
     """The prediction input cannot be used; the message names the file / case and the fix."""
 
 
@@ -167,20 +179,22 @@ def _case_folder(folder: Path, modalities: Sequence[str],
                        source=str(folder), roi=None if roi is None else str(roi))
 
 
-def _single_volume(path: Path, modalities: Sequence[str], modality: str | None) -> PredictCase:
+def _single_volume(path: Path, modalities: Sequence[str], modality: str | None,
+                   name: str | None = None) -> PredictCase:
+    stem = _stem(Path(name)) if name is not None else _stem(path)
     if modality is not None:
         m = match_modality(modality, modalities)
         if m is None:
             raise PredictInputError(f"{path}: --modality {modality!r} is not one of the model's "
                                     f"modalities ({', '.join(modalities)})")
     else:
-        m = match_modality(_stem(path), modalities)
+        m = match_modality(stem, modalities)
         if m is None:
             raise PredictInputError(
-                f"{path}: cannot tell the modality from the file name {_stem(path)!r}; pass "
+                f"{path}: cannot tell the modality from the file name {stem!r}; pass "
                 f"--modality with one of {', '.join(modalities)} (or rename the file, e.g. "
                 f"{modalities[0]}.nii.gz)")
-    return PredictCase(_stem(path), {m: str(path)}, source=str(path))
+    return PredictCase(stem, {m: str(path)}, source=str(path))
 
 
 def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None,
@@ -193,8 +207,9 @@ def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None,
     if other:
         warnings.warn(f"{path}: skipping {len(other)} case(s) of organs other than the model's "
                       f"{organ!r}: {other}", stacklevel=4)
-    manifest = require_valid(manifest.select(organ=organ or None), path,
-                             required_masks=[] if roi_mask is None else [roi_mask])
+    manifest = require_valid(manifest.select(organ=organ or None), path,   # reports: unused
+                             required_masks=[] if roi_mask is None else [roi_mask],
+                             check_reports=False)
     cases = manifest.resolved()
     if not cases:
         raise ManifestError([f"no {organ} case; the model predicts {organ} cases"], path)
@@ -245,6 +260,11 @@ def resolve_input(input: str | Path, modalities: Sequence[str], organ: str | Non
 
 def _resolve(p: Path, modalities: Sequence[str], organ: str | None, modality: str | None,
              roi_mask: str | None) -> list[PredictCase]:
+    from medmap.data.io import split_series
+
+    folder, uid = split_series(p)
+    if uid is not None:                                 # folder#<SeriesInstanceUID>
+        return [_single_volume(p, modalities, modality, name=folder.name)]
     if not p.exists():
         raise PredictInputError(f"{p}: not found; give a manifest (.jsonl/.csv), a case folder "
                                 "(one volume per modality) or a single volume file")
@@ -264,15 +284,56 @@ def _resolve(p: Path, modalities: Sequence[str], organ: str | None, modality: st
 
 # ---- prediction -----------------------------------------------------------------------------
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9+._-]", "_", name) or "_"
+    """A file-name-safe form of ``name``: one path component inside its folder, never ``.``,
+    ``..`` or a hidden name (a leading ``.`` becomes ``_``)."""
+    out = re.sub(r"[^A-Za-z0-9+._-]", "_", name)
+    return re.sub(r"^\.", "_", out) or "_"
+
+
+def _cam_folder(cam_dir: Path, case_id: str, used: dict[str, str]) -> Path:
+    """``cam_dir/<safe case id>``, unique per case id within one run, always inside cam_dir."""
+    name = _safe(case_id)
+    if used.get(name, case_id) != case_id:   # another id maps to the same name
+        name = f"{name}-{hashlib.sha1(case_id.encode('utf-8')).hexdigest()[:8]}"
+    used[name] = case_id
+    folder = cam_dir / name
+    if folder.resolve().parent != cam_dir.resolve():     # defence in depth
+        raise PredictInputError(f"case {case_id!r}: its CAM folder {folder} would lie outside "
+                                f"{cam_dir}; rename the case")
+    return folder
+
+
+def _read_checked(case: PredictCase, modality: str, path: str):
+    """The case's volume, read once and checked (3D, finite, not constant); a
+    :class:`VolumeReadError` naming the case, the modality, the file and the fix otherwise."""
+    from medmap.data.io import VolumeReadError, read_volume
+    from medmap.data.validate import volume_problem
+
+    tag = f"case {case.case_id!r}, modality {modality}"
+    try:
+        vol = read_volume(path)
+    except VolumeReadError as e:
+        raise VolumeReadError(f"{tag}: {e}") from None
+    problem = volume_problem(vol.array)
+    if problem:
+        raise VolumeReadError(f"{tag}: {path}: {problem}")
+    return vol
 
 
 def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None,
             cam_dir: str | Path | None = None, modality: str | None = None,
             device: str | torch.device | None = None,
             preprocess_override: Mapping[str, Any] | None = None,
-            roi: str | Path | None = None) -> list[dict[str, Any]]:
+            roi: str | Path | None = None, fast: bool = True,
+            precision: str = "fp32") -> list[dict[str, Any]]:
     """Predict every case of ``input``; writes ``out_csv`` (unless None) and returns its rows.
+
+    ``fast`` (default): the probabilities come from :mod:`medmap.fastpath` (fused window
+    attention, inference mode; fp32, the same predictions as eager to ~1e-6, 2.7x faster on
+    CPU at 128^3); ``fast=False`` (the CLI's ``--no-fast-path``) runs the plain eager model.
+    ``precision="bf16"`` (the CLI's ``--precision bf16``, fast path only) runs the experts and
+    conv streams in bf16 autocast: faster again, with small changes in the probabilities
+    (``docs/benchmarks.md``); fp32 is the default.
 
     ``roi``: the organ-mask file of a single-volume or case-folder input, for models trained
     with ``preprocess.roi_mask`` (see the module doc).
@@ -286,6 +347,7 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     from medmap.data.io import VolumeReadError
     from medmap.data.preprocess import Preprocessor
     from medmap.eval.cam import gradcam
+    from medmap.fastpath import fast_classifier
     from medmap.inference import load_classifier
 
     lm = load_classifier(model_dir, preprocess_override, device)
@@ -296,26 +358,32 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     cases = resolve_input(input, mods, organ, modality, pcfg.roi_mask, roi)
     pre = Preprocessor(pcfg)
     dev = next(model.parameters()).device
+    fast_model = fast_classifier(model, precision=precision) if fast else None
     rows: list[dict[str, Any]] = []
+    cam_names: dict[str, str] = {}
     for case in cases:
         images = torch.zeros(1, len(mods), 1, *pcfg.size)
         present = torch.zeros(1, len(mods), dtype=torch.bool)
         for m, path in case.volumes.items():
+            vol = _read_checked(case, m, path)
             try:
-                images[0, mods.index(m)] = pre(path, m, roi=case.roi)
+                images[0, mods.index(m)] = pre(vol, m, roi=case.roi)
             except VolumeReadError as e:
                 raise VolumeReadError(f"case {case.case_id!r}, modality {m}: {e}") from None
             present[0, mods.index(m)] = True
         images, present = images.to(dev), present.to(dev)
-        with torch.no_grad():
-            probs = model(images, present)["probs"][0].float().cpu().numpy()
+        if fast_model is not None:
+            probs = fast_model(images, present)["probs"][0].float().cpu().numpy()
+        else:
+            with torch.no_grad():
+                probs = model(images, present)["probs"][0].float().cpu().numpy()
         used = [m for m in mods if m in case.volumes]
         missing = [m for m in mods if m not in case.volumes]
         rows.append(prediction_row(case.case_id, probs, classes, used, missing,
                                    label=case.label, source=case.source))
         if cam_dir is not None:
             cams = gradcam(model, images, present, class_index=int(probs.argmax()))
-            folder = Path(cam_dir) / _safe(case.case_id)
+            folder = _cam_folder(Path(cam_dir), case.case_id, cam_names)
             folder.mkdir(parents=True, exist_ok=True)
             for m in used:
                 native = pre.invert(cams[m][0], case.volumes[m], roi=case.roi)  # (1, X, Y, Z)

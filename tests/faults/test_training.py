@@ -110,9 +110,6 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.mark.xfail(strict=True, reason="medmap.train.stage.run_stage calls trainer.fit(...) "
-                   "without weights_only=True, so Lightning's torch.load follows the process "
-                   "default; remove this marker once stage.py passes weights_only=True")
 def test_resume_never_unpickles_a_checkpoint(config_yaml, full_run, tmp_path, capsys,
                                              monkeypatch):
     """A last.ckpt holding arbitrary Python objects is refused even where the process default

@@ -81,8 +81,6 @@ def test_the_scan_finds_each_unsafe_load(tmp_path):
     assert [ln.split(": ", 1)[0] for ln in found] == [f"pkg/a.py:{n}" for n in (4, 5, 6, 8, 10, 11, 13)]
 
 
-@pytest.mark.xfail(strict=True, reason="medmap/train/stage.py: trainer.fit(..., ckpt_path=...) "
-                   "lacks weights_only=True; remove this marker once it passes it")
 def test_src_loads_only_safetensors_and_weights_only_checkpoints():
     found = unsafe_loads(SRC)
     assert found == [], "\n".join(found)

@@ -11,6 +11,11 @@ the split's cases with the *stored* preprocessing settings, runs inference from 
 * ``predictions.csv``: one row per case (the columns of :func:`medmap.predict.predict`);
 * ``report.html``: the self-contained report (:mod:`medmap.eval.report`).
 
+It also adds the metrics to the model folder's card (``README.md``, see
+:func:`medmap.models.hub.update_model_card`): one block per split and manifest, replaced when
+the same evaluation runs again. The manifest's reports are not checked: evaluation never reads
+them.
+
 Example:
     >>> from medmap.eval.evaluate import evaluate
     >>> res = evaluate("runs/finetune", "sim/manifest.jsonl", split="test")   # doctest: +SKIP
@@ -29,7 +34,37 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate", "axial_axis"]
+from medmap.config import UserError
+
+__all__ = ["evaluate", "axial_axis", "card_section"]
+
+
+def csa_description(cfg) -> str:
+    """What guides the model's Transformer stream, in words (evaluate and predict print it)."""
+    mode = getattr(cfg, "csa_text", None)
+    text = {"knowledge": "class-knowledge descriptions (report-free)",
+            "report": "the case's own reports, read at inference (label leakage wherever a "
+                      "report states the diagnosis)",
+            "modality": "a fixed per-modality prompt (ablation control)",
+            "none": "no text"}.get(mode, str(mode))
+    if getattr(cfg, "language", "real") == "random":
+        text += "; language removed (random text vectors)"
+    return text
+
+
+def report_inputs(text_encoder, reports, modalities, device) -> dict[str, torch.Tensor]:
+    """``reports`` / ``report_mask`` model inputs of a batch's per-sequence reports
+    (``csa_text="report"`` models only)."""
+    B, M = len(reports), len(modalities)
+    texts = [(i, j, r.get(m)) for i, r in enumerate(reports) for j, m in enumerate(modalities)
+             if isinstance(r.get(m), str) and r.get(m).strip()]
+    emb = torch.zeros(B, M, int(text_encoder.hidden_size))
+    mask = torch.zeros(B, M, dtype=torch.bool)
+    if texts:
+        e = torch.as_tensor(text_encoder.encode([t for _, _, t in texts])).float()
+        for (i, j, _), v in zip(texts, e):
+            emb[i, j], mask[i, j] = v, True
+    return {"reports": emb.to(device), "report_mask": mask.to(device)}
 
 
 def axial_axis(orientation: str) -> int:
@@ -64,7 +99,7 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
              preprocess_override: Mapping[str, Any] | Any = None, n_cam_cases: int = 2,
              batch_size: int = 4, *, n_boot: int = 1000, localise: bool = True,
              device: str | torch.device | None = None, cache_dir: str | Path | None = None,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, language: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a classifier on ``split`` of ``manifest_path``; returns the ``metrics.json``
     document (plus ``files``: the paths written).
 
@@ -84,6 +119,9 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
             (otherwise CAMs are computed for the overlay cases only).
         device: torch device (default: CUDA when available).
         cache_dir: optional preprocessed-volume cache folder.
+        language: the pre-trained model's zero-shot and retrieval results
+            (``{"zeroshot": ..., "retrieval": ..., "model": folder}``) for the report's
+            "Language" section.
     """
     from torch.utils.data import DataLoader
 
@@ -94,6 +132,7 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     from medmap.data.preprocess import Preprocessor
     from medmap.data.validate import require_valid
     from medmap.eval.cam import aggregate_localisation, gradcam, localisation
+    from medmap.eval.language import language_section
     from medmap.metrics import full_metrics
     from medmap.eval.report import write_report
     from medmap.predict import prediction_row, write_rows_csv
@@ -102,6 +141,7 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     from medmap.inference import load_classifier, run_manifest
 
     lm = load_classifier(model_dir, preprocess_override, device)
+    text_encoder = None
     model, doc, pcfg, mdir = lm.model, lm.doc, lm.preprocess, Path(lm.source)
     if manifest_path is None:
         manifest_path = run_manifest(model_dir)
@@ -110,7 +150,8 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     organ = doc.get("organ") or cfg.organ or None
     # only the model organ's cases are read and checked (the ROI mask is that organ's)
     manifest = require_valid(Manifest.load(manifest_path).select(organ=organ), manifest_path,
-                             required_masks=[] if pcfg.roi_mask is None else [pcfg.roi_mask])
+                             required_masks=[] if pcfg.roi_mask is None else [pcfg.roi_mask],
+                             check_reports=False)                 # reports: never read here
     chosen = manifest.select(split=split, organ=organ)
     if not chosen.cases:
         have = sorted({c.split for c in manifest.cases if organ is None or c.organ == organ})
@@ -118,7 +159,14 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
                              f"{organ or ''} splits are {have}; pick one with --split"],
                             manifest_path)
     loader = VolumeCache(cache_dir, Preprocessor(pcfg)) if cache_dir else Preprocessor(pcfg)
-    ds = CaseDataset(chosen, loader, modalities=mods, split=split, with_reports=False,
+    report_mode = getattr(cfg, "csa_text", "knowledge") == "report"
+    if report_mode:        # the model reads each case's reports: no CAMs (they need volumes only)
+        warnings.warn(f"{mdir}: csa_text 'report' -- the cases' own reports guide the "
+                      "prediction; wherever a report states the diagnosis this leaks the label",
+                      stacklevel=2)
+        n_cam_cases, localise = 0, False
+        text_encoder = lm.text_encoder()
+    ds = CaseDataset(chosen, loader, modalities=mods, split=split, with_reports=report_mode,
                      with_masks=True)
     if len(ds) == 0:
         raise ManifestError([f"case {cid!r}: modalities: none of the model's modalities {mods}"
@@ -140,15 +188,17 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     picked: dict[tuple[int, bool], int] = {}
     for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_cases):
         images, present = batch["images"].to(dev), batch["present"].to(dev)
+        kw = report_inputs(text_encoder, batch["reports"], mods, dev) if report_mode else {}
         with torch.no_grad():
-            out = model(images, present)
+            out = model(images, present, **kw)
         probs = out["probs"].float().cpu().numpy()
         pred = probs.argmax(1)
         ys = []
         for y, cid in zip(batch["label"].tolist(), batch["case_id"]):
             if y >= 0 and y not in lab_map:
-                raise ValueError(f"case {cid!r}: label index {y} is not one of the model's "
-                                 f"classes {classes}")
+                raise UserError(f"case {cid!r}: label index {y} is not one of the model's "
+                                f"classes {classes}; evaluate with a model of this organ's "
+                                "classes or drop the case")
             ys.append(lab_map[y] if y >= 0 else -1)
         has_mask = batch["mask_present"] & (batch["mask"].flatten(1) > 0).any(1)
         rows: list[int] = []
@@ -216,6 +266,7 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
             "cases with lesion masks": len({r["case_id"] for r in loc_records}) if localise
             else None,
             "preprocess size": "x".join(map(str, pcfg.size)),
+            "CSA text guidance": csa_description(cfg),
             "medmap version": __version__, "model medmap version": doc.get("medmap_version"),
             "model git commit": doc.get("git_commit"),
             "evaluated": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -231,5 +282,60 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     write_rows_csv(cases, out_path / "predictions.csv")
     write_report(out_path / "report.html", result, labels=labels_a, probs=probs_a,
                  fusion=fusion_a, overlays=overlays,
-                 title=f"medmap evaluation: {organ or ''} {split}".replace("  ", " "))
+                 title=f"medmap evaluation: {organ or ''} {split}".replace("  ", " "),
+                 extra=[("Language (pre-trained model)", language_section(language))]
+                 if language else ())
+    _update_card(mdir, result)
     return result
+
+
+def card_section(result: dict[str, Any]) -> tuple[str, str]:
+    """``(key, markdown)`` of an evaluation for the model card: one key per split and
+    manifest (so the same evaluation run again replaces its block)."""
+    import hashlib
+
+    info, m, loc = result["info"], result.get("metrics"), result.get("localisation")
+    manifest = str(Path(info["manifest"]).resolve())
+    key = f"eval:{info['split']}:{hashlib.sha1(manifest.encode()).hexdigest()[:12]}"
+    lines = [f"### {info['split']} split of `{manifest}`", "",
+             f"Evaluated {info['evaluated']} with medmap {info['medmap version']}: "
+             f"{info['cases']} case(s), {info['labelled cases']} labelled.", ""]
+
+    def val(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    def rng(c: Any) -> str:
+        return f"{c[0]:.3f}-{c[1]:.3f}" if c and c[0] is not None else ""
+
+    if m is None:
+        lines.append("No labelled case: no classification metrics (the predictions are in "
+                     "`predictions.csv`).")
+    else:
+        ci = m.get("ci", {})
+        lvl = int(round(100 * ci.get("level", 0.95)))
+        lines += [f"| metric | value | {lvl}% CI |", "|---|---|---|",
+                  f"| accuracy | {val(m.get('accuracy'))} | {rng(ci.get('accuracy'))} |",
+                  f"| balanced accuracy | {val(m.get('balanced_accuracy'))} | |",
+                  f"| AUC{' (macro one-vs-rest)' if len(m.get('classes', [])) > 2 else ''} | "
+                  f"{val(m.get('auc'))} | {rng(ci.get('auc'))} |"]
+    overall = (loc or {}).get("overall") or {}
+    if overall.get("n"):
+        lines += ["", f"Grad-CAM localisation over {overall['n']} (case, modality) maps: "
+                      f"pointing game {val(overall.get('pointing_game'))} "
+                      f"(random point {val(overall.get('pointing_chance'))}), "
+                      f"CAM AUC {val(overall.get('cam_auc'))}."]
+    lines += ["", f"Files: `{result['files']['metrics']}`, `{result['files']['report']}`."]
+    return key, "\n".join(lines)
+
+
+def _update_card(model_dir: Path, result: dict[str, Any]) -> None:
+    """Add the evaluation to the model folder's card; a read-only model folder is a warning."""
+    from medmap.models.hub import update_model_card
+
+    key, text = card_section(result)
+    try:
+        update_model_card(model_dir, key, text)
+    except OSError as e:
+        warnings.warn(f"{model_dir}: could not add the evaluation to the model card "
+                      f"({e.strerror or e}); the metrics are in {result['files']['metrics']}",
+                      stacklevel=3)

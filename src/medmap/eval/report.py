@@ -43,6 +43,7 @@ td.l,th.l{text-align:left}
 .figs{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 .figs img{max-width:100%;border:1px solid #eaeef2}
 .case{margin:6px 0 14px}
+.case img{max-width:100%;height:auto;display:block}
 .case .cap{font-size:.9em;color:#57606a;margin-bottom:2px}
 .ok{color:#1a7f37;font-weight:600}.bad{color:#cf222e;font-weight:600}
 .note{color:#57606a;font-size:.9em}
@@ -155,11 +156,17 @@ def _tsne_figure(fusion: np.ndarray, labels: np.ndarray, pred: np.ndarray,
     return _img(fig, "t-SNE of fused features")
 
 
+# CAM overlay panels per row: 8 liver phases wrap into two rows of 4 (fits the page width)
+_CAM_COLUMNS = 4
+
+
 def _overlay_figure(ov: dict[str, Any]) -> str:
     panels = ov["panels"]
-    fig = _figure(2.3 * len(panels), 2.6)
+    cols = max(1, min(len(panels), _CAM_COLUMNS))
+    rows = -(-len(panels) // cols)
+    fig = _figure(2.3 * cols, 2.6 * rows)
     for i, p in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         img = np.asarray(p["image"], dtype=np.float64)
         lo, hi = np.percentile(img, [1, 99]) if img.size else (0.0, 1.0)
         ax.imshow(img.T, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1)
@@ -263,7 +270,8 @@ def _overlay_section(overlays: Sequence[dict[str, Any]], classes: Sequence[str])
 
 
 def render_report(result: dict[str, Any], *, labels, probs, fusion,
-                  overlays: Sequence[dict[str, Any]] = (), title: str | None = None) -> str:
+                  overlays: Sequence[dict[str, Any]] = (), title: str | None = None,
+                  extra: Sequence[tuple[str, str]] = ()) -> str:
     """The report as one HTML string.
 
     Args:
@@ -274,6 +282,8 @@ def render_report(result: dict[str, Any], *, labels, probs, fusion,
         overlays: CAM overlay records (``case_id``, ``true_index``, ``pred``, ``prob``,
             ``correct``, ``slice_index``, ``slice_source``, ``panels``: list of ``modality``,
             ``image``, ``cam``, ``mask`` 2D arrays).
+        extra: further ``(heading, HTML)`` sections, after the classification ones (e.g. the
+            vision-language section of :mod:`medmap.eval.language`).
     """
     classes = list(result["classes"])
     labels = np.asarray(labels).astype(int).reshape(-1)
@@ -297,6 +307,9 @@ def render_report(result: dict[str, Any], *, labels, probs, fusion,
     ts = _tsne_figure(fusion, labels, pred, classes) if fusion.ndim == 2 else None
     body.append(f"<div class='figs'>{ts}</div>" if ts else
                 "<p class='note'>Too few cases for an embedding plot.</p>")
+    for heading, section in extra:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        body.append(section)
     body.append("<h2>Localisation (Grad-CAM)</h2>")
     body.append(_localisation_section(result.get("localisation")))
     body.append("<h2>CAM overlays</h2>")

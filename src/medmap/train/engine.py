@@ -14,11 +14,12 @@ Launching on several GPUs / nodes (Lightning reads the usual environment)::
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,16 +38,64 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
     accumulate_grad_batches: int = 1
     gradient_clip: float = 1.0
-    precision: str = "auto"          # auto: bf16-mixed on GPU, 32-true on CPU
-    accelerator: str = "auto"
+    # auto: bf16-mixed on GPU, 32-true on CPU
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Any = 1                 # int, "auto" or a list of ids
     num_nodes: int = 1
-    strategy: str = "auto"           # auto: DDP when more than one process
-    num_workers: int = 0
+    # auto: DDP (unused-parameter detection) when more than one process
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "ddp_spawn", "fsdp",
+                      "deepspeed", "single_device"] = "auto"
+    # DataLoader workers; "auto" (the default): auto_num_workers(devices), resolved here
+    num_workers: int | Literal["auto"] = "auto"
     seed: int = 0
     loss_ramp_epochs: int = 0        # t_max of MedMAP's lambda ramps; 0 = epochs (the paper)
+    # stop when the stage's validation metric has not improved for this many epochs and save
+    # the best epoch's weights (0: run every epoch, save the last)
+    early_stop_patience: int = 0
     progress: bool = True
     log_every_n_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.num_workers == "auto":
+            self.num_workers = auto_num_workers(self.devices)
+        elif not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0 or 'auto', got "
+                             f"{self.num_workers!r}")
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_num_workers(devices: Any = 1, cpus: int | None = None) -> int:
+    """DataLoader workers per training process for ``num_workers: auto``.
+
+    The cores are shared by the node's training processes (``devices``: one per device); each
+    process keeps 2 of its share for the model's compute threads and the loop, the rest go to
+    workers, at most 8: 2 cores -> 0 (a worker would only take time from the step), 4 -> 2,
+    8 -> 6, 16 or more -> 8. The count never changes results: items are read from the
+    deterministic volume cache and augmentation runs in the training process, so a run resumed
+    with another count sees the same batches.
+
+    Example:
+        >>> auto_num_workers(1, cpus=2), auto_num_workers(1, cpus=8), auto_num_workers(4, cpus=64)
+        (0, 6, 8)
+    """
+    if isinstance(devices, int) and devices > 0:
+        procs = devices
+    elif isinstance(devices, (list, tuple)) and devices:
+        procs = len(devices)
+    elif devices in ("auto", -1, "-1"):          # Lightning: every visible GPU
+        procs = max(1, torch.cuda.device_count())
+    else:
+        procs = 1
+    per_process = (available_cpus() if cpus is None else cpus) // procs
+    return max(0, min(8, per_process - 2))
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -231,6 +280,11 @@ def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = N
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                          monitor=monitor, mode=mode, save_top_k=1,
                                          auto_insert_metric_name=False))
+    if monitor and cfg.early_stop_patience > 0:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
+                                       patience=cfg.early_stop_patience, check_finite=False))
     callbacks += extra_callbacks or []
     loggers = [CSVLogger(run_dir, name="logs", version=""),
                TensorBoardLogger(run_dir, name="tensorboard", version="")]

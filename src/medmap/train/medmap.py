@@ -301,16 +301,17 @@ class FinetuneStage(Stage):
 
 
 def pretrain(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
-             callbacks: list | None = None) -> Path:
+             callbacks: list | None = None, overwrite: bool = False) -> Path:
     """Stage 1: modality-aware contrastive pre-training; returns the saved model folder."""
-    return run_stage(cfg, run_dir, PretrainStage(), resume, callbacks)
+    return run_stage(cfg, run_dir, PretrainStage(), resume, callbacks, overwrite)
 
 
 def finetune(cfg: ExperimentConfig, run_dir: str | Path, init: str | Path | None = None,
-             resume: bool = False, callbacks: list | None = None) -> Path:
+             resume: bool = False, callbacks: list | None = None,
+             overwrite: bool = False) -> Path:
     """Stage 2: fine-tune the MedMAP classifier; ``init`` = a pre-trained model folder (the
     +MAVLP setting) or None (random experts). Returns the saved model folder."""
-    return run_stage(cfg, run_dir, FinetuneStage(init), resume, callbacks)
+    return run_stage(cfg, run_dir, FinetuneStage(init), resume, callbacks, overwrite)
 
 
 __all__ = ["PretrainStage", "FinetuneStage", "PretrainModule", "FinetuneModule", "pretrain",

@@ -284,7 +284,7 @@ class MG3DPretrainStage(Stage):
     name, section = "pretrain-mg3d", "pretrain"
 
     def data(self, cfg: ExperimentConfig) -> StageData:
-        return pair_datasets(cfg.data)
+        return pair_datasets(cfg.data, global_pairs=cfg.mg3d.global_report)
 
     def texts(self, cfg: ExperimentConfig, data: StageData, encoder) -> MG3DTextTable:
         self.vocab_size = len(encoder.tokenizer)
@@ -311,10 +311,10 @@ class MG3DPretrainStage(Stage):
 
 
 def pretrain_mg3d(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
-                  callbacks: list | None = None) -> Path:
+                  callbacks: list | None = None, overwrite: bool = False) -> Path:
     """MG-3D pre-training of the modality experts; returns the saved model folder.
 
     ``cfg``: ``data`` and ``text`` as for MedMAP's ``pretrain``, ``pretrain`` (OptimConfig) for
     the optimisation, ``mg3d`` for the recipe.
     """
-    return run_stage(cfg, run_dir, MG3DPretrainStage(), resume, callbacks)
+    return run_stage(cfg, run_dir, MG3DPretrainStage(), resume, callbacks, overwrite)

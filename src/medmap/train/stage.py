@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from medmap.config import save_config
+from medmap.config import UserError, save_config
 from medmap.data.manifest import Manifest, ManifestError
 from medmap.data.vocab import get_organ
 from medmap.train.config import DataConfig, ExperimentConfig, TextConfig, check_derived_fields
@@ -82,13 +82,55 @@ def build_loader(cfg: DataConfig):
         Preprocessor(cfg.preprocess)
 
 
+# what a training stage writes into its run folder (removed by overwrite)
+RUN_OUTPUTS = ("checkpoints", "model", "logs", "tensorboard", "metrics.json", "run_info.json",
+               "config.yaml")
+
+
+def run_held(run: Path) -> list[str]:
+    """What makes ``run`` hold a run: checkpoints or a saved model. A folder with only
+    ``config.yaml`` / ``run_info.json`` (a start that failed before its first epoch, e.g. on an
+    invalid manifest) holds nothing to lose and is reused."""
+    held = []
+    n_ckpt = len(list((run / "checkpoints").glob("*.ckpt")))
+    if n_ckpt:
+        held.append(f"checkpoints/ with {n_ckpt} checkpoint(s)")
+    if any((run / "model" / n).exists() for n in ("config.json", "model.safetensors")):
+        held.append("model/")
+    return held
+
+
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """A run folder that already holds a run (checkpoints or a saved model) is refused unless
+    ``resume`` (continue it) or ``overwrite`` (remove its outputs first) is given."""
+    import shutil
+
+    run = Path(run_dir)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: --resume continues the "
+                        "run in --run-dir, --overwrite starts it again from scratch")
+    held = run_held(run)
+    if held and not (resume or overwrite):
+        raise UserError(f"--run-dir {run} already holds a run ({', '.join(held)}); pass --resume "
+                        "to continue it, --overwrite to replace it, or choose another --run-dir")
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            q = run / name
+            if q.is_dir() and not q.is_symlink():
+                shutil.rmtree(q)
+            elif q.exists() or q.is_symlink():
+                q.unlink()
+
+
 def prepare_run_dir(run_dir: str | Path, cfg: ExperimentConfig, stage: str,
-                    resume: bool) -> Path:
-    """Create the run folder and write ``config.yaml`` and ``run_info.json``."""
+                    resume: bool, overwrite: bool = False) -> Path:
+    """Check the run folder (:func:`check_run_dir`), create it and write ``config.yaml`` and
+    ``run_info.json``."""
     from medmap import __version__
     from medmap.models.hub import git_commit
 
     run = Path(run_dir)
+    check_run_dir(run, resume, overwrite)
     if resume and last_checkpoint(run) is None:
         raise FileNotFoundError(f"--resume: no checkpoints/last.ckpt in {run}; "
                                 "start the run without --resume")
@@ -112,22 +154,29 @@ def trainer_metrics(trainer) -> dict[str, float]:
             if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
-def model_meta(cfg: ExperimentConfig, encoder) -> dict[str, Any]:
-    """What a model folder stores besides the architecture: preprocessing, text model, organ."""
-    return {"preprocess": cfg.data.preprocess.to_dict(),
-            "text_model": {"name": cfg.text.model, "identity": encoder.identity},
-            "organ": cfg.data.organ}
+def model_meta(cfg: ExperimentConfig, encoder, manifest: Manifest | None = None) -> dict[str, Any]:
+    """What a model folder stores besides the architecture: preprocessing, text model, organ,
+    and the training data (manifest, its size per split)."""
+    meta: dict[str, Any] = {"preprocess": cfg.data.preprocess.to_dict(),
+                            "text_model": {"name": cfg.text.model, "identity": encoder.identity},
+                            "organ": cfg.data.organ, "data_manifest": str(cfg.data.manifest)}
+    if manifest is not None:
+        meta["data_cases"] = len(manifest)
+        meta["data_splits"] = {s: len(manifest.select(split=s))
+                               for s in sorted({c.split for c in manifest})}
+    return meta
 
 
-def pair_datasets(cfg) -> StageData:
-    """Modality list and the train / val (volume, report) pair datasets of a pre-training run
-    (``cfg``: a :class:`~medmap.train.config.DataConfig`); a ``ManifestError`` when the train
+def pair_datasets(cfg: DataConfig, global_pairs: bool = False) -> StageData:
+    """Modality list and the train / val (volume, report) pair datasets of a pre-training run;
+    ``global_pairs`` adds (volume, global impression) pairs. A ``ManifestError`` when the train
     split has no pair."""
     from medmap.data.datasets import ModalityPairDataset
 
     manifest, mods = load_cases(cfg)
     loader = build_loader(cfg)
-    ds = {s: ModalityPairDataset(manifest, loader, modalities=mods, split=s)
+    ds = {s: ModalityPairDataset(manifest, loader, modalities=mods, split=s,
+                                 global_pairs=global_pairs)
           for s in ("train", "val")}
     if len(ds["train"]) == 0:
         raise ManifestError([f"no (volume, report) pairs in the train split of {cfg.manifest};"
@@ -191,11 +240,13 @@ class Stage(abc.ABC):
 
 
 def run_stage(cfg: ExperimentConfig, run_dir: str | Path, stage: Stage, resume: bool = False,
-              callbacks: list | None = None) -> Path:
+              callbacks: list | None = None, overwrite: bool = False) -> Path:
     """Run ``stage`` of ``cfg`` into ``run_dir``; returns the saved model folder.
 
     ``resume`` continues from ``RUN/checkpoints/last.ckpt`` (weights, optimiser, scheduler,
-    epoch, sampler order, RNG states); ``callbacks`` are extra Lightning callbacks.
+    epoch, sampler order, RNG states; loaded with ``weights_only=True``); ``overwrite`` replaces
+    a run the folder already holds (otherwise refused); ``callbacks`` are extra Lightning
+    callbacks.
     """
     import lightning as L
 
@@ -203,7 +254,7 @@ def run_stage(cfg: ExperimentConfig, run_dir: str | Path, stage: Stage, resume: 
 
     stage.check(cfg)
     optim = stage.optim(cfg)
-    run = prepare_run_dir(run_dir, cfg, stage.name, resume)
+    run = prepare_run_dir(run_dir, cfg, stage.name, resume, overwrite)
     data = stage.data(cfg)
     encoder = build_text_encoder(cfg.text)
     texts = stage.texts(cfg, data, encoder)
@@ -214,17 +265,19 @@ def run_stage(cfg: ExperimentConfig, run_dir: str | Path, stage: Stage, resume: 
     dm = stage.datamodule(cfg, data, texts)
     monitor = stage.monitor if stage.monitor and data.val is not None and len(data.val) else None
     trainer = build_trainer(run, optim, monitor=monitor, extra_callbacks=callbacks)
-    trainer.fit(module, datamodule=dm, ckpt_path=last_checkpoint(run) if resume else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=last_checkpoint(run) if resume else None,
+                weights_only=True)
     out = run / "model"
     if trainer.is_global_zero:
         best = _best_checkpoint(run) if monitor and optim.early_stop_patience > 0 else None
         if best is not None:       # early stopping: the best epoch's weights, not the last
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
-        save_pretrained(module.model, out, **stage.save_meta(), **model_meta(cfg, encoder))
+        save_pretrained(module.model, out, **stage.save_meta(),
+                        **model_meta(cfg, encoder, data.manifest))
         (run / "metrics.json").write_text(json.dumps(trainer_metrics(trainer), indent=2))
     return out
 
 
-__all__ = ["Stage", "StageData", "run_stage", "load_cases", "pair_datasets", "augmenter", "build_text_encoder",
+__all__ = ["Stage", "StageData", "run_stage", "check_run_dir", "load_cases", "pair_datasets", "augmenter", "build_text_encoder",
            "build_loader", "prepare_run_dir", "trainer_metrics", "model_meta"]
