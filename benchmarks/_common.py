@@ -181,6 +181,40 @@ class PeakMemory:
         self.delta_mb = max(0.0, self.peak_mb - self.base_mb)
 
 
+class RSSGuard:
+    """A watchdog thread: if the process's resident set exceeds ``limit_gb``, print the figure
+    and end the process at once (exit code 3), before the machine runs out of memory. Also
+    records the largest RSS it saw (``max_gb``, sampled every ``interval_s``).
+
+    ``with RSSGuard(20): run()``; ``limit_gb=None`` only samples."""
+
+    def __init__(self, limit_gb: float | None, interval_s: float = 0.02, label: str = ""):
+        self.limit_gb, self.interval_s, self.label = limit_gb, interval_s, label
+        self.max_gb = 0.0
+        self._stop = threading.Event()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            gb = rss_mb() / 1024
+            self.max_gb = max(self.max_gb, gb)
+            if self.limit_gb is not None and gb > self.limit_gb:
+                print(f"\nRSSGuard: resident memory {gb:.2f} GB exceeded the {self.limit_gb} GB "
+                      f"limit{' in ' + self.label if self.label else ''}; stopping the process "
+                      "before the machine runs out of memory", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(3)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> RSSGuard:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def measure(fn: Callable[[], Any], repeats: int, warmup: int,
             device: torch.device) -> dict[str, float]:
     """:func:`time_fn` plus the peak memory of the timed calls (warm-up included)."""
@@ -206,8 +240,13 @@ def swin_config(feature_size: int = 48, size: int = 128, window: int = 7,
 
 def medmap_config(modalities: Sequence[str], n_classes: int = 7, feature_size: int = 48,
                   size: int = 128, window: int = 7, checkpoint: bool = False,
-                  text_dim: int = 384, quick: bool = False, dropout: float = 0.1):
-    """MedMAPConfig of ``configs/liver.yaml`` (conv stream 16-32-64-96, embed 256, 4 heads)."""
+                  text_dim: int = 384, quick: bool = False, dropout: float = 0.1,
+                  expert_checkpoint: bool = False):
+    """MedMAPConfig of ``configs/liver.yaml`` (conv stream 16-32-64-96, embed 256, 4 heads).
+
+    ``checkpoint``: MONAI's per-block Swin checkpointing (``SwinConfig.use_checkpoint``);
+    ``expert_checkpoint``: each expert's whole encode recomputed in the backward pass, experts
+    one after another (``MedMAPConfig.expert_checkpoint``)."""
     from medmap.models.encoders import CNNConfig
     from medmap.models.medmap import MedMAPConfig
 
@@ -215,7 +254,21 @@ def medmap_config(modalities: Sequence[str], n_classes: int = 7, feature_size: i
     return MedMAPConfig(modalities=list(modalities), classes=[f"c{i}" for i in range(n_classes)],
                         encoder=swin_config(feature_size, size, window, checkpoint, quick),
                         conv_stream=conv, embed_dim=32 if quick else 256, text_dim=text_dim,
-                        cct_heads=2 if quick else 4, dropout=dropout)
+                        cct_heads=2 if quick else 4, dropout=dropout,
+                        expert_checkpoint=expert_checkpoint)
+
+
+def classifier(cfg, generator: torch.Generator | None = None):
+    """A ``MedMAPClassifier`` of ``cfg`` whose stored text-prompt buffers (every buffer named
+    ``*prompt*``) hold random embeddings instead of zeros, as a fine-tuned model's would."""
+    from medmap.models.medmap import MedMAPClassifier
+
+    model = MedMAPClassifier(cfg)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if "prompt" in name and buf.is_floating_point():
+                buf.copy_(torch.randn(buf.shape, generator=generator))
+    return model
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -9,6 +9,8 @@ H100-class GPU.
     python benchmarks/gpu.py --variants eager compile --stages finetune
     python benchmarks/gpu.py --quick --cpu-flops   # no GPU: FLOP count + fp32 eager timing on
                                                    # the CPU at toy size (tests the script)
+    python benchmarks/gpu.py --stages finetune --variants eager --checkpoint \
+        --expert-checkpoint                        # the 24 GB check: max_memory_allocated
 
 Without CUDA (and without ``--cpu-flops``) it prints a message and exits 0.
 
@@ -77,13 +79,14 @@ def _compile_parts(model: torch.nn.Module) -> None:
 
 def build_step(stage: str, variant: str, a, dev: torch.device, amp: bool):
     """(step function, volumes per step, model) of one stage + variant."""
-    from medmap.models.medmap import MedMAPClassifier, ModalityAwareCLIP
+    from medmap.models.medmap import ModalityAwareCLIP
     from medmap.train.engine import OptimConfig, build_adamw
     from medmap.train.medmap import FinetuneModule, PretrainModule
 
     S = a.size
     cfg = C.medmap_config([f"m{i}" for i in range(a.phases)], feature_size=a.feature_size,
-                          size=S, window=a.window, checkpoint=a.checkpoint, quick=a.toy)
+                          size=S, window=a.window, checkpoint=a.checkpoint, quick=a.toy,
+                          expert_checkpoint=a.expert_checkpoint)
     g = torch.Generator().manual_seed(0)
     cl = "channels_last" in variant
     fmt = torch.channels_last_3d if cl else torch.contiguous_format
@@ -97,7 +100,7 @@ def build_step(stage: str, variant: str, a, dev: torch.device, amp: bool):
         module, vols = PretrainModule(model, oc), B
     else:
         B = a.finetune_batch
-        model = MedMAPClassifier(cfg, torch.randn(a.phases, cfg.text_dim, generator=g)).to(dev)
+        model = C.classifier(cfg, g).to(dev)
         batch = {"images": torch.randn(B, a.phases, 1, S, S, S, generator=g).to(dev),
                  "present": torch.ones(B, a.phases, dtype=torch.bool, device=dev),
                  "label": torch.arange(B, device=dev) % len(cfg.classes),
@@ -129,7 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--phases", type=int, default=8)
     ap.add_argument("--finetune-batch", type=int, default=2)
     ap.add_argument("--pretrain-batch", type=int, default=8)
-    ap.add_argument("--checkpoint", action="store_true", help="activation checkpointing")
+    ap.add_argument("--checkpoint", action="store_true",
+                    help="MONAI's per-block Swin checkpointing (SwinConfig.use_checkpoint)")
+    ap.add_argument("--expert-checkpoint", action="store_true",
+                    help="checkpoint each expert's whole encode (MedMAPConfig.expert_checkpoint)")
     ap.add_argument("--stages", nargs="+", choices=["pretrain", "finetune"],
                     default=["pretrain", "finetune"])
     ap.add_argument("--variants", nargs="+",
@@ -208,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"gpu": gpu or "none (cpu)", "peak_bf16_tflops": peak if peak else "N/A",
                 "size": a.size, "feature_size": a.feature_size, "phases": a.phases,
                 "finetune_batch": a.finetune_batch, "pretrain_batch": a.pretrain_batch,
-                "checkpoint": a.checkpoint, "repeats": a.repeats, "quick": a.quick,
+                "checkpoint": a.checkpoint, "expert_checkpoint": a.expert_checkpoint,
+                "repeats": a.repeats, "quick": a.quick,
                 "total_s": round(time.perf_counter() - t_start, 1)}
     return C.emit("GPU efficiency: bf16 steps, torch.compile, channels_last_3d",
                   ["stage", "variant", "s/step", "volumes/s", "TFLOP/step",

@@ -9,12 +9,19 @@ window 7, conv stream 16-32-64-96, embed 256, text 384) with the Swin feature si
     python benchmarks/train_step.py                                  # the full table
     python benchmarks/train_step.py --sizes 64 --feature-sizes 24     # one row group
     python benchmarks/train_step.py --sizes 128 --feature-sizes 48 --batch 2 --checkpoint \
-        --only finetune                                               # the 24 GB check
+        --expert-checkpoint --only finetune --warmup 0 --repeats 1    # the 24 GB check
     python benchmarks/train_step.py --sizes 64 --feature-sizes 12 --window 4 --profile
     python benchmarks/train_step.py --quick                           # smoke test (seconds)
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (absolute); on the CPU the process's
 peak RSS during the row (absolute, so it includes the model's weights and the interpreter).
+``--max-rss-gb`` (default 20) ends the process when its resident memory passes that figure, so
+a configuration that does not fit stops before the machine runs out of memory.
+
+Checkpointing: ``--checkpoint`` is MONAI's per-block Swin checkpointing
+(``SwinConfig.use_checkpoint``); ``--expert-checkpoint`` recomputes each expert's whole encode
+in the backward pass, one expert after another (``MedMAPConfig.expert_checkpoint``). Both
+together hold one Swin block's activations at a time.
 """
 
 from __future__ import annotations
@@ -46,14 +53,16 @@ def _optim(model: torch.nn.Module):
 def bench_config(S: int, fs: int, a, dev: torch.device) -> list[dict]:
     """Rows of one (size, feature size) configuration."""
     from medmap.models.encoders import build_encoder
-    from medmap.models.medmap import MedMAPClassifier, ModalityAwareCLIP
+    from medmap.models.medmap import ModalityAwareCLIP
     from medmap.train.medmap import FinetuneModule, PretrainModule
 
     B, M = a.batch, a.phases
     cfg = C.medmap_config([f"m{i}" for i in range(M)], feature_size=fs, size=S, window=a.window,
-                          checkpoint=a.checkpoint, quick=a.quick, dropout=0.1)
+                          checkpoint=a.checkpoint, quick=a.quick, dropout=0.1,
+                          expert_checkpoint=a.expert_checkpoint)
     g = torch.Generator().manual_seed(0)
-    tag = f"{S}^3 fs{fs}"
+    tag = f"{S}^3 fs{fs}" + "".join(t for t, on in ((" ckpt", a.checkpoint),
+                                                     (" expert-ckpt", a.expert_checkpoint)) if on)
     rows: list[dict] = []
 
     def add(name, vols, res, **kw):
@@ -96,7 +105,7 @@ def bench_config(S: int, fs: int, a, dev: torch.device) -> list[dict]:
         _free(dev)
 
     if "finetune" in want or "experts" in want:
-        model = MedMAPClassifier(cfg, torch.randn(M, cfg.text_dim, generator=g)).to(dev)
+        model = C.classifier(cfg, g).to(dev)
         xs = torch.randn(B, M, 1, S, S, S, generator=g).to(dev)
         if "finetune" in want:
             oc, opt = _optim(model)
@@ -153,7 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--phases", type=int, default=8, help="modalities per case (liver: 8)")
     ap.add_argument("--window", type=int, default=7, help="Swin window (paper: 7)")
     ap.add_argument("--checkpoint", action="store_true",
-                    help="activation checkpointing in the Swin blocks (EncoderConfig.use_checkpoint)")
+                    help="activation checkpointing in the Swin blocks (SwinConfig.use_checkpoint)")
+    ap.add_argument("--expert-checkpoint", action="store_true",
+                    help="checkpoint each expert's whole encode (MedMAPConfig.expert_checkpoint)")
+    ap.add_argument("--max-rss-gb", type=float, default=20.0,
+                    help="stop the process when its resident memory passes this (CPU; 0: off)")
     ap.add_argument("--only", nargs="+", choices=["bare", "pretrain", "finetune", "experts"],
                     help="run only these rows")
     ap.add_argument("--profile", action="store_true",
@@ -166,9 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
     dev = C.setup(a)
 
     rows: list[dict] = []
-    for S in a.sizes:
-        for fs in a.feature_sizes:
-            rows += bench_config(S, fs, a, dev)
+    with C.RSSGuard(a.max_rss_gb or None, label="train_step.py") as guard:
+        for S in a.sizes:
+            for fs in a.feature_sizes:
+                rows += bench_config(S, fs, a, dev)
 
     table, ratios = [], []
     for r in rows:
@@ -183,7 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
             ratios.append([cfg_tag, "pre-training step / bare encoder",
                            by["pre-training"]["mean"] / by["bare"]["mean"]])
     settings = {"batch": a.batch, "phases": a.phases, "window": a.window,
-                "checkpoint": a.checkpoint, "repeats": a.repeats, "quick": a.quick}
+                "checkpoint": a.checkpoint, "expert_checkpoint": a.expert_checkpoint,
+                "repeats": a.repeats, "warmup": a.warmup, "quick": a.quick,
+                "max_rss_sampled_gb": round(guard.max_gb, 2)}
     payload = C.emit("Training step: throughput and peak memory",
                      ["config", "step", "s/step", "volumes/s", "peak memory (MB)",
                       "params (M)"], table, None, settings, device=dev)

@@ -52,11 +52,50 @@ def test_train_step_quick(capsys, tmp_path):
     assert all(r["peak_mb"] > 0 for r in js["raw"])
 
 
+def test_train_step_checkpointing_quick(capsys, tmp_path):
+    text, js = _run("train_step", ["--quick", "--checkpoint", "--expert-checkpoint",
+                                   "--only", "finetune"], capsys, tmp_path)
+    assert js["settings"]["checkpoint"] and js["settings"]["expert_checkpoint"]
+    assert "ckpt expert-ckpt" in js["raw"][0]["config"]
+    assert js["settings"]["max_rss_sampled_gb"] > 0
+
+
+def test_rss_guard_samples():
+    C = _load("_common")
+    with C.RSSGuard(None, interval_s=0.001) as g:
+        bytearray(1 << 20)
+    assert g.max_gb > 0
+
+
 def test_data_pipeline_quick(capsys, tmp_path):
-    text, js = _run("data_pipeline", ["--quick"], capsys, tmp_path)
-    _assert_table(text, "| stage | s/case | cases/s | volumes/s |")
-    assert "cold: read + preprocess" in text and "cached (VolumeCache hit)" in text
+    text, js = _run("data_pipeline", ["--quick", "--persistent", "--workers-list", "0", "1"],
+                    capsys, tmp_path)
+    _assert_table(text, "| stage | s (epoch or call) | s/case | cases/s | volumes/s |")
+    assert "cold: read + preprocess" in text and "cached epoch (VolumeCache hit)" in text
+    assert "first epoch, DataLoader 1 workers" in text
+    assert "PersistentDataset cached epoch" in text and js["persistentdataset_ratio"] > 0
+    assert js["persistent_same_tensors"] is True
     assert "fine-tuning step" in text and js["data_fraction_of_step"] > 0
+
+
+def test_auto_num_workers():
+    """num_workers: auto (the default) comes from the cores available; an int stays."""
+    from medmap.config import from_dict
+    from medmap.train import engine
+
+    if not hasattr(engine, "auto_num_workers"):     # pragma: no cover
+        pytest.skip("medmap.train.engine has no num_workers: auto (engine.py not updated)")
+    OptimConfig, auto_num_workers = engine.OptimConfig, engine.auto_num_workers
+    available_cpus = engine.available_cpus
+
+    assert [auto_num_workers(1, cpus=c) for c in (1, 2, 3, 4, 8, 16, 64)] == [0, 0, 1, 2, 6, 8, 8]
+    assert auto_num_workers(4, cpus=16) == 2 and auto_num_workers([0, 1], cpus=8) == 2
+    assert OptimConfig().num_workers == auto_num_workers(1, cpus=available_cpus())
+    assert isinstance(OptimConfig().num_workers, int)
+    assert from_dict(OptimConfig, {"num_workers": "auto"}).num_workers == OptimConfig().num_workers
+    assert from_dict(OptimConfig, {}, overrides=["num_workers=3"]).num_workers == 3
+    with pytest.raises(ValueError, match="num_workers"):
+        OptimConfig(num_workers=-1)
 
 
 def test_text_cache_quick(capsys, tmp_path):
@@ -67,8 +106,14 @@ def test_text_cache_quick(capsys, tmp_path):
 
 def test_inference_quick(capsys, tmp_path):
     text, js = _run("inference", ["--quick"], capsys, tmp_path)
-    _assert_table(text, "| model | cases/call | s/call | s/case | peak memory (MB)")
-    assert len(js["rows"]) == 1
+    _assert_table(text, "| model | variant | cases/call | s/call | s/case | speed-up")
+    variants = [r["variant"] for r in js["raw"]]
+    assert variants[0] == "eager" and "fast" in variants and "fast+bf16" in variants
+    for r in js["raw"]:
+        assert r["mean"] > 0 and r["peak_mb"] > 0
+        if "bf16" not in r["variant"]:
+            assert r["max_abs_dprob"] <= 1e-3, r      # fp32 paths match eager
+    assert js["raw"][0]["prob_spread"] > 0.01           # the probabilities are not flat
 
 
 def test_gpu_cpu_flops_quick(capsys, tmp_path):

@@ -5,10 +5,14 @@ projection per modality (or a single shared pair with ``shared=True``: the modal
 ablation). ``encode(x, modality)`` maps volumes ``(B, 1, D, H, W)`` of one modality to projected
 tokens ``(B, N, embed_dim)``.
 
-``checkpoint=True`` recomputes each expert's activations in the backward pass instead of
-keeping them (``torch.utils.checkpoint``, expert by expert): a fine-tuning step over 8
-sequences then holds the activations of one expert at a time. The forward values and the
-gradients are the same as without it.
+``checkpoint=True`` (``MedMAPConfig.expert_checkpoint``) recomputes each expert's activations in
+the backward pass instead of keeping them (``torch.utils.checkpoint``, non-reentrant, expert by
+expert, in training mode only): a fine-tuning step over 8 sequences then holds the activations
+of one expert at a time. The forward values and the gradients are the same as without it
+(``tests/models/test_experts.py``). With MONAI's per-block checkpointing inside each expert as
+well (``SwinConfig.use_checkpoint``), only one Swin block's activations are alive at a time: the
+paper's fine-tuning step (128^3, 8 phases, batch 2, Swin feature size 48) peaks at 15.3 GiB
+(CPU, ``benchmarks/train_step.py --checkpoint --expert-checkpoint``; ``docs/benchmarks.md``).
 
 Example:
     >>> import torch
