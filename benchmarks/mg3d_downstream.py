@@ -1,13 +1,20 @@
-"""Downstream comparison of pre-training methods on MedMoM-Sim: none vs MedMAP vs MG-3D.
+"""Downstream comparison of pre-training methods on MedMoM-Sim, with confidence intervals.
 
-Simulates the benchmark (demo scale: 32^3), pre-trains MedMAP's modality-aware contrastive
-experts (``medmap.train.medmap.pretrain``) and, when ``medmap.train.mg3d.pretrain_mg3d`` is
-available, MG-3D with the same data, architecture and optimiser settings, then runs
-:func:`medmap.downstream.compare.compare_pretraining` (zero-shot AUC, Recall@K, segmentation
-Dice, BLEU) for "no pre-training", MedMAP and MG-3D on the same splits.
+Simulates the benchmark (the demo's setting: lesion-region crops at 32^3, small CNN experts),
+pre-trains with the same data, architecture and optimiser settings
 
-    python benchmarks/mg3d_downstream.py --out medmap-downstream            # demo scale
-    python benchmarks/mg3d_downstream.py --out /tmp/ds-smoke --smoke         # minutes, tiny
+* MedMAP, the paper's objective (per-sequence InfoNCE only: ``case_alignment=false``);
+* MedMAP with case-level alignment (the case embedding against the global impression);
+* MG-3D (MIM, MLM, SFR, CML, SSM, DFA + our ITC; per-sequence reports and global impressions);
+* MG-3D without ITC (the paper's loss terms),
+
+and runs :func:`medmap.downstream.compare.compare_pretraining` for them and "no pre-training":
+zero-shot macro AUC (95% bootstrap CI) and accuracy, per-sequence and case-level Recall@K beside
+chance, report generation (BLEU). Segmentation needs Swin experts: with the demo's CNN experts
+it is "n/a" (pass ``--swin`` for Swin experts, much slower).
+
+    python benchmarks/mg3d_downstream.py --out /tmp/ds --cases 500        # the comparison
+    python benchmarks/mg3d_downstream.py --out /tmp/ds-smoke --smoke       # minutes, tiny
 
 Writes ``OUT/compare/comparison.json`` and ``OUT/compare/comparison.md``.
 """
@@ -15,6 +22,7 @@ Writes ``OUT/compare/comparison.json`` and ``OUT/compare/comparison.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -25,78 +33,91 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_config(args: argparse.Namespace, manifest: Path):
     from medmap.config import load_config
+    from medmap.models.encoders import SwinConfig
     from medmap.train.config import ExperimentConfig
 
-    cfg = load_config(ExperimentConfig, REPO / "configs" / f"demo-{args.organ}.yaml")
+    cfg = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml",
+                      [f"data.organ={args.organ}"])
     out = Path(args.out)
     cfg.data.manifest = str(manifest)
-    cfg.data.organ = args.organ
     cfg.data.cache_dir = str(out / "cache" / "volumes")
     cfg.text.cache_dir = str(out / "cache" / "text")
-    cfg.data.preprocess.size = (args.size,) * 3
-    cfg.pretrain.epochs = args.pretrain_epochs
     cfg.pretrain.progress = False
-    if args.modalities:
-        cfg.data.modalities = list(args.modalities)
+    if args.pretrain_epochs:
+        cfg.pretrain.epochs = args.pretrain_epochs
+    if args.swin:
+        cfg.model.encoder = SwinConfig(feature_size=12, window_size=4, out_stage=3)
     if args.smoke:
         from medmap.models.medmap import MedMAPConfig
 
         cfg.model = MedMAPConfig.tiny([], [], text_dim=MedMAPConfig().text_dim)  # derived: default
         cfg.data.modalities = ["T2WI", "C+A"] if args.organ == "liver" else ["T1WI", "T1C"]
-        cfg.pretrain.batch_size = 4
-        cfg.pretrain.lr = 1e-3
+        cfg.pretrain.batch_size, cfg.pretrain.lr, cfg.pretrain.early_stop_patience = 4, 1e-3, 0
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="medmap-downstream")
+    p.add_argument("--out", default="medmap-downstream", help="output folder")
     p.add_argument("--organ", default="liver", choices=["liver", "brain"])
-    p.add_argument("--cases", type=int, default=None, help="cases (default 140, smoke 10)")
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--pretrain-epochs", type=int, default=None, help="default 3, smoke 1")
-    p.add_argument("--seg-epochs", type=int, default=None, help="default 10, smoke 1")
+    p.add_argument("--cases", type=int, default=None, help="cases (default 500, smoke 10)")
+    p.add_argument("--sim-size", type=int, default=48, help="simulated volume side")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="at most this many epochs (default: configs/demo.yaml's, with its "
+                        "early stopping; smoke 1)")
     p.add_argument("--gen-epochs", type=int, default=None, help="default 20, smoke 1")
-    p.add_argument("--modalities", nargs="+", default=None,
-                   help="MRI sequences to use (default: all of the organ's)")
+    p.add_argument("--seg-epochs", type=int, default=None, help="default 10, smoke 1")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="subset of: none MedMAP MedMAP+case MG-3D MG-3D-noITC")
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--swin", action="store_true", help="Swin experts (fs12): segmentation too")
     p.add_argument("--smoke", action="store_true", help="tiny models, 10 cases, 1 epoch each")
     args = p.parse_args(argv)
     small = args.smoke
-    args.cases = args.cases or (10 if small else 140)
-    args.pretrain_epochs = args.pretrain_epochs or (1 if small else 3)
+    args.cases = args.cases or (10 if small else 500)
+    args.pretrain_epochs = args.pretrain_epochs or (1 if small else None)
     args.seg_epochs = args.seg_epochs or (1 if small else 10)
     args.gen_epochs = args.gen_epochs or (1 if small else 20)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from medmap.data.sim import simulate
+    from medmap.data.sim import SimConfig, simulate
     from medmap.downstream.compare import compare_pretraining
     from medmap.train.medmap import pretrain
+    from medmap.train.mg3d import pretrain_mg3d
 
     out = Path(args.out)
     t0 = time.time()
     data = out / "data"
     if not (data / "manifest.jsonl").exists():
-        simulate(data, cases={args.organ: args.cases}, size=args.size, seed=args.seed,
-                 organs=[args.organ])
+        simulate(data, cases={args.organ: args.cases}, size=args.sim_size if not small else 32,
+                 seed=args.seed, organs=[args.organ],
+                 config=SimConfig(lesion_radius_mm=(12.0, 28.0),
+                                  split_fractions=(0.6, 0.1, 0.3)))
     manifest = data / "manifest.jsonl"
     print(f"data: {manifest} ({time.time() - t0:.0f} s)", flush=True)
     cfg = build_config(args, manifest)
-    models: dict[str, Path | None] = {"no pre-training": None}
-    models["MedMAP"] = pretrain(cfg, out / "runs" / "medmap-pretrain")
-    print(f"MedMAP pre-trained: {models['MedMAP']} ({time.time() - t0:.0f} s)", flush=True)
-    try:
-        from medmap.train.mg3d import pretrain_mg3d
-    except ImportError as e:
-        print(f"MG-3D skipped: medmap.train.mg3d.pretrain_mg3d is not importable ({e})")
-    else:
-        models["MG-3D"] = pretrain_mg3d(cfg, out / "runs" / "mg3d-pretrain")
-        print(f"MG-3D pre-trained: {models['MG-3D']} ({time.time() - t0:.0f} s)", flush=True)
-    doc = compare_pretraining(models, manifest, out / "compare", split=args.split,
+    methods = args.methods or ["none", "MedMAP", "MedMAP+case", "MG-3D", "MG-3D-noITC"]
+    models: dict[str, Path | None] = {}
+    for name in methods:
+        c = copy.deepcopy(cfg)
+        run = out / "runs" / name
+        if name == "none":
+            models["no pre-training"] = None
+            continue
+        if name.startswith("MedMAP"):
+            c.model.losses.case_alignment = name == "MedMAP+case"
+            models[name] = pretrain(c, run, overwrite=True)
+        elif name.startswith("MG-3D"):
+            c.mg3d.losses.itc = name == "MG-3D"
+            models[name] = pretrain_mg3d(c, run, overwrite=True)
+        else:
+            raise SystemExit(f"unknown method {name!r}")
+        print(f"{name} pre-trained: {models[name]} ({time.time() - t0:.0f} s)", flush=True)
+    tasks = ("zeroshot", "retrieval", "report_gen") + (("segment",) if args.swin or small else ())
+    doc = compare_pretraining(models, manifest, out / "compare", split=args.split, tasks=tasks,
                               seg_epochs=args.seg_epochs, gen_epochs=args.gen_epochs,
-                              seed=args.seed, experiment=cfg,
-                              cache_dir=cfg.data.cache_dir)
+                              seed=args.seed, experiment=cfg, cache_dir=cfg.data.cache_dir)
     print((out / "compare" / "comparison.md").read_text())
     print(f"total {time.time() - t0:.0f} s; {out / 'compare' / 'comparison.json'}")
     return 0 if doc["summary"] else 1

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.downstream.common import TaskNotApplicable, safe_name, write_json
 from medmap.downstream.vlm import LoadedVLM, load_vlm
@@ -38,8 +39,9 @@ TASKS = ("zeroshot", "retrieval", "segment", "report_gen")
 
 _COLUMNS = [("zeroshot_auc", "zero-shot AUC"), ("zeroshot_ci", "95% CI"),
             ("zeroshot_accuracy", "zero-shot acc"),
-            ("R@1", "R@1 per seq."), ("R@5", "R@5 per seq."), ("R@10", "R@10 per seq."),
-            ("chance@5", "chance@5"), ("case_R@5", "case R@5"), ("case_chance@5", "chance@5"),
+            ("R@1", "R@1 per seq."), ("R@5", "R@5 per seq."), ("chance@5", "chance@5"),
+            ("R@10", "R@10 per seq."), ("case_R@5", "case R@5"), ("case_R@5_ci", "95% CI"),
+            ("case_chance@5", "chance@5"),
             ("dice", "Dice"), ("BLEU-1", "BLEU-1"), ("BLEU-4", "BLEU-4")]
 
 
@@ -57,6 +59,7 @@ def summary_row(results: Mapping[str, Any]) -> dict[str, Any]:
             row[k] = r2v.get(k)
         if rt.get("case"):
             row["case_R@5"] = rt["case"]["report_to_volume"]["R@5"]
+            row["case_R@5_ci"] = rt["case"]["report_to_volume"].get("ci@5")
             row["case_chance@5"] = rt["case"]["report_to_volume"]["chance@5"]
     sg = results.get("segment")
     if isinstance(sg, dict) and "dice" in sg:
@@ -102,9 +105,9 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+        raise UserError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     if not models:
-        raise ValueError("no model to compare")
+        raise UserError("no model to compare")
     out = Path(out_dir)
     manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
     loaded: dict[str, LoadedVLM | None] = {}
@@ -114,8 +117,8 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
             loaded[name] = load_vlm(m, device=device)
             first = first or loaded[name]
     if first is None and experiment is None and any(m is None for m in models.values()):
-        raise ValueError("'no pre-training' (None) needs the architecture of a named model or "
-                         "an ExperimentConfig (experiment=)")
+        raise UserError("'no pre-training' (None) needs the architecture of a named model or "
+                        "an ExperimentConfig (experiment=)")
     results: dict[str, dict[str, Any]] = {}
     summary: dict[str, dict[str, Any]] = {}
     for name, m in models.items():

@@ -13,8 +13,8 @@ embedding, both L2-normalised; similarity = cosine. Over a split, both direction
 
 Rank of the match = 1 + the number of gallery items scored strictly higher (ties with the match
 count in its favour, so identical reports are not penalised). ``R@K`` = fraction of queries whose
-match ranks <= min(K, N), printed beside its chance level ``chance@K = min(K, N) / N``; also the
-median and mean rank.
+match ranks <= min(K, N), printed beside its chance level ``chance@K = min(K, N) / N`` and a 95%
+bootstrap CI over the queries (``ci@K``); also the median and mean rank.
 
 Example:
     >>> from medmap.downstream.retrieval import retrieval
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.downstream.common import write_json
 from medmap.downstream.features import (
@@ -62,6 +63,16 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     return float((ranks <= min(k, len(ranks))).mean()) if len(ranks) else float("nan")
 
 
+def _recall_ci(ranks: np.ndarray, k: int, n_boot: int = 500, seed: int = 0) -> list | None:
+    """95% percentile bootstrap CI of Recall@K over the queries (the gallery fixed)."""
+    if len(ranks) < 2:
+        return None
+    hit = (np.asarray(ranks) <= min(k, len(ranks))).astype(float)
+    idx = np.random.default_rng(seed).integers(0, len(hit), (n_boot, len(hit)))
+    boots = hit[idx].mean(1)
+    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
 def chance_at_k(n: int, k: int) -> float | None:
     """Recall@K of a random ranking over a gallery of ``n``: ``min(K, n) / n``."""
     return min(k, n) / n if n else None
@@ -91,6 +102,7 @@ def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[s
         r = match_ranks(s)
         out: dict[str, Any] = {f"R@{k}": recall_at_k(r, k) for k in ks}
         out.update({f"chance@{k}": chance_at_k(len(r), k) for k in ks})
+        out.update({f"ci@{k}": _recall_ci(r, k) for k in ks})
         out.update({"median_rank": float(np.median(r)) if len(r) else None,
                     "mean_rank": float(np.mean(r)) if len(r) else None, "n": int(len(r))})
         return out
@@ -109,8 +121,8 @@ def retrieval(model: str | Path | LoadedVLM | None, manifest: Manifest | str | P
     items = vlm.volume_items(manifest, split)
     paired = [i for i, it in enumerate(items) if it.report is not None]
     if not paired:
-        raise ValueError(f"no {vlm.organ} volume with a report in split {split!r}; retrieval "
-                         "needs per-modality reports")
+        raise UserError(f"no {vlm.organ} volume with a report in split {split!r}; retrieval "
+                        "needs per-modality reports")
     if loader is None:
         loader = vlm.loader(cache_dir)
     vemb = volume_embeddings(vlm, items, loader, batch_size)
