@@ -14,8 +14,8 @@
 * optionally with the conv streams in ``channels_last_3d`` (``channels_last=True``: no gain on
   the project's CPU), and with the experts and conv streams in bf16 autocast
   (``precision="bf16"``; their outputs go on in float32): on the project's CPU (AVX512-BF16)
-  another 1.65x, with |delta p| ~1e-5 and |delta logit| ~3e-3 on the paper-size model. fp32 is
-  the default; see ``docs/benchmarks.md``.
+  another 1.6-2.5x, with |delta p| up to 6e-4 and |delta logit| up to 7e-3 on the paper-size
+  model. fp32 is the default; see ``docs/benchmarks.md``.
 
 The attention change is exact up to floating-point rounding: the benchmark
 (``benchmarks/inference.py``) and ``tests/test_fastpath.py`` compare the class probabilities with
