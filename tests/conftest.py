@@ -2,6 +2,10 @@ import os
 
 import pytest
 
+# MONAI replaces warnings.showwarning when first imported; imported inside a test's
+# pytest.warns block it would hide the warnings that block expects. Import it once, first.
+import monai  # noqa: E402,F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -292,3 +292,38 @@ def test_predict_series_of_a_shared_dicom_folder(model_dir, tmp_path, capsys):
     check_probs(row)
     assert main(["predict", str(model_dir), str(out), "--series", uid]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_report_mode_model_reads_reports_and_says_so(sim, tiny_bert, tmp_path, capsys):
+    """csa_text 'report' (report-assisted diagnosis): predict and evaluate read the cases' own
+    reports, warn about label leakage, and say which text guides the model; other reports give
+    other predictions; a case folder (no reports) is refused."""
+    from medmap.cli import main
+    from medmap.eval.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = MedMAPClassifier(MedMAPConfig.tiny(MODS, CLASSES, organ="liver", csa_text="report"))
+    with torch.no_grad():                       # a trained-looking gate: reports matter
+        model.guidance.gate.weight.normal_(0, 0.5)
+    out = tmp_path / "model"
+    save_pretrained(model, out, organ="liver", text_model={"name": str(tiny_bert)},
+                    preprocess=PreprocessConfig(spacing=None, size=(32, 32, 32)).to_dict())
+    manifest = sim / "manifest.jsonl"
+    with pytest.warns(UserWarning, match="leaks the label"):
+        rows = predict(out, manifest, tmp_path / "p.csv")
+    m = Manifest.load(manifest)
+    for c in m.cases:
+        c.reports = {k: "completely different words" for k in c.reports}
+    other = m.save(sim / "other-reports.jsonl")
+    with pytest.warns(UserWarning):
+        rows2 = predict(out, other, None)
+    assert any(abs(a[f"prob_{CLASSES[0]}"] - b[f"prob_{CLASSES[0]}"]) > 1e-6
+               for a, b in zip(rows, rows2))
+    case_dir = Path(m.resolved()[0].modalities["T2WI"]).parent
+    with pytest.raises(PredictInputError, match="reads each case's per-sequence reports"):
+        predict(out, case_dir, None)
+    with pytest.warns(UserWarning, match="leaks the label"):
+        res = evaluate(out, manifest, split=None, out_dir=tmp_path / "ev", n_boot=20)
+    assert "read at inference" in res["info"]["CSA text guidance"]
+    assert main(["predict", str(out), str(manifest), "--out", str(tmp_path / "q.csv")]) == 0
+    assert "text guidance: the case's own reports" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:
@@ -196,7 +197,13 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
     rows = predict(a.model, source, a.out, cam_dir=a.cam, modality=a.modality, device=a.device,
                    roi=a.roi, fast=not a.no_fast_path, precision=a.precision)
-    print(f"wrote {len(rows)} prediction(s) to {a.out}" + (f"; CAMs in {a.cam}" if a.cam else ""))
+    from medmap.eval.evaluate import csa_description
+    from medmap.inference import resolve_model_dir
+    from medmap.models.hub import load_pretrained_config
+
+    cfg = SimpleNamespace(**load_pretrained_config(resolve_model_dir(a.model))["config"])
+    print(f"wrote {len(rows)} prediction(s) to {a.out}" + (f"; CAMs in {a.cam}" if a.cam else "")
+          + f"\ntext guidance: {csa_description(cfg)}")
     return 0
 
 

@@ -76,6 +76,7 @@ class PredictCase:
     label: str | None = None
     source: str = ""
     roi: str | None = None
+    reports: dict[str, str] | None = None     # read only by csa_text="report" models
 
 
 # ---- rows -----------------------------------------------------------------------------------
@@ -221,7 +222,8 @@ def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None,
             none.append(c.case_id)
             continue
         out.append(PredictCase(c.case_id, vols, c.label, str(path),
-                               roi=c.masks.get(roi_mask) if roi_mask else None))
+                               roi=c.masks.get(roi_mask) if roi_mask else None,
+                               reports=dict(c.reports)))
     if none:
         raise ManifestError([f"case {cid!r}: modalities: none of the model's modalities "
                              f"({', '.join(modalities)}); add one or drop the case"
@@ -358,6 +360,21 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     cases = resolve_input(input, mods, organ, modality, pcfg.roi_mask, roi)
     pre = Preprocessor(pcfg)
     dev = next(model.parameters()).device
+    report_mode = getattr(cfg, "csa_text", "knowledge") == "report"
+    text_encoder = None
+    if report_mode:      # report-assisted diagnosis: each case's reports guide its prediction
+        if any(c.reports is None for c in cases):
+            raise PredictInputError(
+                f"{input}: this model (csa_text 'report') reads each case's per-sequence reports "
+                "at inference; give a manifest whose cases carry reports")
+        if cam_dir is not None:
+            raise PredictInputError("--cam: Grad-CAM of a csa_text 'report' model is not "
+                                    "supported; predict without --cam")
+        warnings.warn(f"{model_dir}: csa_text 'report' -- the cases' own reports guide the "
+                      "prediction; wherever a report states the diagnosis this leaks the label",
+                      stacklevel=2)
+        text_encoder = lm.text_encoder()
+        fast = False
     fast_model = fast_classifier(model, precision=precision) if fast else None
     rows: list[dict[str, Any]] = []
     cam_names: dict[str, str] = {}
@@ -375,8 +392,11 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
         if fast_model is not None:
             probs = fast_model(images, present)["probs"][0].float().cpu().numpy()
         else:
+            from medmap.eval.evaluate import report_inputs
+
+            kw = report_inputs(text_encoder, [case.reports], mods, dev) if report_mode else {}
             with torch.no_grad():
-                probs = model(images, present)["probs"][0].float().cpu().numpy()
+                probs = model(images, present, **kw)["probs"][0].float().cpu().numpy()
         used = [m for m in mods if m in case.volumes]
         missing = [m for m in mods if m not in case.volumes]
         rows.append(prediction_row(case.case_id, probs, classes, used, missing,

@@ -45,6 +45,12 @@ __all__ = ["DicomSeries", "Volume", "VolumeReadError", "dicom_series", "read_sha
            "read_volume", "series_files", "split_series", "volume_format"]
 
 
+# MONAI's optional GPU-codec reader announces on every read that its plugin is absent. Silenced
+# by message, once, at import: warnings.catch_warnings() around each read is not thread-safe
+# (validation reads volumes in threads), and concurrent blocks left "ignore everything" installed
+# for the whole process.
+warnings.filterwarnings("ignore", message=r".*(nvImageCodec|NvImgCodec).*")
+
 class VolumeReadError(UserError):
     """A volume file is missing, unreadable, or not a single 3D volume."""
 
@@ -138,11 +144,9 @@ def read_volume(path: str | Path, series: str | None = None) -> Volume:
     from monai.transforms import LoadImage
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MONAI's optional-GPU-codec notices
-            loader = LoadImage(reader=_reader(fmt), image_only=True, dtype=np.float32)
-            img = loader(str(p))
-            arr = np.asarray(img)  # forces decompression of lazily read data
+        loader = LoadImage(reader=_reader(fmt), image_only=True, dtype=np.float32)
+        img = loader(str(p))
+        arr = np.asarray(img)  # forces decompression of lazily read data
     except Exception as e:  # the readers raise many types (EOFError, zlib.error, OSError, ...)
         raise VolumeReadError(
             f"{p}: unreadable or truncated {fmt} file ({_reader_error(e)}); "

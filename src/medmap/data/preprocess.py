@@ -300,9 +300,7 @@ class Preprocessor:
         if isinstance(src, Volume):
             vol = src
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # reader-plugin chatter (e.g. nvImageCodec)
-                vol = mio.read_volume(src)
+            vol = mio.read_volume(src)       # (reader-plugin chatter is filtered in io)
         arr = np.asarray(vol.array, dtype=np.float32)
         finite = np.isfinite(arr)
         if not finite.all():
