@@ -197,7 +197,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
     rows = predict(a.model, source, a.out, cam_dir=a.cam, modality=a.modality, device=a.device,
                    roi=a.roi, fast=not a.no_fast_path, precision=a.precision)
-    from medmap.eval.evaluate import csa_description
+    from medmap.inference import csa_description
     from medmap.inference import resolve_model_dir
     from medmap.models.hub import load_pretrained_config
 

@@ -26,7 +26,7 @@ from medmap.data.preprocess import PreprocessConfig
 from medmap.models.hub import (CONFIG_NAME, ModelFolderError, from_pretrained,
                                load_pretrained_config)
 
-__all__ = ["LoadedModel", "load_model", "load_classifier", "resolve_model_dir", "run_manifest", "select_device"]
+__all__ = ["LoadedModel", "load_model", "load_classifier", "csa_description", "report_inputs", "resolve_model_dir", "run_manifest", "select_device"]
 
 
 def select_device(device: str | torch.device | None) -> torch.device:
@@ -195,3 +195,31 @@ def load_classifier(model_dir: str | Path, preprocess_override: Mapping[str, Any
             raise
         raise ModelFolderError(f"{e}; evaluation and prediction need a fine-tuned classifier "
                                "(the model/ folder of `medmap finetune`)") from None
+
+
+def csa_description(cfg) -> str:
+    """What guides the model's Transformer stream, in words (evaluate and predict print it)."""
+    mode = getattr(cfg, "csa_text", None)
+    text = {"knowledge": "class-knowledge descriptions (report-free)",
+            "report": "the case's own reports, read at inference (label leakage wherever a "
+                      "report states the diagnosis)",
+            "modality": "a fixed per-modality prompt (ablation control)",
+            "none": "no text"}.get(mode, str(mode))
+    if getattr(cfg, "language", "real") == "random":
+        text += "; language removed (random text vectors)"
+    return text
+
+
+def report_inputs(text_encoder, reports, modalities, device) -> dict[str, torch.Tensor]:
+    """``reports`` / ``report_mask`` model inputs of a batch's per-sequence reports
+    (``csa_text="report"`` models only)."""
+    B, M = len(reports), len(modalities)
+    texts = [(i, j, r.get(m)) for i, r in enumerate(reports) for j, m in enumerate(modalities)
+             if isinstance(r.get(m), str) and r.get(m).strip()]
+    emb = torch.zeros(B, M, int(text_encoder.hidden_size))
+    mask = torch.zeros(B, M, dtype=torch.bool)
+    if texts:
+        e = torch.as_tensor(text_encoder.encode([t for _, _, t in texts])).float()
+        for (i, j, _), v in zip(texts, e):
+            emb[i, j], mask[i, j] = v, True
+    return {"reports": emb.to(device), "report_mask": mask.to(device)}

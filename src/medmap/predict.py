@@ -350,7 +350,7 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     from medmap.data.preprocess import Preprocessor
     from medmap.eval.cam import gradcam
     from medmap.fastpath import fast_classifier
-    from medmap.inference import load_classifier
+    from medmap.inference import load_classifier, report_inputs
 
     lm = load_classifier(model_dir, preprocess_override, device)
     model, doc, pcfg = lm.model, lm.doc, lm.preprocess
@@ -392,8 +392,6 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
         if fast_model is not None:
             probs = fast_model(images, present)["probs"][0].float().cpu().numpy()
         else:
-            from medmap.eval.evaluate import report_inputs
-
             kw = report_inputs(text_encoder, [case.reports], mods, dev) if report_mode else {}
             with torch.no_grad():
                 probs = model(images, present, **kw)["probs"][0].float().cpu().numpy()

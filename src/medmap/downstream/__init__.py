@@ -20,8 +20,7 @@ main function: import them from the module (``from medmap.downstream.zeroshot im
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medmap._lazy import lazy_exports
 
 _EXPORTS = {
     "VisionLanguageModel": "medmap.downstream.vlm",
@@ -37,14 +36,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medmap.downstream' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

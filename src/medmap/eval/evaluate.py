@@ -39,34 +39,6 @@ from medmap.config import UserError
 __all__ = ["evaluate", "axial_axis", "card_section"]
 
 
-def csa_description(cfg) -> str:
-    """What guides the model's Transformer stream, in words (evaluate and predict print it)."""
-    mode = getattr(cfg, "csa_text", None)
-    text = {"knowledge": "class-knowledge descriptions (report-free)",
-            "report": "the case's own reports, read at inference (label leakage wherever a "
-                      "report states the diagnosis)",
-            "modality": "a fixed per-modality prompt (ablation control)",
-            "none": "no text"}.get(mode, str(mode))
-    if getattr(cfg, "language", "real") == "random":
-        text += "; language removed (random text vectors)"
-    return text
-
-
-def report_inputs(text_encoder, reports, modalities, device) -> dict[str, torch.Tensor]:
-    """``reports`` / ``report_mask`` model inputs of a batch's per-sequence reports
-    (``csa_text="report"`` models only)."""
-    B, M = len(reports), len(modalities)
-    texts = [(i, j, r.get(m)) for i, r in enumerate(reports) for j, m in enumerate(modalities)
-             if isinstance(r.get(m), str) and r.get(m).strip()]
-    emb = torch.zeros(B, M, int(text_encoder.hidden_size))
-    mask = torch.zeros(B, M, dtype=torch.bool)
-    if texts:
-        e = torch.as_tensor(text_encoder.encode([t for _, _, t in texts])).float()
-        for (i, j, _), v in zip(texts, e):
-            emb[i, j], mask[i, j] = v, True
-    return {"reports": emb.to(device), "report_mask": mask.to(device)}
-
-
 def axial_axis(orientation: str) -> int:
     """Index of the inferior-superior axis in the preprocessed ``(D, H, W)`` volume."""
     o = orientation.upper()
@@ -138,7 +110,7 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     from medmap.predict import prediction_row, write_rows_csv
 
     t0 = time.time()
-    from medmap.inference import load_classifier, run_manifest
+    from medmap.inference import csa_description, load_classifier, report_inputs, run_manifest
 
     lm = load_classifier(model_dir, preprocess_override, device)
     text_encoder = None
