@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from medmap.config import UserError
 from medmap.train.config import ExperimentConfig
 
 ROWS: dict[str, dict[str, Any]] = {
@@ -76,7 +77,7 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
 
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
-        raise ValueError(f"unknown ablation rows {unknown}; choose from {list(ROWS)}")
+        raise UserError(f"unknown ablation rows {unknown}; choose from {list(ROWS)}")
     out = Path(out_dir)
     results: dict[str, list[dict[str, Any]]] = {r: [] for r in rows}
     for seed in seeds:

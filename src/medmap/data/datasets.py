@@ -55,7 +55,7 @@ def _select_cases(
 def _modality_index(case: Case, modality: str) -> int:
     mods = get_organ(case.organ).modalities
     if modality not in mods:
-        raise ValueError(
+        raise UserError(
             f"case {case.case_id!r}: modality {modality!r} is not in organ {case.organ!r}'s "
             f"vocabulary ({', '.join(mods)}); map it with medmap.data.vocab.MODALITY_ALIASES"
         )
@@ -184,8 +184,8 @@ class CaseDataset(Dataset):
             modalities = get_organ(organ).modalities
         self.modalities = tuple(modalities)
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities must be a non-empty list without repeats, "
-                             f"got {list(self.modalities)}")
+            raise UserError(f"modalities must be a non-empty list without repeats, "
+                            f"got {list(self.modalities)}")
         self.with_reports = with_reports
         self.with_masks = with_masks
         self.mask_key = mask_key

@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from medmap.config import UserError
+
 __all__ = ["write_json", "safe_name", "TaskNotApplicable"]
 
 
-class TaskNotApplicable(ValueError):
+class TaskNotApplicable(UserError):
     """A downstream task cannot run on this model or data by design (e.g. segmentation needs a
     Swin expert); comparisons record it as "n/a". Any other error is a failure, not "n/a"."""
 

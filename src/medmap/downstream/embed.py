@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.downstream.common import write_json
 from medmap.downstream.features import text_embeddings, volume_embeddings
@@ -61,8 +62,8 @@ def export_embeddings(model: str | Path | LoadedVLM | None, manifest: Manifest |
     out.mkdir(parents=True, exist_ok=True)
     items = vlm.volume_items(manifest, split)
     if not items:
-        raise ValueError(f"no {vlm.organ} volume of the model's modalities "
-                         f"({', '.join(vlm.modalities)})" + (f" in split {split!r}" if split else ""))
+        raise UserError(f"no {vlm.organ} volume of the model's modalities "
+                        f"({', '.join(vlm.modalities)})" + (f" in split {split!r}" if split else ""))
     if loader is None:
         loader = vlm.loader(cache_dir)
     vemb = volume_embeddings(vlm, items, loader, batch_size, normalize=normalize)

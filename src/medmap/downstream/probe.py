@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.data.vocab import get_organ
 from medmap.downstream.common import write_json
@@ -69,8 +70,8 @@ def linear_probe(vlm: LoadedVLM, manifest, train_split: str = "train", eval_spli
     _, xtr, ytr = _features(vlm, manifest, train_split, loader, batch_size)
     ecases, xte, yte = _features(vlm, manifest, eval_split, loader, batch_size)
     if len(ytr) == 0 or len(np.unique(ytr)) < 2:
-        raise ValueError(f"the linear probe needs labelled {train_split!r} cases of at least two "
-                         f"classes (got {len(ytr)} case(s), classes {sorted(set(ytr.tolist()))})")
+        raise UserError(f"the linear probe needs labelled {train_split!r} cases of at least two "
+                        f"classes (got {len(ytr)} case(s), classes {sorted(set(ytr.tolist()))})")
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000))
     clf.fit(xtr, ytr)
     res: dict[str, Any] = {"mode": "linear", "n_train": int(len(ytr)), "C": C}
@@ -120,7 +121,7 @@ def finetune_probe(vlm: LoadedVLM, manifest, train_split: str = "train",
     te = CaseDataset(vlm.cases(manifest, eval_split, labelled=True), loader, modalities=mods,
                      with_reports=False)
     if len(tr) == 0:
-        raise ValueError(f"no labelled {vlm.organ} case in split {train_split!r}")
+        raise UserError(f"no labelled {vlm.organ} case in split {train_split!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         clf = FinetuneClassifier(copy.deepcopy(vlm.model), K).to(vlm.device)
@@ -160,7 +161,7 @@ def probe(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Path,
     """Classification by ``mode`` ``"linear"`` (probe) or ``"finetune"``; writes
     ``probe-<mode>.json`` to ``out_dir`` when given."""
     if mode not in ("linear", "finetune"):
-        raise ValueError(f"mode must be 'linear' or 'finetune', got {mode!r}")
+        raise UserError(f"mode must be 'linear' or 'finetune', got {mode!r}")
     vlm = load_vlm(model, experiment=experiment, device=device, seed=seed)
     if loader is None:
         loader = vlm.loader(cache_dir)

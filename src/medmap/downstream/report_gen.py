@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.downstream.common import write_json
 from medmap.downstream.vlm import LoadedVLM, VolumeItem, load_vlm
@@ -174,7 +175,7 @@ def load_tokenizer(vlm: LoadedVLM):
     if vlm._text_encoder is not None and hasattr(vlm._text_encoder, "tokenizer"):
         return vlm._text_encoder.tokenizer
     if not vlm.text_model:
-        raise ValueError(f"{vlm.name}: the model folder names no text model; pass tokenizer=")
+        raise UserError(f"{vlm.name}: the model folder names no text model; pass tokenizer=")
     from transformers import AutoTokenizer
 
     from medmap.text.encoder import _quiet_transformers, resolve_model_path
@@ -253,7 +254,7 @@ def train_report_generator(vlm: LoadedVLM, items: Sequence[VolumeItem], loader,
         units = [[i] for i, it in enumerate(items) if it.report]
         targets = [items[u[0]].report for u in units]
     if not units:
-        raise ValueError("no (volume, report) pair to train the report generator on")
+        raise UserError("no (volume, report) pair to train the report generator on")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(vlm)
     vocab = CompactVocab.build(tokenizer, list(targets), cfg.max_len)
     gen = ReportGenerator(cfg, len(vocab), int(vlm.model.cfg.embed_dim),
@@ -337,8 +338,8 @@ def report_generation(model: str | Path | LoadedVLM | None, manifest: Manifest |
     if per_case:
         (tr_units, tr_targets), (te_units, refs) = case_units(train), case_units(test)
         if not tr_units:
-            raise ValueError(f"no {vlm.organ} case of split {train_split!r} has a global report; "
-                             "--per-case generates the global impression")
+            raise UserError(f"no {vlm.organ} case of split {train_split!r} has a global report; "
+                            "--per-case generates the global impression")
     optim = OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         warmup_epochs=min(1.0, epochs / 10), weight_decay=0.01)
     torch.manual_seed(seed)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.data.preprocess import PreprocessConfig
 from medmap.downstream.common import TaskNotApplicable, safe_name, write_json
@@ -242,15 +243,15 @@ def segment(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pat
     vlm = load_vlm(model, experiment=experiment, device=device, seed=seed)
     modality = modality or vlm.modalities[0]
     if modality not in vlm.modalities:
-        raise ValueError(f"modality {modality!r} has no expert; the model has {vlm.modalities}")
+        raise UserError(f"modality {modality!r} has no expert; the model has {vlm.modalities}")
     if loader is None:
         loader = vlm.loader(cache_dir)
     mkey = mask
     train = _seg_items(vlm, vlm.cases(manifest, train_split), modality, mkey, True)
     test = _seg_items(vlm, vlm.cases(manifest, eval_split), modality, mkey, True)
     if not train:
-        raise ValueError(f"no {vlm.organ} case of split {train_split!r} has a {modality} volume "
-                         f"and a '{mkey}' mask; segmentation needs masks['{mkey}']")
+        raise UserError(f"no {vlm.organ} case of split {train_split!r} has a {modality} volume "
+                        f"and a '{mkey}' mask; segmentation needs masks['{mkey}']")
     seg = segmenter_from_vlm(vlm, modality, mask_key=mkey)
     optim = OptimConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         warmup_epochs=min(1.0, epochs / 10), weight_decay=1e-4)

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from medmap.config import UserError
 from medmap.data.manifest import Case, Manifest
 from medmap.data.preprocess import PreprocessConfig
 from medmap.inference import LoadedModel, load_model, select_device
@@ -182,15 +183,15 @@ def load_vlm(model: str | Path | LoadedVLM | None, *, experiment=None, like: Loa
         elif experiment is not None:
             vlm = _from_experiment(experiment)
         else:
-            raise ValueError("no pre-training (model=None) needs a config: pass experiment= "
-                             "(an ExperimentConfig, the CLI's --config) or like= (a loaded model)")
+            raise UserError("no pre-training (model=None) needs a config: pass experiment= "
+                            "(an ExperimentConfig, the CLI's --config) or like= (a loaded model)")
         vlm.model.to(dev)
         return vlm
     lm = load_model(model, device=dev)
     net = lm.model
     missing = [a for a in ("cfg", "experts", "text_proj", "encode_image") if not hasattr(net, a)]
     if missing:
-        raise ValueError(f"{lm.source}: a {lm.doc.get('model_type')!r} model is not a "
-                         f"vision-language model (lacks {', '.join(missing)}); pass a pre-trained "
-                         "model folder (e.g. runs/pretrain/model)")
+        raise UserError(f"{lm.source}: a {lm.doc.get('model_type')!r} model is not a "
+                        f"vision-language model (lacks {', '.join(missing)}); pass a pre-trained "
+                        "model folder (e.g. runs/pretrain/model)")
     return LoadedVLM(**{f: getattr(lm, f) for f in LoadedModel.__dataclass_fields__})

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.data.vocab import get_organ
 from medmap.downstream.common import write_json
@@ -73,14 +74,14 @@ def vocabfine(model: str | Path | LoadedVLM, manifest: Manifest | str | Path, n_
     from medmap.text.knowledge import load_class_knowledge
 
     if n_per_class < 1:
-        raise ValueError(f"--vocabfine N needs N >= 1 labelled cases per class, got {n_per_class}")
+        raise UserError(f"--vocabfine N needs N >= 1 labelled cases per class, got {n_per_class}")
     base = load_vlm(model, device=device)
     loader = loader if loader is not None else base.loader(cache_dir)
     vlm = copy.copy(base)
     vlm.model = copy.deepcopy(base.model)
     items = few_shot_cases(vlm, manifest, train_split, n_per_class, seed)
     if not items:
-        raise ValueError(f"no labelled {vlm.organ} case in split {train_split!r} for VocabFine")
+        raise UserError(f"no labelled {vlm.organ} case in split {train_split!r} for VocabFine")
     kn = load_class_knowledge(knowledge, vlm.organ)
     classes, mods = list(get_organ(vlm.organ).classes), vlm.modalities
     enc = text_encoder if text_encoder is not None else vlm.text_encoder()

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.data.vocab import get_organ
 from medmap.downstream.common import write_json
@@ -183,8 +184,8 @@ def zeroshot(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pa
     vlm = load_vlm(model, experiment=experiment, device=device, seed=seed)
     items = [it for it in vlm.volume_items(manifest, split) if it.case.label is not None]
     if not items:
-        raise ValueError(f"no labelled {vlm.organ} case in split {split!r}; zero-shot "
-                         "classification needs labels to score (--split)")
+        raise UserError(f"no labelled {vlm.organ} case in split {split!r}; zero-shot "
+                        "classification needs labels to score (--split)")
     bank = prompt_bank(vlm, knowledge, text_encoder)
     classes = list(get_organ(vlm.organ).classes)
     emb = volume_embeddings(vlm, items, loader if loader is not None else vlm.loader(cache_dir),
@@ -212,7 +213,7 @@ def zeroshot(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pa
             labels, zeroshot_logits(items, emb, bank, scale, kind)[1], classes, 0)["auc"]
     if score == "posneg":
         if bank.negatives is None:
-            raise ValueError("score 'posneg' needs negative_templates in the class-knowledge file")
+            raise UserError("score 'posneg' needs negative_templates in the class-knowledge file")
         sp, sn = cemb @ bank.names.T, cemb @ bank.negatives.T           # (N, C)
         pn = _softmax(scale * np.stack([sp, sn], -1))[..., 0]
         res["posneg_per_class_auc"], res["posneg_macro_auc"] = per_class_auc(labels, pn, classes)

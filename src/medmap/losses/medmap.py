@@ -24,11 +24,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+from medmap.config import ConfigError
+
 
 def ramp_weights(epoch: int | float, max_epochs: int | float) -> tuple[float, float]:
     """(lambda_c, lambda_s) at ``epoch`` of ``max_epochs`` (paper's ramp-up / ramp-down)."""
     if max_epochs <= 0:
-        raise ValueError(f"max_epochs must be > 0, got {max_epochs}")
+        raise ConfigError(f"max_epochs must be > 0, got {max_epochs}")
     r = min(max(epoch / max_epochs, 0.0), 1.0)
     return 0.1 * math.exp(-5.0 * (1.0 - r)), 0.1 * math.exp(-5.0 * r)
 
@@ -38,7 +40,7 @@ def kl_alignment(f_t: torch.Tensor, f_fusion: torch.Tensor,
     """KL(softmax(n(f_t) / tau) || softmax(n(f_fusion) / tau)) averaged over the batch, with
     ``n`` the L2 normalisation; both (B, d)."""
     if temperature <= 0:
-        raise ValueError(f"kl temperature must be > 0, got {temperature}")
+        raise ConfigError(f"kl temperature must be > 0, got {temperature}")
     p = F.log_softmax(F.normalize(f_t, dim=-1) / temperature, -1)
     q = F.log_softmax(F.normalize(f_fusion, dim=-1) / temperature, -1)
     return F.kl_div(q, p, log_target=True, reduction="batchmean")

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmap.config import ConfigError
+
 __all__ = ["MG3DLoss", "MG3DLossConfig", "LOSS_NAMES", "mim_loss", "mlm_loss", "sfr_loss", "info_nce",
            "cml_loss", "ssm_loss", "dfa_loss", "itc_loss", "weighted_total"]
 
@@ -183,7 +185,7 @@ def weighted_total(terms: dict[str, torch.Tensor], cfg: MG3DLossConfig) -> torch
             continue
         total = cfg.weight(name) * t if total is None else total + cfg.weight(name) * t
     if total is None:
-        raise ValueError("every MG-3D loss is switched off; enable at least one in mg3d.losses")
+        raise ConfigError("every MG-3D loss is switched off; enable at least one in mg3d.losses")
     return total
 
 

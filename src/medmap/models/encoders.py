@@ -23,6 +23,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from medmap.config import ConfigError, UserError
+
 
 class EncoderOutput(NamedTuple):
     tokens: torch.Tensor        # (B, N, C)
@@ -85,7 +87,7 @@ class Encoder3D(nn.Module, abc.ABC):
             raise ValueError(f"{type(self).__name__} expects (B, C, D, H, W), got {tuple(x.shape)}")
         bad = [s for s in x.shape[2:] if s % self.min_multiple]
         if bad:
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__}: spatial size {tuple(x.shape[2:])} does not fit the "
                 f"architecture: every side must be divisible by {self.min_multiple}; "
                 f"resize volumes (preprocess.size) to a multiple of {self.min_multiple}, e.g. "
@@ -111,7 +113,7 @@ class SwinEncoder(Encoder3D):
         from monai.networks.nets.swin_unetr import SwinTransformer
 
         if not 1 <= cfg.out_stage <= len(cfg.depths):
-            raise ValueError(f"swin out_stage must be in 1..{len(cfg.depths)}, got {cfg.out_stage}")
+            raise ConfigError(f"swin out_stage must be in 1..{len(cfg.depths)}, got {cfg.out_stage}")
         self.swin = SwinTransformer(
             in_chans=cfg.in_channels,
             embed_dim=cfg.feature_size,
@@ -162,7 +164,7 @@ class ResNetEncoder(Encoder3D):
         from monai.networks.nets import ResNet
 
         if cfg.depth not in self._layers:
-            raise ValueError(f"resnet depth must be one of {sorted(self._layers)}, got {cfg.depth}")
+            raise ConfigError(f"resnet depth must be one of {sorted(self._layers)}, got {cfg.depth}")
         net = ResNet(block="basic", layers=self._layers[cfg.depth], block_inplanes=list(cfg.widths),
                      spatial_dims=3, n_input_channels=cfg.in_channels, conv1_t_stride=2,
                      feed_forward=False)
@@ -218,7 +220,7 @@ def build_encoder(cfg: EncoderConfig) -> Encoder3D:
     try:
         factory = ENCODERS[cfg.name]
     except KeyError:
-        raise ValueError(f"unknown encoder {cfg.name!r}; registered: {', '.join(ENCODERS)}") from None
+        raise ConfigError(f"unknown encoder {cfg.name!r}; registered: {', '.join(ENCODERS)}") from None
     return factory(cfg)
 
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medmap.config import UserError
+
 __all__ = ["CrossModalAttention", "FusionLayer", "FusionStack", "AttentionPool"]
 
 MODES = ("proposed", "classical")
@@ -49,9 +51,9 @@ class CrossModalAttention(nn.Module):
     def __init__(self, dim: int, heads: int, mode: str = "proposed"):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"cross-modal attention mode must be one of {MODES}, got {mode!r}")
+            raise UserError(f"cross-modal attention mode must be one of {MODES}, got {mode!r}")
         if dim % heads:
-            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+            raise UserError(f"dim {dim} must be divisible by heads {heads}")
         self.dim, self.heads, self.mode = dim, heads, mode
         self.scale = (dim // heads) ** -0.5
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmap.config import to_dict
+from medmap.config import ConfigError, UserError, to_dict
 from medmap.models.csa import CrossCognitionBlock, TextGuidance
 from medmap.models.encoders import (CNNConfig, EncoderConfig, SwinConfig, build_encoder,
                                     tiny_encoder_config)
@@ -196,7 +196,7 @@ class MedMAPClassifier(nn.Module):
         self.cfg = cfg
         M, C, d, T = len(cfg.modalities), len(cfg.classes), cfg.embed_dim, cfg.text_dim
         if M == 0 or C == 0:
-            raise ValueError("MedMAPConfig needs at least one modality and one class")
+            raise ConfigError("MedMAPConfig needs at least one modality and one class")
         self.experts = ModalityExperts(cfg.modalities, cfg.encoder, d, cfg.shared_encoder,
                                        cfg.expert_checkpoint)
         self.text_proj = nn.Linear(T, d)
@@ -204,8 +204,8 @@ class MedMAPClassifier(nn.Module):
                                    ("modality_prompts", modality_prompts, (M, T))):
             value = torch.zeros(shape) if value is None else value
             if tuple(value.shape) != shape:
-                raise ValueError(f"{name} must be {shape} (modalities, classes, text_dim), got "
-                                 f"{tuple(value.shape)}")
+                raise UserError(f"{name} must be {shape} (modalities, classes, text_dim), got "
+                                f"{tuple(value.shape)}")
             self.register_buffer(name, value.float().clone())
         if cfg.use_conv:
             # One conv stream per modality (like the experts); LayerNorm puts its tokens on the
@@ -246,9 +246,9 @@ class MedMAPClassifier(nn.Module):
             return self.guidance(f_swin, self.class_text(m).expand(b, -1, -1))
         if mode == "report":
             if report is None:
-                raise ValueError("csa_text 'report' needs each case's report embeddings "
-                                 "(reports=(B, M, text_dim)); this model reads reports at "
-                                 "inference")
+                raise UserError("csa_text 'report' needs each case's report embeddings "
+                                "(reports=(B, M, text_dim)); this model reads reports at "
+                                "inference")
             return self.guidance(f_swin, self.text_proj(report)[:, None], report_mask[:, None])
         if mode == "modality":
             return f_swin * self.text_proj(self.modality_prompts[m]), None, None
@@ -330,14 +330,14 @@ def load_pretrained_experts(model: MedMAPClassifier, pretrained: str) -> MedMAPC
         a, b = getattr(pc, name), getattr(fc, name)
         a, b = (to_dict(a), to_dict(b)) if name == "encoder" else (a, b)
         if a != b:
-            raise ValueError(f"{pretrained}: pre-trained {name} {a} differs from the fine-tuning "
-                             f"config's {b}; use the same model.{name} in both stages")
+            raise UserError(f"{pretrained}: pre-trained {name} {a} differs from the fine-tuning "
+                            f"config's {b}; use the same model.{name} in both stages")
     if not fc.shared_encoder:
         missing = [m for m in fc.modalities if m not in pc.modalities]
         if missing:
-            raise ValueError(f"{pretrained}: no pre-trained expert for modalities {missing} "
-                             f"(experts: {pc.modalities}); pre-train them or drop them from "
-                             "data.modalities")
+            raise UserError(f"{pretrained}: no pre-trained expert for modalities {missing} "
+                            f"(experts: {pc.modalities}); pre-train them or drop them from "
+                            "data.modalities")
     for k in model.experts.encoders:
         model.experts.encoders[k].load_state_dict(clip.experts.encoders[k].state_dict())
         model.experts.proj[k].load_state_dict(clip.experts.proj[k].state_dict())

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmap.config import ConfigError
 from medmap.losses.mg3d import MG3DLossConfig
 from medmap.models.encoders import (CNNConfig, EncoderConfig, SwinConfig, build_encoder,
                                     tiny_encoder_config)
@@ -201,14 +202,14 @@ class MG3DModel(nn.Module):
         super().__init__()
         missing = [n for n in ("encoder", "embed_dim", "shared_encoder") if getattr(cfg, n) is None]
         if missing:
-            raise ValueError(f"MG3DConfig fields {missing} are None; fill them (pretrain_mg3d "
-                             "takes them from model.*) before building the model")
+            raise ConfigError(f"MG3DConfig fields {missing} are None; fill them (pretrain_mg3d "
+                              "takes them from model.*) before building the model")
         if not cfg.modalities:
-            raise ValueError("MG3DConfig needs at least one modality")
+            raise ConfigError("MG3DConfig needs at least one modality")
         if cfg.vocab_size < 1:
-            raise ValueError("MG3DConfig.vocab_size must be the tokenizer's vocabulary size")
+            raise ConfigError("MG3DConfig.vocab_size must be the tokenizer's vocabulary size")
         if cfg.mim_guidance not in ("sentence", "word"):
-            raise ValueError(f"mim_guidance must be 'sentence' or 'word', got {cfg.mim_guidance!r}")
+            raise ConfigError(f"mim_guidance must be 'sentence' or 'word', got {cfg.mim_guidance!r}")
         self.cfg = cfg
         d, t, h = cfg.embed_dim, cfg.text_dim, cfg.fusion_heads
         self.experts = ModalityExperts(cfg.modalities, cfg.encoder, d, cfg.shared_encoder)

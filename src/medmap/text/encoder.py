@@ -32,6 +32,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from medmap.config import ConfigError, UserError
 from medmap.text.cache import EmbeddingCache, text_key
 
 __all__ = [
@@ -58,7 +59,7 @@ _FINGERPRINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
 _FINGERPRINT_SKIP = {"README.md", "data_config.json"}
 
 
-class TextModelNotFoundError(OSError):
+class TextModelNotFoundError(UserError, OSError):
     """The text model is neither a usable local folder nor available from the Hub/cache."""
 
 
@@ -253,9 +254,9 @@ class FrozenTextEncoder:
         normalize: bool = False,
     ):
         if pooling not in (None, "cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+            raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         from transformers import AutoModel, AutoTokenizer
 
         self.name_or_path = os.fspath(name_or_path)
@@ -290,7 +291,7 @@ class FrozenTextEncoder:
         if max_length is None:
             max_length = min(256, max_pos)
         if not 2 <= max_length <= max_pos:
-            raise ValueError(
+            raise ConfigError(
                 f"max_length must be in [2, {max_pos}] (the model's max_position_embeddings), "
                 f"got {max_length}"
             )
@@ -332,7 +333,7 @@ class FrozenTextEncoder:
             if not isinstance(t, str):
                 raise TypeError(f"text {i} is {type(t).__name__}, expected str")
             if not t.strip():
-                raise ValueError(
+                raise UserError(
                     f"text {i} is empty or whitespace-only; reports must be non-empty "
                     "(drop or fill missing reports before encoding)"
                 )

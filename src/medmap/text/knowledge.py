@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from medmap.config import UserError
 from medmap.data.vocab import get_organ
 
 __all__ = ["ClassKnowledge", "load_class_knowledge", "DEFAULT_KNOWLEDGE_FILE",
@@ -46,7 +47,7 @@ __all__ = ["ClassKnowledge", "load_class_knowledge", "DEFAULT_KNOWLEDGE_FILE",
 DEFAULT_KNOWLEDGE_FILE = Path(__file__).with_name("class-knowledge.yaml")
 
 
-class KnowledgeFileError(ValueError):
+class KnowledgeFileError(UserError):
     """A class-knowledge file does not fit the format; the message names the entry and fix."""
 
 

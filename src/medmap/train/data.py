@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medmap.config import UserError
 from medmap.data.datasets import collate_cases, collate_pairs
 from medmap.data.vocab import GLOBAL_REPORT
 from medmap.text.prompts import class_prompt
@@ -25,7 +26,7 @@ class TextTable:
     def __init__(self, encoder, texts: Iterable[str]):
         uniq = sorted(set(texts))
         if not uniq:
-            raise ValueError("no report or prompt text to encode; check the manifest's reports")
+            raise UserError("no report or prompt text to encode; check the manifest's reports")
         emb = encoder.encode(uniq).float().cpu()               # (T, text_dim)
         self.index = {t: i for i, t in enumerate(uniq)}
         self.embeddings = emb
@@ -63,7 +64,7 @@ def case_text(reports: dict[str, str], label: int, organ: str, classes: Sequence
     if parts:
         return " ".join(parts)
     if label < 0:
-        raise ValueError("a training case has neither a report nor a label")
+        raise UserError("a training case has neither a report nor a label")
     return class_prompt(classes[label], organ)
 
 

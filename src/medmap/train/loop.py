@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medmap.config import UserError
 from medmap.train.engine import EpochShuffleSampler, build_adamw
 
 __all__ = ["fit", "ListDataset"]
@@ -27,7 +28,7 @@ def fit(step, dataset, collate, groups: Sequence[tuple[nn.Module, float]], cfg,
     from torch.utils.data import DataLoader
 
     if len(dataset) == 0:
-        raise ValueError("no training samples")
+        raise UserError("no training samples")
     sampler = EpochShuffleSampler(len(dataset), cfg.seed, shuffle=True)
     dl = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                     num_workers=cfg.num_workers)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from medmap.config import ConfigError, UserError
 from medmap.data.datasets import collate_pairs
 from medmap.losses.mg3d import LOSS_NAMES, MG3DLoss
 from medmap.models.mg3d import MG3DConfig, MG3DModel, sentence_mean
@@ -87,9 +88,9 @@ class MG3DTextTable:
 
         uniq = sorted(set(reports))
         if not uniq:
-            raise ValueError("no report to encode; check the manifest's reports")
+            raise UserError("no report to encode; check the manifest's reports")
         if max_sentences < 1:
-            raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
+            raise ConfigError(f"max_sentences must be >= 1, got {max_sentences}")
         self.index = {r: i for i, r in enumerate(uniq)}
         self.pooled = encoder.encode(uniq).float()                   # (R, T), on-disk cache
         self.dim = self.pooled.shape[1]
@@ -273,7 +274,7 @@ def complete_mg3d_config(cfg, modalities: list[str], text_dim: int, vocab_size: 
     if m.shared_encoder is None:
         m.shared_encoder = cfg.model.shared_encoder
     if not any(getattr(m.losses, n) for n in LOSS_NAMES):
-        raise ValueError("every MG-3D loss is switched off; enable at least one in mg3d.losses")
+        raise ConfigError("every MG-3D loss is switched off; enable at least one in mg3d.losses")
     return m
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from medmap.config import UserError, save_config
+from medmap.config import ConfigError, UserError, save_config
 from medmap.data.manifest import Manifest, ManifestError
 from medmap.data.vocab import get_organ
 from medmap.train.config import DataConfig, ExperimentConfig, TextConfig, check_derived_fields
@@ -52,8 +52,8 @@ def load_cases(cfg: DataConfig) -> tuple[Manifest, list[str]]:
     mods = list(cfg.modalities) or [m for m in spec.modalities if m in present]
     unknown = [m for m in mods if m not in spec.modalities]
     if unknown:
-        raise ValueError(f"data.modalities {unknown} are not {cfg.organ} modalities "
-                         f"({', '.join(spec.modalities)})")
+        raise ConfigError(f"data.modalities {unknown} are not {cfg.organ} modalities "
+                          f"({', '.join(spec.modalities)})")
     return manifest, mods
 
 
