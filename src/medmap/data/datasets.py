@@ -92,8 +92,9 @@ class ModalityPairDataset(Dataset):
         organ, split: keep only cases of this organ / split.
         use_global_report: for a modality with no report of its own, use the case's
             ``"global"`` report (otherwise the pair is skipped).
-        global_pairs: also pair every volume with the case's ``"global"`` impression (the
-            MG-3D recipe trains on both the per-sequence reports and the impression).
+        append_global: append the case's ``"global"`` impression to each sequence's report (the
+            MG-3D recipe trains on both; one text per volume keeps a batch free of duplicate
+            images with different texts).
 
     Item: ``image`` (1, D, H, W) float32, ``modality`` str, ``modality_index`` int (index into
     the organ's :data:`~medmap.data.vocab.ORGANS` modality list), ``report`` str, ``case_id``.
@@ -108,7 +109,7 @@ class ModalityPairDataset(Dataset):
         split: str | None = None,
         *,
         use_global_report: bool = False,
-        global_pairs: bool = False,
+        append_global: bool = False,
     ):
         self.cache = _as_cache(loader)
         self.use_global_report = use_global_report
@@ -121,11 +122,11 @@ class ModalityPairDataset(Dataset):
                 report = case.reports.get(mod)
                 if not _has_text(report) and use_global_report:
                     report = case.reports.get(GLOBAL_REPORT)
+                g = case.reports.get(GLOBAL_REPORT)
+                if append_global and _has_text(report) and _has_text(g) and g != report:
+                    report = f"{report.rstrip()} {g.strip()}"
                 if _has_text(report):
                     self.pairs.append((case, mod, _modality_index(case, mod), report))
-                g = case.reports.get(GLOBAL_REPORT)
-                if global_pairs and _has_text(g) and g != report:
-                    self.pairs.append((case, mod, _modality_index(case, mod), g))
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -83,7 +83,7 @@ class MG3DConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     encoder_lr_scale: float = 1.0       # encoder LR / fusion LR (paper: 2e-5 / 1e-4 = 0.2)
     group_by_modality: bool = True      # batches within one MRI sequence (as MedMAP pretrain)
-    # also train on (volume, global impression) pairs besides the per-sequence reports
+    # train on each sequence's report followed by the case's global impression
     global_report: bool = True
     losses: MG3DLossConfig = field(default_factory=MG3DLossConfig)
 

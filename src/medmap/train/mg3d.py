@@ -285,7 +285,7 @@ class MG3DPretrainStage(Stage):
     name, section = "pretrain-mg3d", "pretrain"
 
     def data(self, cfg: ExperimentConfig) -> StageData:
-        return pair_datasets(cfg.data, global_pairs=cfg.mg3d.global_report)
+        return pair_datasets(cfg.data, append_global=cfg.mg3d.global_report)
 
     def texts(self, cfg: ExperimentConfig, data: StageData, encoder) -> MG3DTextTable:
         self.vocab_size = len(encoder.tokenizer)

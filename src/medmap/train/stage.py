@@ -167,16 +167,16 @@ def model_meta(cfg: ExperimentConfig, encoder, manifest: Manifest | None = None)
     return meta
 
 
-def pair_datasets(cfg: DataConfig, global_pairs: bool = False) -> StageData:
+def pair_datasets(cfg: DataConfig, append_global: bool = False) -> StageData:
     """Modality list and the train / val (volume, report) pair datasets of a pre-training run;
-    ``global_pairs`` adds (volume, global impression) pairs. A ``ManifestError`` when the train
-    split has no pair."""
+    ``append_global`` appends each case's global impression to its sequence reports. A
+    ``ManifestError`` when the train split has no pair."""
     from medmap.data.datasets import ModalityPairDataset
 
     manifest, mods = load_cases(cfg)
     loader = build_loader(cfg)
     ds = {s: ModalityPairDataset(manifest, loader, modalities=mods, split=s,
-                                 global_pairs=global_pairs)
+                                 append_global=append_global)
           for s in ("train", "val")}
     if len(ds["train"]) == 0:
         raise ManifestError([f"no (volume, report) pairs in the train split of {cfg.manifest};"
