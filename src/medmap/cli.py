@@ -254,7 +254,7 @@ def _cmd_zeroshot(a: argparse.Namespace) -> int:
 
     r = zeroshot(_downstream_model(a), a.manifest, split=a.split, knowledge=a.knowledge,
                  out_dir=a.out, prompts=a.prompts, score=a.score, cache_dir=a.cache_dir,
-                 batch_size=a.batch_size, device=a.device, seed=a.seed)
+                 batch_size=a.batch_size, device=a.device, seed=a.seed, language=a.language)
     print(f"{a.split}: n={r['n']} zero-shot macro AUC {_f(r['auc'])} (95% CI {_ci(r['ci'])}), "
           f"accuracy {_f(r['accuracy'])} (chance {_f(r['chance_accuracy'])}); "
           f"{Path(a.out) / 'zeroshot.json'}")
@@ -369,6 +369,9 @@ def _add_downstream_parsers(sub) -> None:
     z.add_argument("--score", choices=["softmax", "posneg"], default="softmax",
                    help="softmax over classes (CLIP standard) or, in addition, the per-class "
                         "positive / negative prompt score")
+    z.add_argument("--language", choices=["real", "random"], default="real",
+                   help="random: the control with every prompt embedding replaced by a fixed "
+                        "random vector of the same norm (the language removed)")
     z.add_argument("--vocabfine", type=int, default=0, metavar="N",
                    help="CT-VocabFine: first fine-tune the text projection and the experts' "
                         "projections on N labelled training cases per class")

@@ -70,6 +70,10 @@ def test_image_embedding_equal_to_its_class_prompt_scores_auc_one(tiny_sim, tmp_
     assert res["chance_accuracy"] == pytest.approx(1 / K)
     saved = json.loads((tmp_path / "zeroshot.json").read_text())
     assert saved["auc"] == 1.0 and "prompts_used" in saved and saved["ci"][0] <= 1.0
+    # the control: random prompt embeddings of the same norm carry no class -> near chance
+    ctrl = zeroshot(vlm, tiny_sim, split=None, text_encoder=Text(), loader=Loader(),
+                    language="random", n_boot=50)
+    assert ctrl["language"] == "random" and ctrl["accuracy"] < 0.6
     assert len((tmp_path / "scores.csv").read_text().splitlines()) == res["n"] + 1
 
 

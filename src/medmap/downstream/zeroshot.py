@@ -73,9 +73,25 @@ class PromptBank:
         self.appearance, self.names, self.negatives, self.texts = appearance, names, negatives, texts
 
 
-def prompt_bank(vlm: LoadedVLM, knowledge=None, text_encoder=None) -> PromptBank:
+class _RandomText:
+    """The language-removed control: each text's frozen embedding replaced by a fixed random
+    vector of the same norm."""
+
+    def __init__(self, encoder, seed: int = 0):
+        self.encoder, self.seed = encoder, seed
+
+    def encode(self, texts):
+        from medmap.train.data import random_like
+
+        return random_like(torch.as_tensor(self.encoder.encode(list(texts))).float(), self.seed)
+
+
+def prompt_bank(vlm: LoadedVLM, knowledge=None, text_encoder=None,
+                language: Literal["real", "random"] = "real") -> PromptBank:
     """Embed the class-knowledge prompts of ``vlm``'s organ and modalities (``knowledge``: a
-    :class:`~medmap.text.knowledge.ClassKnowledge`, a path, or None for the shipped file)."""
+    :class:`~medmap.text.knowledge.ClassKnowledge`, a path, or None for the shipped file).
+    ``language="random"``: every prompt's frozen embedding is replaced by a fixed random vector
+    of the same norm (the control that removes the language)."""
     from medmap.text.knowledge import ClassKnowledge, load_class_knowledge
 
     kn = knowledge if isinstance(knowledge, ClassKnowledge) else \
@@ -85,6 +101,9 @@ def prompt_bank(vlm: LoadedVLM, knowledge=None, text_encoder=None) -> PromptBank
     names, negs = kn.name_prompts(), kn.negative_prompts()
     flat = ([t for m in mods for c in classes for t in app[m][c]]
             + [t for c in classes for t in names[c]] + [t for c in classes for t in negs[c]])
+    if language == "random":
+        text_encoder = _RandomText(text_encoder if text_encoder is not None
+                                   else vlm.text_encoder())
     emb = text_embeddings(vlm, flat, text_encoder)                    # (P, d) normalised
     i = 0
 
@@ -173,11 +192,12 @@ def zeroshot(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pa
              score: Literal["softmax", "posneg"] = "softmax", text_encoder=None, loader=None,
              cache_dir: str | Path | None = None, batch_size: int = 4,
              device: str | None = None, experiment=None, seed: int = 0,
-             n_boot: int = 1000) -> dict[str, Any]:
+             n_boot: int = 1000, language: Literal["real", "random"] = "real") -> dict[str, Any]:
     """Zero-shot classification of ``split``'s labelled cases (see the module doc).
 
     ``model``: a model folder, a :class:`LoadedVLM`, or None (no pre-training; needs
-    ``experiment``). ``knowledge``: the class-knowledge file (None: the shipped one). Writes
+    ``experiment``). ``knowledge``: the class-knowledge file (None: the shipped one).
+    ``language="random"``: the control with random prompt embeddings of the same norm. Writes
     ``zeroshot.json`` (metrics, prompts used) and ``scores.csv`` (per case probabilities) to
     ``out_dir`` when given; returns the metrics (``probs`` left out).
     """
@@ -186,7 +206,7 @@ def zeroshot(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pa
     if not items:
         raise UserError(f"no labelled {vlm.organ} case in split {split!r}; zero-shot "
                         "classification needs labels to score (--split)")
-    bank = prompt_bank(vlm, knowledge, text_encoder)
+    bank = prompt_bank(vlm, knowledge, text_encoder, language)
     classes = list(get_organ(vlm.organ).classes)
     emb = volume_embeddings(vlm, items, loader if loader is not None else vlm.loader(cache_dir),
                             batch_size)
@@ -195,6 +215,7 @@ def zeroshot(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pa
     labels = np.array([c.label_index for c in cases])
     res = zeroshot_from_logits(labels, z, classes, n_boot, seed)
     res.update({"model": vlm.name, "organ": vlm.organ, "split": split, "prompts": prompts,
+                "language": language,
                 "score": score, "logit_scale": scale,
                 "fusion": "mean of per-modality appearance logits over the present modalities"
                           + (", averaged with the case-level name logits" if prompts == "both"
