@@ -78,26 +78,6 @@ def test_data_pipeline_quick(capsys, tmp_path):
     assert "fine-tuning step" in text and js["data_fraction_of_step"] > 0
 
 
-def test_auto_num_workers():
-    """num_workers: auto (the default) comes from the cores available; an int stays."""
-    from medmap.config import from_dict
-    from medmap.train import engine
-
-    if not hasattr(engine, "auto_num_workers"):     # pragma: no cover
-        pytest.skip("medmap.train.engine has no num_workers: auto (engine.py not updated)")
-    OptimConfig, auto_num_workers = engine.OptimConfig, engine.auto_num_workers
-    available_cpus = engine.available_cpus
-
-    assert [auto_num_workers(1, cpus=c) for c in (1, 2, 3, 4, 8, 16, 64)] == [0, 0, 1, 2, 6, 8, 8]
-    assert auto_num_workers(4, cpus=16) == 2 and auto_num_workers([0, 1], cpus=8) == 2
-    assert OptimConfig().num_workers == auto_num_workers(1, cpus=available_cpus())
-    assert isinstance(OptimConfig().num_workers, int)
-    assert from_dict(OptimConfig, {"num_workers": "auto"}).num_workers == OptimConfig().num_workers
-    assert from_dict(OptimConfig, {}, overrides=["num_workers=3"]).num_workers == 3
-    with pytest.raises(ValueError, match="num_workers"):
-        OptimConfig(num_workers=-1)
-
-
 def test_text_cache_quick(capsys, tmp_path):
     text, js = _run("text_cache", ["--quick"], capsys, tmp_path)
     _assert_table(text, "| setting | s/epoch | s/step | pairs/s |")

@@ -126,7 +126,6 @@ def _reports(rng, label: str, subtype: str, lesions: list[dict], shift: float) -
     main = _largest(lesions)
     loc = _where(main)
     size = _dims(main)
-    n = len(lesions)
     me = _mass_effect(rng, main, shift)
     if label == "benign":
         rep = _benign_reports(rng, main, loc, size, me)
