@@ -137,6 +137,24 @@ def test_shipped_demo_config_is_the_demo_for_both_organs():
         assert shipped == cfg, "configs/demo.yaml is out of date"
 
 
+def test_shipped_demo_swin_config_differs_from_the_demo_only_in_its_experts():
+    """configs/demo-swin.yaml (the ablation's Swin rows) is configs/demo.yaml with 3D Swin
+    experts: every other setting is the demo's, so the rows compare architectures only."""
+    import dataclasses
+    from pathlib import Path
+
+    from medmap.config import load_config
+    from medmap.models.encoders import SwinConfig
+    from medmap.train.config import ExperimentConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cnn = load_config(ExperimentConfig, root / "demo.yaml")
+    swin = load_config(ExperimentConfig, root / "demo-swin.yaml")
+    assert swin.model.encoder == SwinConfig(feature_size=12, window_size=4, out_stage=3)
+    assert dataclasses.replace(swin, model=dataclasses.replace(
+        swin.model, encoder=cnn.model.encoder)) == cnn
+
+
 def test_shipped_configs_hold_only_what_differs_from_the_defaults():
     from pathlib import Path
 
@@ -146,6 +164,6 @@ def test_shipped_configs_hold_only_what_differs_from_the_defaults():
     from medmap.train.config import ExperimentConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("demo.yaml", "liver.yaml", "brain.yaml"):
+    for name in ("demo.yaml", "demo-swin.yaml", "liver.yaml", "brain.yaml"):
         written = yaml.safe_load((root / name).read_text())
         assert written == diff_dict(load_config(ExperimentConfig, root / name)), name
