@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmap.train",),
     ("medmap.inference", "medmap.fastpath"),
     ("medmap.eval", "medmap.predict", "medmap.downstream"),
-    ("medmap.cli", "medmap.demo", "medmap.ablation"),
+    ("medmap.cli", "medmap.cli_downstream", "medmap.demo", "medmap.ablation"),
 ]
 
 

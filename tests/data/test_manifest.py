@@ -162,7 +162,7 @@ def test_organ_masks_and_required_roi_mask(tmp_path):
     Manifest(cases).save(d / "m.jsonl")
     m = Manifest.load(d / "m.jsonl")
     problems = validate_manifest(m)
-    assert problems == [f"case 'b': masks.spleen: mask for a modality the case does not have; "
+    assert problems == ["case 'b': masks.spleen: mask for a modality the case does not have; "
                         "key masks by 'lesion', 'organ', the organ ('liver') or by one of the "
                         "case's modalities"]
     problems = validate_manifest(m, required_masks=["liver"])

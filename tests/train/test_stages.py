@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from medmap.data.manifest import Manifest, ManifestError
