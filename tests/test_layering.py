@@ -20,8 +20,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmap.models", "medmap.losses"),
     ("medmap.train",),
     ("medmap.inference", "medmap.fastpath"),
-    ("medmap.eval", "medmap.predict", "medmap.downstream"),
-    ("medmap.cli", "medmap.cli_downstream", "medmap.demo", "medmap.ablation"),
+    ("medmap.eval", "medmap.predict", "medmap.downstream", "medmap.baselines"),
+    ("medmap.cli", "medmap.cli_downstream", "medmap.cli_baseline", "medmap.demo",
+     "medmap.ablation"),
 ]
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from medmap.cli_baseline import add_baseline_parsers
 from medmap.cli_downstream import add_downstream_parsers
 
 
@@ -198,7 +199,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from medmap.predict import predict
 
     rows = predict(a.model, source, a.out, cam_dir=a.cam, modality=a.modality, device=a.device,
-                   roi=a.roi, fast=not a.no_fast_path, precision=a.precision)
+                   roi=a.roi, fast=not a.no_fast_path, precision=a.precision, mask=a.mask)
     from medmap.inference import csa_description
     from medmap.inference import resolve_model_dir
     from medmap.models.hub import load_pretrained_config
@@ -210,9 +211,10 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(a: argparse.Namespace) -> int:
-    from medmap.ablation import run_ablation
+    from medmap.ablation import ROWS, run_ablation
 
-    run_ablation(_experiment(a), a.out, seeds=a.seeds, rows=a.rows, split=a.split)
+    run_ablation(_experiment(a), a.out, seeds=a.seeds, rows=a.rows or tuple(ROWS),
+                 split=a.split)
     return 0
 
 
@@ -333,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--roi", default=None, metavar="FILE",
                     help="organ mask of a single-volume / case-folder input, for models trained "
                          "with preprocess.roi_mask")
+    pr.add_argument("--mask", default=None, metavar="FILE",
+                    help="lesion mask of a single-volume / case-folder input, for models that "
+                         "read it (mask pooling, region features); the --roi file when the "
+                         "model's ROI is the lesion")
     pr.add_argument("--series", default=None, metavar="UID",
                     help="SeriesInstanceUID of the series to read when INPUT is a DICOM folder "
                          "holding several (same as INPUT#UID)")
@@ -352,9 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--config", default=None, help="experiment YAML, e.g. configs/demo.yaml")
     ab.add_argument("--out", default="runs/ablation", help="output folder (runs + ablation.json)")
     ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (paired)")
-    ab.add_argument("--rows", nargs="+", default=["baseline", "+MAVLP", "+CCT", "+CSA",
-                                                   "language-removed", "global-CLIP"],
-                    help="rows to run (default: all)")
+    ab.add_argument("--rows", nargs="+", default=None,
+                    help="rows to run (default: all: baseline +MAVLP +CCT +CSA "
+                         "language-removed global-CLIP report-assisted radiomics)")
     ab.add_argument("--split", default="test", help="evaluation split")
     ab.add_argument("overrides", nargs="*", help="config overrides, e.g. finetune.epochs=5")
     ab.set_defaults(func=_cmd_ablation)
@@ -372,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     add_downstream_parsers(sub)
+    add_baseline_parsers(sub)
     return p
 
 

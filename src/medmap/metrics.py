@@ -78,6 +78,62 @@ def _fast_auc(labels: np.ndarray, probs: np.ndarray) -> float:
                           for j, c in enumerate(present)]))
 
 
+# ---- bootstrap --------------------------------------------------------------------------------
+def _batched_auc(labels: np.ndarray, probs: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """:func:`_fast_auc` of many resamples at once: labels (B, n), probs (B, n, K), every
+    resample holding exactly the classes ``present`` -> (B,)."""
+    from scipy.stats import rankdata
+
+    if probs.shape[-1] == 2:
+        pos = labels == 1                                            # (B, n)
+        scores = probs[..., 1][..., None]                            # (B, n, 1)
+        pos = pos[..., None]
+    else:
+        sub = probs[..., present]
+        tot = sub.sum(-1, keepdims=True)
+        sub = np.where(tot > 0, sub / np.where(tot > 0, tot, 1.0), 1.0 / len(present))
+        if len(present) == 2:
+            scores, pos = sub[..., 1:2], (labels == present[1])[..., None]
+        else:
+            scores, pos = sub, labels[..., None] == present          # (B, n, K')
+    ranks = rankdata(scores, axis=1)                                 # ties: average ranks
+    n_pos = pos.sum(1)                                               # (B, K')
+    n_neg = pos.shape[1] - n_pos
+    auc = ((ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2.0) / np.maximum(n_pos * n_neg, 1)
+    return auc.mean(-1)
+
+
+def bootstrap_scores(labels: np.ndarray, probs: np.ndarray, correct: np.ndarray,
+                     n_boot: int, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Accuracy and AUC of ``n_boot`` resamples of the cases (with replacement), vectorised;
+    resamples holding one class only are left out of the AUC list.
+
+    Example:
+        >>> y = np.array([0, 1, 0, 1]); p = np.array([[.9, .1], [.2, .8], [.6, .4], [.3, .7]])
+        >>> acc, auc = bootstrap_scores(y, p, p.argmax(1) == y, 20)
+        >>> len(acc), all(a == 1.0 for a in auc)
+        (20, True)
+    """
+    n, n_boot = labels.size, max(0, int(n_boot))
+    if n_boot == 0 or n == 0:
+        return [], []
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, (n_boot, n))                            # (B, n)
+    acc = np.asarray(correct, np.float64)[idx].mean(1)
+    lab = labels[idx]                                                # (B, n)
+    classes = np.unique(labels)
+    have = (lab[..., None] == classes).any(1)                        # (B, K) class present
+    n_cls = have.sum(1)
+    auc = np.full(n_boot, np.nan)
+    full = have.all(1)                                               # every class present
+    if full.any() and len(classes) >= 2:
+        auc[full] = _batched_auc(lab[full], probs[idx[full]], classes)
+    for b in np.nonzero(~full & (n_cls >= 2))[0]:                    # rare: a class missing
+        auc[b] = _fast_auc(lab[b], probs[idx[b]])
+    keep = (n_cls >= 2) & np.isfinite(auc)
+    return acc.tolist(), auc[keep].tolist()
+
+
 # ---- full evaluation metrics ----------------------------------------------------------------
 def _num(x: float) -> float | None:
     """A JSON-safe float (None for NaN / Inf)."""
@@ -149,20 +205,9 @@ def full_metrics(labels, probs, class_names, n_boot: int = 1000, seed: int = 0,
                           "f1": float(f1[k]), "support": int(sup[k]), "auc": auc_k})
         roc.append({"class": names[k], "fpr": fpr, "tpr": tpr, "auc": auc_k})
 
-    # bootstrap over cases
-    rng = np.random.default_rng(seed)
+    # bootstrap over cases (vectorised: all resamples at once)
     n = labels.size
-    boot_acc: list[float] = []
-    boot_auc: list[float] = []
-    correct = (pred == labels).astype(np.float64)
-    for _ in range(max(0, int(n_boot))):
-        idx = rng.integers(0, n, n)
-        boot_acc.append(float(correct[idx].mean()))
-        if np.unique(labels[idx]).size < 2:
-            continue
-        a = _fast_auc(labels[idx], probs[idx])
-        if np.isfinite(a):
-            boot_auc.append(a)
+    boot_acc, boot_auc = bootstrap_scores(labels, probs, pred == labels, n_boot, seed)
     return {
         "n": int(n),
         "classes": names,

@@ -77,6 +77,7 @@ class PredictCase:
     source: str = ""
     roi: str | None = None
     reports: dict[str, str] | None = None     # read only by csa_text="report" models
+    lesion: str | None = None                 # the lesion mask of models that read it
 
 
 # ---- rows -----------------------------------------------------------------------------------
@@ -145,16 +146,20 @@ def _roi_names(roi_mask: str | None) -> set[str]:
 
 
 def _case_folder(folder: Path, modalities: Sequence[str],
-                 roi_mask: str | None = None) -> PredictCase:
+                 roi_mask: str | None = None, lesion_key: str | None = None) -> PredictCase:
     found: dict[str, list[Path]] = {}
     unknown: list[str] = []
     roi: Path | None = None
+    lesion: Path | None = None
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         is_vol = entry.is_dir() or entry.name.lower().endswith(_VOLUME_SUFFIXES)
         if is_vol and _stem(entry).lower() in _roi_names(roi_mask):
             roi = entry
+        if is_vol and _stem(entry).lower() in _roi_names(lesion_key):
+            lesion = entry
+        if is_vol and (entry == roi or entry == lesion):
             continue
         m = match_modality(_stem(entry), modalities) if is_vol else None
         if m is None:
@@ -177,7 +182,8 @@ def _case_folder(folder: Path, modalities: Sequence[str],
                       f"the model's modalities ({', '.join(modalities)}): {', '.join(unknown)}",
                       stacklevel=4)
     return PredictCase(folder.name, {m: str(ps[0]) for m, ps in found.items()},
-                       source=str(folder), roi=None if roi is None else str(roi))
+                       source=str(folder), roi=None if roi is None else str(roi),
+                       lesion=None if lesion is None else str(lesion))
 
 
 def _single_volume(path: Path, modalities: Sequence[str], modality: str | None,
@@ -199,7 +205,8 @@ def _single_volume(path: Path, modalities: Sequence[str], modality: str | None,
 
 
 def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None,
-                    roi_mask: str | None = None) -> list[PredictCase]:
+                    roi_mask: str | None = None, lesion_key: str | None = None
+                    ) -> list[PredictCase]:
     from medmap.data.manifest import Manifest, ManifestError
     from medmap.data.validate import require_valid
 
@@ -209,7 +216,7 @@ def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None,
         warnings.warn(f"{path}: skipping {len(other)} case(s) of organs other than the model's "
                       f"{organ!r}: {other}", stacklevel=4)
     manifest = require_valid(manifest.select(organ=organ or None), path,   # reports: unused
-                             required_masks=[] if roi_mask is None else [roi_mask],
+                             required_masks=[k for k in (roi_mask, lesion_key) if k],
                              check_reports=False)
     cases = manifest.resolved()
     if not cases:
@@ -223,7 +230,8 @@ def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None,
             continue
         out.append(PredictCase(c.case_id, vols, c.label, str(path),
                                roi=c.masks.get(roi_mask) if roi_mask else None,
-                               reports=dict(c.reports)))
+                               reports=dict(c.reports),
+                               lesion=c.masks.get(lesion_key) if lesion_key else None))
     if none:
         raise ManifestError([f"case {cid!r}: modalities: none of the model's modalities "
                              f"({', '.join(modalities)}); add one or drop the case"
@@ -236,20 +244,35 @@ def _manifest_cases(path: Path, modalities: Sequence[str], organ: str | None,
 
 def resolve_input(input: str | Path, modalities: Sequence[str], organ: str | None = None,
                   modality: str | None = None, roi_mask: str | None = None,
-                  roi: str | Path | None = None) -> list[PredictCase]:
+                  roi: str | Path | None = None, lesion_key: str | None = None,
+                  lesion: str | Path | None = None) -> list[PredictCase]:
     """The cases an input path denotes (see the module doc).
 
     ``roi_mask``: the model's ``preprocess.roi_mask`` (each case must then bring that organ
     mask); ``roi``: an explicit organ-mask file for a single volume or case folder.
+    ``lesion_key``: the mask a model reads at inference (``MedMAPConfig.mask_key``; the ROI
+    itself when both are the same key); ``lesion``: an explicit file of it.
     """
-    cases = _resolve(Path(input), modalities, organ, modality, roi_mask)
-    if roi is not None:
-        if not Path(roi).exists():
-            raise PredictInputError(f"{roi}: --roi file not found")
+    cases = _resolve(Path(input), modalities, organ, modality, roi_mask, lesion_key)
+    for flag, value, attr in (("--roi", roi, "roi"), ("--mask", lesion, "lesion")):
+        if value is None:
+            continue
+        if not Path(value).exists():
+            raise PredictInputError(f"{value}: {flag} file not found")
         if len(cases) != 1:
-            raise PredictInputError(f"{input}: --roi applies to a single volume or case folder; "
-                                    "a manifest names each case's mask under masks")
-        cases[0].roi = str(roi)
+            raise PredictInputError(f"{input}: {flag} applies to a single volume or case "
+                                    "folder; a manifest names each case's mask under masks")
+        setattr(cases[0], attr, str(value))
+    if lesion_key is not None:
+        for c in cases:
+            if c.lesion is None and lesion_key == roi_mask:
+                c.lesion = c.roi
+            if c.lesion is None:
+                raise PredictInputError(
+                    f"case {c.case_id!r}: the model reads the {lesion_key!r} mask at inference "
+                    f"(mask pooling / region features) and none was found; pass --mask FILE "
+                    f"or put {lesion_key}.nii.gz (or {lesion_key}_mask.nii.gz) in the case "
+                    "folder")
     if roi_mask is not None:
         for c in cases:
             if c.roi is None:
@@ -261,7 +284,7 @@ def resolve_input(input: str | Path, modalities: Sequence[str], organ: str | Non
 
 
 def _resolve(p: Path, modalities: Sequence[str], organ: str | None, modality: str | None,
-             roi_mask: str | None) -> list[PredictCase]:
+             roi_mask: str | None, lesion_key: str | None = None) -> list[PredictCase]:
     from medmap.data.io import split_series
 
     folder, uid = split_series(p)
@@ -273,11 +296,11 @@ def _resolve(p: Path, modalities: Sequence[str], organ: str | None, modality: st
     if p.is_file() and p.name.lower().endswith(_MANIFEST_SUFFIXES):
         if modality is not None:
             raise PredictInputError(f"{p}: --modality applies to a single volume, not a manifest")
-        return _manifest_cases(p, modalities, organ, roi_mask)
+        return _manifest_cases(p, modalities, organ, roi_mask, lesion_key)
     if p.is_dir():
         if modality is not None or _is_dicom_folder(p):    # one DICOM series
             return [_single_volume(p, modalities, modality)]
-        return [_case_folder(p, modalities, roi_mask)]
+        return [_case_folder(p, modalities, roi_mask, lesion_key)]
     if not p.name.lower().endswith(_VOLUME_SUFFIXES):
         raise PredictInputError(f"{p}: unsupported input; give a manifest (.jsonl/.csv), a case "
                                 "folder, or a volume (.nii/.nii.gz/.nrrd, DICOM folder)")
@@ -327,7 +350,7 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
             device: str | torch.device | None = None,
             preprocess_override: Mapping[str, Any] | None = None,
             roi: str | Path | None = None, fast: bool = True,
-            precision: str = "fp32") -> list[dict[str, Any]]:
+            precision: str = "fp32", mask: str | Path | None = None) -> list[dict[str, Any]]:
     """Predict every case of ``input``; writes ``out_csv`` (unless None) and returns its rows.
 
     ``fast`` (default): the probabilities come from :mod:`medmap.fastpath` (fused window
@@ -338,7 +361,9 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     (``docs/benchmarks.md``); fp32 is the default.
 
     ``roi``: the organ-mask file of a single-volume or case-folder input, for models trained
-    with ``preprocess.roi_mask`` (see the module doc).
+    with ``preprocess.roi_mask`` (see the module doc). ``mask``: the lesion-mask file of such an
+    input, for models that read the lesion mask (``MedMAPConfig.mask_key``; the ROI mask is
+    used when the two keys are the same).
 
     Raises :class:`PredictInputError` (bad input: names the path and the fix),
     :class:`~medmap.data.manifest.ManifestError` (invalid manifest, every problem listed) or
@@ -357,7 +382,8 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     cfg = model.cfg
     mods, classes = list(cfg.modalities), list(cfg.classes)
     organ = doc.get("organ") or cfg.organ or None
-    cases = resolve_input(input, mods, organ, modality, pcfg.roi_mask, roi)
+    lesion_key = cfg.mask_key if getattr(model, "needs_mask", False) else None
+    cases = resolve_input(input, mods, organ, modality, pcfg.roi_mask, roi, lesion_key, mask)
     pre = Preprocessor(pcfg)
     dev = next(model.parameters()).device
     report_mode = getattr(cfg, "csa_text", "knowledge") == "report"
@@ -389,18 +415,27 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
                 raise VolumeReadError(f"case {case.case_id!r}, modality {m}: {e}") from None
             present[0, mods.index(m)] = True
         images, present = images.to(dev), present.to(dev)
+        les = {}
+        if lesion_key is not None:
+            ref = next(iter(case.volumes.values()))
+            try:
+                les = {"lesion_mask": pre.preprocess_mask(case.lesion, reference=ref,
+                                                          roi=case.roi)[None].to(dev)}
+            except VolumeReadError as e:
+                raise VolumeReadError(f"case {case.case_id!r}, mask {lesion_key}: {e}") from None
         if fast_model is not None:
-            probs = fast_model(images, present)["probs"][0].float().cpu().numpy()
+            probs = fast_model(images, present, **les)["probs"][0].float().cpu().numpy()
         else:
             kw = report_inputs(text_encoder, [case.reports], mods, dev) if report_mode else {}
             with torch.no_grad():
-                probs = model(images, present, **kw)["probs"][0].float().cpu().numpy()
+                probs = model(images, present, **kw, **les)["probs"][0].float().cpu().numpy()
         used = [m for m in mods if m in case.volumes]
         missing = [m for m in mods if m not in case.volumes]
         rows.append(prediction_row(case.case_id, probs, classes, used, missing,
                                    label=case.label, source=case.source))
         if cam_dir is not None:
-            cams = gradcam(model, images, present, class_index=int(probs.argmax()))
+            cams = gradcam(model, images, present, class_index=int(probs.argmax()),
+                           lesion_mask=les.get("lesion_mask"))
             folder = _cam_folder(Path(cam_dir), case.case_id, cam_names)
             folder.mkdir(parents=True, exist_ok=True)
             for m in used:

@@ -66,3 +66,25 @@ def test_volumes_and_off_by_default_and_validation():
         AugmentConfig(flip_prob=1.5)
     with pytest.raises(ValueError, match="intensity_scale must be >= 0"):
         AugmentConfig(intensity_scale=-0.1)
+
+
+def test_the_mask_takes_the_case_flips_but_not_the_intensity_change():
+    import torch
+
+    from medmap.data.augment import AugmentConfig, BatchAugmenter
+
+    aug = BatchAugmenter(AugmentConfig(flip_prob=0.5, intensity_scale=0.3, intensity_shift=0.3))
+    images = torch.zeros(4, 2, 1, 8, 8, 8)
+    images[:, :, :, :2, :3, :4] = 1.0                 # a bright corner block in both sequences
+    mask = (images[:, :1, 0] > 0).float()             # (4, 1, 8, 8, 8): the same block
+    present = torch.ones(4, 2, dtype=torch.bool)
+    flipped = 0
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        out, m = aug.cases_with_mask(images, present, mask, g)
+        assert set(m.unique().tolist()) <= {0.0, 1.0}            # never rescaled
+        for b in range(4):
+            bright = out[b, 0, 0] > out[b, 0, 0].median()
+            assert torch.equal(bright, m[b, 0] > 0)             # still on the same voxels
+            flipped += int(not torch.equal(m[b], mask[b]))
+    assert flipped > 0

@@ -95,7 +95,7 @@ def test_existing_run_folder_needs_resume_or_overwrite(config_yaml, full_run, tm
     assert main(["finetune", "--config", str(config_yaml), "--run-dir", str(run), "--overwrite",
                  "finetune.epochs=1"]) == 0
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert "epoch003.ckpt" not in ckpts and "epoch000.ckpt" in ckpts, ckpts   # old run: gone
+    assert "epoch003.ckpt" not in ckpts and "epoch000.ckpt" not in ckpts, ckpts  # old run: gone
     assert (run / "checkpoints" / "last.ckpt").read_bytes() != before
     assert (run / "model" / "model.safetensors").is_file()
 

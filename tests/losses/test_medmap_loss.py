@@ -65,3 +65,30 @@ def test_kl_target_is_detached_so_it_cannot_chase_a_constant():
     assert not out["text_features"].requires_grad     # the KL term never moves the text side
     kl_alignment(out["text_features"], out["fusion"]).backward()
     assert model.head[1].weight.grad is None and model.norm.weight.grad is not None
+
+
+def test_cross_entropy_constant_weights_against_hand_computation():
+    from medmap.losses.medmap import classification_loss, loss_weights
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    labels = torch.tensor([0, 2])
+    f = torch.randn(2, 4)
+    out = medmap_loss(logits, labels, f, f, epoch=0, max_epochs=8, cls_loss="ce",
+                      weighting="constant", cls_weight=1.0, kl_weight=0.05)
+    lsm = logits.log_softmax(-1)
+    ce = -(lsm[0, 0] + lsm[1, 2]) / 2
+    assert out["cls_loss"].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert out["lambda_c"].item() == 1.0 and out["lambda_s"].item() == pytest.approx(0.05)
+    # the same weights at every epoch; the paper's ramps with their peaks otherwise
+    assert loss_weights(7, 8, "constant", 1.0, 0.05) == (1.0, 0.05)
+    assert loss_weights(2, 8, "ramp", 0.1, 0.1) == ramp_weights(2, 8)
+    # class weights: a case of a rare class counts more (weighted mean over the batch)
+    w = torch.tensor([1.0, 1.0, 3.0])
+    per = -torch.stack([lsm[0, 0], lsm[1, 2]])
+    expect = (per[0] * 1 + per[1] * 3) / 4
+    assert classification_loss(logits, labels, "ce", class_weights=w).item() == \
+        pytest.approx(expect.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="'bce' or 'ce'"):
+        classification_loss(logits, labels, "hinge")
+    with pytest.raises(ValueError, match="'ramp' or 'constant'"):
+        loss_weights(0, 8, "cosine")

@@ -33,3 +33,18 @@ def test_clear_errors():
         enc(torch.randn(1, 32, 32, 32))
     with pytest.raises(ValueError, match="unknown encoder 'vit'; registered: swin, resnet, cnn"):
         build_encoder(SimpleNamespace(name="vit"))
+
+
+@pytest.mark.parametrize("name", ["cnn", "swin", "resnet"])
+def test_feature_maps_every_stage_finest_first(name):
+    """The multi-scale interface (timm's features_only): each stage halves the side, the
+    channels match ``feature_channels`` and the last map is ``feature_map``'s."""
+    from medmap.models.encoders import build_encoder, tiny_encoder_config
+
+    enc = build_encoder(tiny_encoder_config(name)).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    maps = enc.feature_maps(x)
+    assert [m.shape[1] for m in maps] == enc.feature_channels
+    sides = [m.shape[-1] for m in maps]
+    assert all(a >= b for a, b in zip(sides, sides[1:])) and sides[0] < 32
+    assert torch.allclose(maps[-1], enc.feature_map(x), atol=1e-5)

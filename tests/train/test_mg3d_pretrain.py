@@ -32,6 +32,7 @@ def test_pretrain_mg3d_writes_a_complete_run_and_a_loadable_model(mg3d_experimen
     from medmap.models.hub import from_pretrained
 
     cfg = mg3d_experiment
+    cfg.pretrain.keep_epoch_checkpoints = True
     out = pretrain_mg3d(cfg, tmp_path / "run")
     run = tmp_path / "run"
     for name in ("config.yaml", "run_info.json", "metrics.json", "checkpoints/last.ckpt",

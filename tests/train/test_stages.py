@@ -31,8 +31,10 @@ def test_pretrain_then_finetune_writes_a_complete_run(tiny_experiment, tmp_path)
     ft = finetune(tiny_experiment, tmp_path / "ft", init=pre)
     run = tmp_path / "ft"
     for name in ("config.yaml", "run_info.json", "metrics.json", "checkpoints/last.ckpt",
-                 "checkpoints/epoch000.ckpt", "model/model.safetensors", "logs/metrics.csv"):
+                 "model/model.safetensors", "logs/metrics.csv"):
         assert (run / name).exists(), name
+    # one checkpoint per epoch only on request (optim.keep_epoch_checkpoints)
+    assert not list((run / "checkpoints").glob("epoch*.ckpt"))
     info = json.loads((run / "run_info.json").read_text())
     assert info["medmap_version"] and info["stage"] == "finetune"
     # the experts were initialised from stage 1 (not random): config records it
@@ -91,3 +93,18 @@ def test_pretrain_resume_with_modality_grouped_batches_equals_uninterrupted(tiny
     b = load_file(str(resumed / "model.safetensors"))
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff < 1e-6, diff
+
+
+def test_report_assisted_finetuning_runs_through_validation(tiny_experiment, tmp_path):
+    """csa_text 'report' (the paper's protocol) used to stop at the first validation: the
+    validation batches looked up case texts that only the training cases had put in the
+    table."""
+    cfg = tiny_experiment
+    cfg.finetune.epochs = 2
+    cfg.model.csa_text = "report"
+    m = Manifest.load(cfg.data.manifest).select(organ="liver")
+    assert any(c.split == "val" for c in m), "the tiny benchmark needs a validation split"
+    with pytest.warns(UserWarning, match="leaks the label"):
+        model_dir = finetune(cfg, tmp_path / "ft")
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert "val/acc" in metrics and (model_dir / "model.safetensors").exists()

@@ -50,6 +50,14 @@ class AugmentConfig:
         return bool(self.flip_prob or self.intensity_scale or self.intensity_shift)
 
 
+def _plain(x) -> torch.Tensor:
+    """A plain contiguous ``torch.Tensor``: MONAI returns MetaTensors, whose per-operation
+    ``__torch_function__`` bookkeeping made every later model operation several times slower
+    (about half of a fine-tuning step's time)."""
+    t = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+    return t.contiguous()
+
+
 class BatchAugmenter:
     """Applies :class:`AugmentConfig` to collated batches (see the module doc)."""
 
@@ -57,21 +65,23 @@ class BatchAugmenter:
         from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
 
         self.cfg = cfg
-        ts: list = []
-        if cfg.flip_prob > 0:
-            ts += [RandFlip(prob=cfg.flip_prob, spatial_axis=a) for a in range(3)]
+        spatial = ([RandFlip(prob=cfg.flip_prob, spatial_axis=a) for a in range(3)]
+                   if cfg.flip_prob > 0 else [])
+        intensity: list = []
         if cfg.intensity_scale > 0:
-            ts.append(RandScaleIntensity(factors=cfg.intensity_scale, prob=1.0))
+            intensity.append(RandScaleIntensity(factors=cfg.intensity_scale, prob=1.0))
         if cfg.intensity_shift > 0:
-            ts.append(RandShiftIntensity(offsets=cfg.intensity_shift, prob=1.0))
-        self.transform = Compose(ts)
+            intensity.append(RandShiftIntensity(offsets=cfg.intensity_shift, prob=1.0))
+        self.transform = Compose(spatial + intensity)
+        # the same two parts apart, for cases with a mask (flipped with the volumes, never
+        # rescaled)
+        self.spatial, self.intensity = Compose(spatial), Compose(intensity)
 
     def _one(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """x: (C, D, H, W), every channel one sequence (or one volume) of the same case."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
         self.transform.set_random_state(seed=seed)
-        out = self.transform(x)
-        return torch.as_tensor(out).contiguous()
+        return _plain(self.transform(x))
 
     def cases(self, images: torch.Tensor, present: torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> torch.Tensor:
@@ -84,6 +94,26 @@ class BatchAugmenter:
         if present is not None:
             out = out * present[:, :, None, None, None, None].to(out.dtype)
         return out
+
+    def cases_with_mask(self, images: torch.Tensor, present: torch.Tensor | None,
+                        mask: torch.Tensor, generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, M, 1, D, H, W) and the cases' mask (B, 1, D, H, W) -> both augmented:
+        the mask takes the case's flips, the intensity changes go to the volumes only."""
+        if not self.cfg.enabled:
+            return images, mask
+        imgs, masks = [], []
+        for b in range(images.shape[0]):
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+            self.spatial.set_random_state(seed=seed)
+            self.intensity.set_random_state(seed=seed + 1)
+            both = _plain(self.spatial(torch.cat([images[b, :, 0], mask[b]])))
+            imgs.append(_plain(self.intensity(both[:-1])))
+            masks.append(both[-1:])
+        out = torch.stack(imgs)[:, :, None].contiguous()
+        if present is not None:
+            out = out * present[:, :, None, None, None, None].to(out.dtype)
+        return out, torch.stack(masks).contiguous()
 
     def volumes(self, image: torch.Tensor, generator: torch.Generator | None = None
                 ) -> torch.Tensor:

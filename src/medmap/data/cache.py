@@ -218,6 +218,41 @@ class VolumeCache:
         """Preprocessed mask (nearest interpolation) ``(1, *cfg.size)`` float32."""
         return self._get(path, None, "mask", reference, roi)
 
+    def warm(self, requests, workers: int | None = None) -> int:
+        """Preprocess in parallel, ahead of training, every request that has no entry yet, so
+        that no epoch pays for filling the cache: ``requests`` are ``(path, modality, kind,
+        reference, roi)`` tuples (``kind`` ``"image"`` or ``"mask"``; see
+        :func:`medmap.data.datasets.cache_requests`). ``workers`` processes (None: one per
+        CPU core; 1: in this process). Returns how many entries were computed. Without a
+        cache folder this does nothing.
+        """
+        if self.cache_dir is None:
+            return 0
+        todo = []
+        for r in dict.fromkeys(tuple(r) for r in requests):
+            payload = json.dumps(self.key_payload(r[0], r[1], kind=r[2], reference=r[3],
+                                                  roi=r[4]), sort_keys=True)
+            if not self.entry_path(hashlib.sha256(payload.encode()).hexdigest()).exists():
+                todo.append(r)
+        if workers is None:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+                (os.cpu_count() or 1)
+        workers = max(1, min(int(workers), len(todo)))
+        if workers == 1 or len(todo) < 8:
+            for r in todo:
+                self._get(*r)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
+
+            chunks = [todo[i::workers] for i in range(workers)]
+            args = [(str(self.cache_dir), self.cfg.to_dict(), self.storage_dtype, c)
+                    for c in chunks]
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                list(pool.map(_warm_chunk, args))
+        self.misses += len(todo)
+        return len(todo)
+
     def _compute(self, path, modality, kind, reference, roi) -> torch.Tensor:
         self.misses += 1
         if kind == "mask":
@@ -286,6 +321,18 @@ class VolumeCache:
                 self._warned_write = True
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _warm_chunk(args) -> None:
+    """Worker of :meth:`VolumeCache.warm`: compute and store one share of the requests."""
+    from medmap.data.preprocess import PreprocessConfig
+
+    cache_dir, cfg, dtype, requests = args
+    torch.set_num_threads(1)
+    cache = VolumeCache(cache_dir, Preprocessor(PreprocessConfig.from_dict(cfg)),
+                        storage_dtype=dtype)
+    for r in requests:
+        cache._get(*r)
 
 
 __all__ = ["CACHE_FORMAT_VERSION", "VolumeCache"]

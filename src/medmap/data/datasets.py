@@ -225,6 +225,25 @@ class CaseDataset(Dataset):
         return item
 
 
+def cache_requests(ds: ModalityPairDataset | CaseDataset) -> list[tuple]:
+    """What reading every item of ``ds`` asks its cache for: ``(path, modality, kind,
+    reference, roi)`` tuples for :meth:`VolumeCache.warm`."""
+    roi_key = ds.cache.cfg.roi_mask
+    out: list[tuple] = []
+    if isinstance(ds, ModalityPairDataset):
+        for case, mod, _, _ in ds.pairs:
+            out.append((case.modalities[mod], mod, "image", None, roi_path(case, roi_key)))
+        return out
+    for case in ds.cases:
+        roi = roi_path(case, roi_key)
+        out += [(case.modalities[m], m, "image", None, roi) for m in ds.modalities
+                if m in case.modalities]
+        if ds.with_masks and case.masks.get(ds.mask_key):
+            out.append((case.masks[ds.mask_key], None, "mask",
+                        case.modalities.get(ds.mask_key), roi))
+    return out
+
+
 def collate_pairs(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch :class:`ModalityPairDataset` items: ``image`` (B, 1, D, H, W), ``modality_index``
     (B,) long, and lists ``modality``, ``report``, ``case_id``."""
@@ -276,4 +295,5 @@ def collate_cases(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ModalityPairDataset", "CaseDataset", "collate_pairs", "collate_cases", "roi_path"]
+__all__ = ["ModalityPairDataset", "CaseDataset", "collate_pairs", "collate_cases", "roi_path",
+           "cache_requests"]

@@ -7,6 +7,8 @@ The pipeline (image) is::
       -> Spacing(pixdim, mode="bilinear")           # skipped when spacing is None
       -> SpatialCrop(ROI bounding box + margin)     # only with roi_mask (an organ mask)
       -> intensity:  "mri": ClipIntensityPercentiles(p_lo, p_hi) + NormalizeIntensity(nonzero=True)
+                     "mri_reference": divide by the mean signal of the reference tissue
+                            (a shell around the ROI mask), clip at the high percentile
                      "ct":  ScaleIntensityRange(hu_lo, hu_hi -> 0, 1, clip=True)
       -> Resize(size, mode="trilinear")  or  ResizeWithPadOrCrop(size)
 
@@ -21,6 +23,13 @@ interpolation and no intensity step, so a mask stored in the image's grid lands 
 on the preprocessed image. :meth:`Preprocessor.invert` maps a preprocessed-space tensor (a CAM,
 a predicted mask) back onto the voxel grid of the original file with MONAI's own inverse
 transforms.
+
+``"mri_reference"`` (reference-tissue normalisation) needs ``roi_mask``: MR signal has no
+absolute scale, and a per-volume z-score also removes the ratio of a lesion's signal to the
+tissue around it, the quantity radiologists read ("hyperintense to liver"). This mode divides
+each volume by the mean signal of the tissue around the ROI (``reference="shell"``: a
+``reference_mm`` shell outside the ROI mask, for lesion ROIs) or inside it (``"inside"``, for
+organ ROIs), so a voxel value reads as its ratio to that tissue.
 
 With ``roi_mask`` set (a manifest ``masks`` key such as ``"liver"``), every volume of a case is
 cropped to the bounding box of that organ mask (plus ``roi_margin_mm``) before the intensity
@@ -51,10 +60,10 @@ from medmap.config import UserError
 from medmap.data import io as mio
 from medmap.data.io import Volume, VolumeReadError
 
-IntensityMode = Literal["mri", "ct"]
+IntensityMode = Literal["mri", "mri_reference", "ct"]
 SizeMode = Literal["resize", "crop_pad"]
 
-_INTENSITY_MODES = ("mri", "ct")
+_INTENSITY_MODES = ("mri", "mri_reference", "ct")
 _SIZE_MODES = ("resize", "crop_pad")
 _AXIS_PAIRS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -86,6 +95,9 @@ class PreprocessConfig:
             cropped to its bounding box before the intensity step and the resize. ``None``: no
             crop.
         roi_margin_mm: margin around the ROI's bounding box, mm (clipped at the volume's edge).
+        reference: the reference tissue of ``"mri_reference"``: ``"shell"`` around the ROI
+            mask or ``"inside"`` it.
+        reference_mm: thickness of the reference shell, mm.
     """
 
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)
@@ -98,6 +110,8 @@ class PreprocessConfig:
     modality_intensity: dict[str, str] = field(default_factory=dict)
     roi_mask: str | None = None
     roi_margin_mm: float = 10.0
+    reference: Literal["shell", "inside"] = "shell"
+    reference_mm: float = 10.0
 
     def __post_init__(self) -> None:
         if self.spacing is not None:
@@ -148,6 +162,13 @@ class PreprocessConfig:
         if not (np.isfinite(self.roi_margin_mm) and self.roi_margin_mm >= 0):
             raise ValueError(f"PreprocessConfig.roi_margin_mm must be >= 0 mm, "
                              f"got {self.roi_margin_mm}")
+        if self.reference not in ("shell", "inside"):
+            raise ValueError(f"PreprocessConfig.reference must be 'shell' or 'inside', got "
+                             f"{self.reference!r}")
+        self.reference_mm = float(self.reference_mm)
+        if not (np.isfinite(self.reference_mm) and self.reference_mm > 0):
+            raise ValueError(f"PreprocessConfig.reference_mm must be > 0 mm, got "
+                             f"{self.reference_mm}")
         self.modality_intensity = dict(self.modality_intensity or {})
         for mod, mode in self.modality_intensity.items():
             if mode not in _INTENSITY_MODES:
@@ -155,6 +176,11 @@ class PreprocessConfig:
                     f"PreprocessConfig.modality_intensity[{mod!r}] = {mode!r} unknown; "
                     f"use one of {_INTENSITY_MODES}"
                 )
+
+        modes = {self.intensity, *self.modality_intensity.values()}
+        if "mri_reference" in modes and self.roi_mask is None:
+            raise ValueError("PreprocessConfig.intensity 'mri_reference' divides by the tissue "
+                             "around the ROI mask; set roi_mask (e.g. 'lesion') or use 'mri'")
 
     def intensity_for(self, modality: str | None) -> str:
         """The intensity mode used for ``modality`` (its override, else ``intensity``)."""
@@ -213,26 +239,33 @@ class Preprocessor:
         return [Resize(self.cfg.size, mode="nearest-exact" if mask else "trilinear",
                        align_corners=None if mask else False, anti_aliasing=False)]
 
-    def _intensity(self, mode: str) -> list:
+    def _intensity(self, mode: str, reference=None) -> list:
         from monai.transforms import (
             ClipIntensityPercentiles,
+            Lambda,
             NormalizeIntensity,
             ScaleIntensityRange,
         )
 
+        if mode == "mri_reference":
+            hi = self.cfg.percentiles[1]
+            return [Lambda(lambda x: _reference_scaled(x, reference)),
+                    ClipIntensityPercentiles(lower=None, upper=hi)]
         if mode == "ct":
             lo, hi = self.cfg.hu_window
             return [ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
         lo, hi = self.cfg.percentiles
         return [ClipIntensityPercentiles(lower=lo, upper=hi), NormalizeIntensity(nonzero=True)]
 
-    def transform(self, modality: str | None = None, *, mask: bool = False, crop=None):
+    def transform(self, modality: str | None = None, *, mask: bool = False, crop=None,
+                  reference=None):
         """The MONAI ``Compose`` applied to a loaded channel-first MetaTensor.
 
-        ``crop`` is the ROI ``SpatialCrop`` from :meth:`roi_crop` (``None``: no crop)."""
+        ``crop`` is the ROI ``SpatialCrop`` from :meth:`roi_crop` (``None``: no crop);
+        ``reference`` the reference-tissue mask on the cropped grid (``"mri_reference"``)."""
         from monai.transforms import Compose
 
-        mid = [] if mask else self._intensity(self.cfg.intensity_for(modality))
+        mid = [] if mask else self._intensity(self.cfg.intensity_for(modality), reference)
         roi = [] if crop is None else [crop]
         return Compose(self._spatial_pre(mask) + roi + mid + self._spatial_post(mask))
 
@@ -323,8 +356,33 @@ class Preprocessor:
 
         ``roi``: the case's organ mask, required when ``cfg.roi_mask`` is set."""
         img = self.load(src)
-        out = self._run(self.transform(modality, crop=self.roi_crop(img, roi)), img)
+        crop = self.roi_crop(img, roi)
+        ref = None
+        if self.cfg.intensity_for(modality) == "mri_reference":
+            ref = self.reference_mask(img, roi, crop)
+        out = self._run(self.transform(modality, crop=crop, reference=ref), img)
         return _finish(out, img, "image")
+
+    def reference_mask(self, img, roi, crop) -> torch.Tensor:
+        """The reference tissue of ``"mri_reference"`` on ``img``'s oriented, resampled and
+        cropped grid: (1, x, y, z) bool, a ``reference_mm`` shell outside the ROI mask
+        (``reference="shell"``) or the ROI mask itself (``"inside"``)."""
+        from monai.data.utils import affine_to_spacing
+        from monai.transforms import Compose
+        from scipy import ndimage as ndi
+
+        r = self._run(Compose(self._spatial_pre(mask=True) + [crop]),
+                      self._onto_grid(self.load(roi), img))
+        inside = np.asarray(r[0]) > 0
+        if self.cfg.reference == "inside":
+            return torch.from_numpy(inside)[None]
+        spacing = affine_to_spacing(r.affine, r=3).tolist()
+        k = [max(1, int(round(self.cfg.reference_mm / float(sp)))) for sp in spacing]
+        ball = np.zeros([2 * x + 1 for x in k], bool)
+        zz, yy, xx = np.ogrid[tuple(slice(-x, x + 1) for x in k)]
+        ball[(zz / k[0]) ** 2 + (yy / k[1]) ** 2 + (xx / k[2]) ** 2 <= 1.0] = True
+        shell = ndi.binary_dilation(inside, structure=ball) & ~inside
+        return torch.from_numpy(shell)[None]
 
     def preprocess_mask(
         self, src: str | Path | Volume, reference: str | Path | Volume | None = None,
@@ -389,6 +447,16 @@ class Preprocessor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MONAI deprecation chatter
             return xform(img)
+
+
+def _reference_scaled(x, reference: torch.Tensor | None):
+    """``x`` divided by the mean of its reference-tissue voxels (the whole volume's mean
+    when the reference is empty or not positive)."""
+    ref = x[reference] if reference is not None and bool(reference.any()) else x
+    scale = float(ref.mean())
+    if not scale > 1e-6:
+        scale = float(x.abs().mean()) or 1.0
+    return x / scale
 
 
 def _finish(out, src, what: str) -> torch.Tensor:

@@ -46,8 +46,37 @@ def volume_problem(array: np.ndarray) -> str | None:
     return None
 
 
+_CHECKED: dict[tuple, _Check] = {}      # stat signature -> result: each file read once
+
+
+def _signature(path: str) -> tuple | None:
+    """(path, size, mtime) of a file, or of every file of a DICOM folder; None if missing."""
+    import os
+
+    try:
+        st = os.stat(path)
+        if os.path.isdir(path):
+            return (path, tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                                       for e in os.scandir(path) if e.is_file())))
+        return (path, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+
+
 def _check_volume(path: str) -> _Check:
-    """(problem or None, shape or None, affine or None) for one volume file."""
+    """(problem or None, shape or None, affine or None) for one volume file; a file whose
+    size and modification time have not changed is not read again in this process (the demo
+    and the ablation validate the same manifest at every stage)."""
+    sig = _signature(path.split("#")[0])
+    if sig is not None and (sig, path) in _CHECKED:
+        return _CHECKED[(sig, path)]
+    out = _read_check(path)
+    if sig is not None:
+        _CHECKED[(sig, path)] = out
+    return out
+
+
+def _read_check(path: str) -> _Check:
     try:
         vol = read_volume(path)
     except VolumeReadError as e:

@@ -2,13 +2,12 @@
 localisation metrics of the maps.
 
 The target layer of modality ``m`` is the output of its expert's ``feature_map`` (the Swin /
-ResNet / CNN feature map ``(B, C, d, h, w)`` that the expert's tokens are read from). The CAM
-itself is MONAI's :class:`monai.visualize.GradCAM`: a thin wrapper module takes modality ``m``'s
-volume as its only tensor input (the case's other modalities and ``present`` mask are passed
-through as fixed keyword arguments) and routes the expert's feature map through an identity
-"tap" layer that MONAI hooks. Maps are upsampled (trilinear) to the input size and min-max
-normalised to ``[0, 1]`` per case (a map that is constant, e.g. all zero after the ReLU, becomes
-all zero).
+ResNet / CNN feature map ``(B, C, d, h, w)`` that the expert's tokens are read from). Every
+modality's feature map is routed through its own identity "tap" layer, and MONAI's
+``ModelWithHooks`` records the taps' activations and gradients in one forward and one backward
+pass (one pass per modality cost M times as much). Maps are upsampled (trilinear) to the input
+size and min-max normalised to ``[0, 1]`` per case (a map that is constant, e.g. all zero after
+the ReLU, becomes all zero).
 
 Localisation (where a lesion mask exists):
 
@@ -47,39 +46,45 @@ class _Tap(nn.Module):
         return x * 1.0                   # a new node, so the full backward hook sees its grad
 
 
-class _ModalityCAMNet(nn.Module):
-    """``forward(x, images, present) -> logits`` with modality ``m``'s volumes replaced by ``x``
-    and its expert's feature map routed through ``self.tap``."""
+class _TappedModel(nn.Module):
+    """``forward(images, present, lesion_mask=None) -> logits`` with the expert feature map of
+    every modality in ``names`` routed through its own identity tap ``taps[name]``, so one
+    forward and one backward pass give every modality's activations and gradients."""
 
-    def __init__(self, model: nn.Module, m: int):
+    def __init__(self, model: nn.Module, names: Sequence[str]):
         super().__init__()
         self.model = model
-        self.m = m
-        self.name = model.cfg.modalities[m]
-        self.tap = _Tap()
+        self.taps = nn.ModuleDict({n: _Tap() for n in names})
 
-    def forward(self, x: torch.Tensor, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        imgs = torch.cat([images[:, :self.m], x[:, None], images[:, self.m + 1:]], dim=1)
+    def forward(self, images: torch.Tensor, present: torch.Tensor,
+                lesion_mask: torch.Tensor | None = None) -> torch.Tensor:
         experts = self.model.experts
         encode = type(experts).encode
-        tap, name = self.tap, self.name
+        taps = self.taps
 
-        def tapped_encode(x_m: torch.Tensor, modality: str) -> torch.Tensor:
-            if modality != name:
-                return encode(experts, x_m, modality)
+        def tapped_encode(x_m: torch.Tensor, modality: str, **kw):
+            if modality not in taps:
+                return encode(experts, x_m, modality, **kw)
+            tap = taps[modality]
             enc = experts.encoders[experts.key(modality)]
-            feature_map = type(enc).feature_map
+            feature_map, feature_maps = type(enc).feature_map, type(enc).feature_maps
             enc.feature_map = lambda v: tap(feature_map(enc, v))
+            enc.feature_maps = lambda v: _tap_last(feature_maps(enc, v), tap)
             try:
-                return encode(experts, x_m, modality)
+                return encode(experts, x_m, modality, **kw)
             finally:
-                del enc.feature_map
+                del enc.feature_map, enc.feature_maps
 
         experts.encode = tapped_encode
         try:
-            return self.model(imgs, present)["logits"]
+            kw = {} if lesion_mask is None else {"lesion_mask": lesion_mask}
+            return self.model(images, present, **kw)["logits"]
         finally:
             del experts.encode
+
+
+def _tap_last(maps: list[torch.Tensor], tap: nn.Module) -> list[torch.Tensor]:
+    return [*maps[:-1], tap(maps[-1])]
 
 
 def _hooks_cls():
@@ -121,8 +126,10 @@ def _class_indices(class_index, B: int) -> torch.Tensor | None:
 
 def gradcam(model: nn.Module, images: torch.Tensor, present: torch.Tensor,
             class_index: int | Sequence[int] | torch.Tensor | None = None,
-            modalities: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Grad-CAM of every modality's expert feature map.
+            modalities: Sequence[str] | None = None,
+            lesion_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Grad-CAM of every modality's expert feature map, all modalities from one forward and
+    one backward pass (MONAI's hooks record each expert's tap).
 
     Args:
         model: a :class:`MedMAPClassifier` (put in eval mode for the call, restored after).
@@ -130,11 +137,14 @@ def gradcam(model: nn.Module, images: torch.Tensor, present: torch.Tensor,
         class_index: the class explained: None = each case's predicted class; an int for every
             case, or one index per case.
         modalities: restrict to these modalities (default: all of the model's).
+        lesion_mask: (B, 1, D, H, W), for models that read the lesion mask.
 
     Returns ``{modality: (B, D, H, W) float32 CPU tensor in [0, 1]}`` for every modality present
-    in at least one case; rows of cases without the modality are all zero.
+    in at least one case; rows of cases without the modality are all zero. The map is
+    ``relu(sum_c mean(dy/dA_c) * A_c)`` (Grad-CAM), upsampled (trilinear) to the input size and
+    min-max normalised per case.
     """
-    from monai.visualize import GradCAM
+    import torch.nn.functional as F
 
     cfg = model.cfg
     B, M = present.shape
@@ -147,6 +157,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, present: torch.Tensor,
         raise ValueError(f"gradcam: modalities {unknown} are not the model's {cfg.modalities}")
     device = next(model.parameters()).device
     images, present = images.to(device), present.to(device).bool()
+    names = [n for n in wanted if bool(present[:, cfg.modalities.index(n)].any())]
+    kw = {} if lesion_mask is None else {"lesion_mask": lesion_mask.to(device)}
     was_training = model.training
     model.eval()
     out: dict[str, torch.Tensor] = {}
@@ -155,25 +167,23 @@ def gradcam(model: nn.Module, images: torch.Tensor, present: torch.Tensor,
             idx = _class_indices(class_index, B)
             if idx is None:
                 with torch.no_grad():
-                    idx = model(images, present)["logits"].argmax(1)
-            idx = idx.to(device)
-            hooks_cls = _hooks_cls()
+                    idx = model(images, present, **kw)["logits"].argmax(1)
+            if not names:
+                return out
+            net = _TappedModel(model, names)
+            hooked = _hooks_cls()(net, [f"taps.{n}" for n in names], register_forward=True,
+                                  register_backward=True)
+            _, actis, grads = hooked(images, class_idx=idx.to(device), present=present, **kw)
             spatial = tuple(images.shape[3:])
-            for name in wanted:
-                m = cfg.modalities.index(name)
-                rows = present[:, m].nonzero(as_tuple=True)[0]
-                if rows.numel() == 0:
-                    continue
-                net = _ModalityCAMNet(model, m)
-                cam = GradCAM(nn_module=hooks_cls(net, "tap", register_forward=True,
-                                                  register_backward=True),
-                              target_layers="tap", postprocessing=normalise_cam)
-                maps = cam(images[rows, m], class_idx=idx[rows], images=images[rows],
-                           present=present[rows])                # (b, 1, D, H, W)
+            for name, acti, grad in zip(names, actis, grads):
+                rows = present[:, cfg.modalities.index(name)].nonzero(as_tuple=True)[0]
+                weights = grad.float().flatten(2).mean(2)[..., None, None, None]  # (b, C, 1...)
+                cam = F.relu((weights * acti.float()).sum(1, keepdim=True))      # (b, 1, d, h, w)
+                cam = F.interpolate(cam, size=spatial, mode="trilinear", align_corners=False)
                 full = torch.zeros((B, *spatial), dtype=torch.float32)
-                full[rows.cpu()] = maps[:, 0].detach().float().cpu()
+                full[rows.cpu()] = normalise_cam(cam[:, 0]).detach().float().cpu()
                 out[name] = full
-                net.zero_grad(set_to_none=True)
+            net.zero_grad(set_to_none=True)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

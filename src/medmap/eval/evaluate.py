@@ -71,7 +71,8 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
              preprocess_override: Mapping[str, Any] | Any = None, n_cam_cases: int = 2,
              batch_size: int = 4, *, n_boot: int = 1000, localise: bool = True,
              device: str | torch.device | None = None, cache_dir: str | Path | None = None,
-             seed: int = 0, language: dict[str, Any] | None = None) -> dict[str, Any]:
+             seed: int = 0, language: dict[str, Any] | None = None,
+             baselines: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a classifier on ``split`` of ``manifest_path``; returns the ``metrics.json``
     document (plus ``files``: the paths written).
 
@@ -94,6 +95,8 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
         language: the pre-trained model's zero-shot and retrieval results
             (``{"zeroshot": ..., "retrieval": ..., "model": folder}``) for the report's
             "Language" section.
+        baselines: results shown beside the model's in the report (name -> a document with
+            ``metrics``, e.g. :func:`medmap.baselines.radiomics.run_radiomics`'s).
     """
     from torch.utils.data import DataLoader
 
@@ -138,8 +141,16 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
                       stacklevel=2)
         n_cam_cases, localise = 0, False
         text_encoder = lm.text_encoder()
+    needs_mask = bool(getattr(model, "needs_mask", False))
+    mask_key = cfg.mask_key if needs_mask else "lesion"
+    if needs_mask:
+        lacking = [c.case_id for c in chosen.cases if mask_key not in c.masks]
+        if lacking:
+            raise ManifestError([f"case {cid!r}: masks.{mask_key}: missing; this model reads "
+                                 "the lesion mask at inference (mask pooling / region "
+                                 "features)" for cid in lacking], manifest_path)
     ds = CaseDataset(chosen, loader, modalities=mods, split=split, with_reports=report_mode,
-                     with_masks=True)
+                     with_masks=True, mask_key=mask_key)
     if len(ds) == 0:
         raise ManifestError([f"case {cid!r}: modalities: none of the model's modalities {mods}"
                              for cid in ds.skipped], manifest_path)
@@ -161,6 +172,9 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     for batch in DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_cases):
         images, present = batch["images"].to(dev), batch["present"].to(dev)
         kw = report_inputs(text_encoder, batch["reports"], mods, dev) if report_mode else {}
+        lesion = batch["mask"].to(dev) if needs_mask else None
+        if lesion is not None:
+            kw["lesion_mask"] = lesion
         with torch.no_grad():
             out = model(images, present, **kw)
         probs = out["probs"].float().cpu().numpy()
@@ -186,7 +200,8 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
         if rows:
             r = torch.tensor(rows)
             cams = gradcam(model, images[r.to(dev)], present[r.to(dev)],
-                           class_index=torch.as_tensor(pred[rows]))
+                           class_index=torch.as_tensor(pred[rows]),
+                           lesion_mask=None if lesion is None else lesion[r.to(dev)])
             for j, b in enumerate(rows):
                 cid = batch["case_id"][b]
                 mask = batch["mask"][b, 0] if bool(batch["mask_present"][b]) else None
@@ -249,6 +264,10 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
                               "metrics": metrics, "localisation": loc, "cases": cases,
                               "localisation_cases": loc_records,
                               "seconds": round(time.time() - t0, 2), "files": files}
+    if baselines:
+        result["baselines"] = {n: {k: (b.get("metrics") or {}).get(k)
+                                   for k in ("accuracy", "auc", "ci")}
+                               for n, b in baselines.items()}
     (out_path / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False),
                                            encoding="utf-8")
     write_rows_csv(cases, out_path / "predictions.csv")
@@ -256,9 +275,15 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
                  fusion=fusion_a, overlays=overlays,
                  title=f"medmap evaluation: {organ or ''} {split}".replace("  ", " "),
                  extra=[("Language (pre-trained model)", language_section(language))]
-                 if language else ())
+                 if language else (), run_dir=_run_folder(mdir), baselines=baselines)
     _update_card(mdir, result)
     return result
+
+
+def _run_folder(model_dir: Path) -> Path | None:
+    """The training run folder of a model folder (its parent holding ``logs/``), if any."""
+    run = Path(model_dir).resolve().parent
+    return run if (run / "logs" / "metrics.csv").is_file() else None
 
 
 def card_section(result: dict[str, Any]) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["render_report", "write_report", "figure_to_data_uri"]
+__all__ = ["render_report", "write_report", "figure_to_data_uri", "baselines_section"]
 
 _CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;
@@ -269,9 +269,34 @@ def _overlay_section(overlays: Sequence[dict[str, Any]], classes: Sequence[str])
     return "\n".join(parts)
 
 
+def baselines_section(m: dict[str, Any] | None, baselines: dict[str, Any] | None) -> str:
+    """The deep model's accuracy / AUC beside chance and each baseline's (a name -> result
+    mapping whose values hold ``metrics``, as :func:`medmap.baselines.radiomics.run_radiomics`
+    returns; optional ``note``)."""
+    if m is None:
+        return "<p class='note'>No labelled case: nothing to compare.</p>"
+    k = len(m["classes"])
+    rows = [("this model", m, "")]
+    rows += [(name, b.get("metrics") or {}, b.get("note", "")) for name, b in
+             (baselines or {}).items()]
+    body = "".join(
+        f"<tr><td class='l'>{html.escape(n)}</td><td>{_fmt(r.get('accuracy'))}</td>"
+        f"<td>{_ci((r.get('ci') or {}).get('accuracy'))}</td><td>{_fmt(r.get('auc'))}</td>"
+        f"<td>{_ci((r.get('ci') or {}).get('auc'))}</td>"
+        f"<td class='l'>{html.escape(note)}</td></tr>" for n, r, note in rows)
+    body += (f"<tr><td class='l'>chance</td><td>{1 / k:.3f}</td><td>&ndash;</td><td>0.500</td>"
+             "<td>&ndash;</td><td class='l'>uniform guess</td></tr>")
+    return ("<table><tr><th class='l'>model</th><th>accuracy</th><th>95% CI</th><th>AUC</th>"
+            f"<th>95% CI</th><th class='l'>note</th></tr>{body}</table>"
+            "<p class='note'>Same split and cases; every CI a percentile bootstrap over cases. A "
+            "deep model below the radiomics baseline has not learned what the images "
+            "hold.</p>")
+
+
 def render_report(result: dict[str, Any], *, labels, probs, fusion,
                   overlays: Sequence[dict[str, Any]] = (), title: str | None = None,
-                  extra: Sequence[tuple[str, str]] = ()) -> str:
+                  extra: Sequence[tuple[str, str]] = (), run_dir: str | Path | None = None,
+                  baselines: dict[str, Any] | None = None) -> str:
     """The report as one HTML string.
 
     Args:
@@ -284,7 +309,11 @@ def render_report(result: dict[str, Any], *, labels, probs, fusion,
             ``image``, ``cam``, ``mask`` 2D arrays).
         extra: further ``(heading, HTML)`` sections, after the classification ones (e.g. the
             vision-language section of :mod:`medmap.eval.language`).
+        run_dir: the training run whose ``logs/metrics.csv`` gives the learning curves.
+        baselines: results to show beside the model's (:func:`baselines_section`).
     """
+    from medmap.eval.curves import curves_section
+
     classes = list(result["classes"])
     labels = np.asarray(labels).astype(int).reshape(-1)
     probs = np.asarray(probs, dtype=np.float64)
@@ -303,6 +332,10 @@ def render_report(result: dict[str, Any], *, labels, probs, fusion,
                             _confusion_figure(m["confusion_matrix"], classes)) if f]
         body.append("<h3>ROC curves and confusion matrix</h3>"
                     f"<div class='figs'>{''.join(figs)}</div>")
+    body.append("<h2>Beside its baselines</h2>")
+    body.append(baselines_section(m, baselines))
+    body.append("<h2>Learning curves</h2>")
+    body.append(curves_section(run_dir, _img))
     body.append("<h2>Fused features</h2>")
     ts = _tsne_figure(fusion, labels, pred, classes) if fusion.ndim == 2 else None
     body.append(f"<div class='figs'>{ts}</div>" if ts else

@@ -98,6 +98,18 @@ class Encoder3D(nn.Module, abc.ABC):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, d, h, w)
         """The encoder's last spatial feature map."""
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's feature map, finest first, the last being :meth:`feature_map`'s
+        (timm's ``features_only``): what a decoder or multi-scale pooling reads. Each stage
+        halves the side of the one before; ``feature_channels`` gives their widths."""
+        self.check_input(x)
+        return [self.feature_map(x)]
+
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each map of :meth:`feature_maps`."""
+        return [self.out_dim]
+
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         self.check_input(x)
         fmap = self.feature_map(x)                       # (B, C, d, h, w)
@@ -153,6 +165,14 @@ class SwinEncoder(Encoder3D):
         # only the returned stage is normalised (the others' layer norms would be wasted work)
         return self._stages(x, keep_all=False)[-1]
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.hidden_states(x)
+
+    @property
+    def feature_channels(self) -> list[int]:
+        fs = self.out_dim // 2 ** self.out_stage
+        return [fs * 2 ** i for i in range(self.out_stage + 1)]
+
 
 class ResNetEncoder(Encoder3D):
     """MONAI's 3D ResNet without its classification head."""
@@ -172,9 +192,21 @@ class ResNetEncoder(Encoder3D):
         self.layers = nn.Sequential(net.layer1, net.layer2, net.layer3, net.layer4)
         self.out_dim = cfg.widths[-1]
         self.min_multiple = 16
+        self._channels = [cfg.widths[0]] + list(cfg.widths)   # the stem has widths[0]
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.check_input(x)
+        out = [self.stem(x)]
+        for layer in self.layers:
+            out.append(layer(out[-1]))
+        return out
+
+    @property
+    def feature_channels(self) -> list[int]:
+        return list(self._channels)
 
 
 class ConvEncoder(Encoder3D):
@@ -198,9 +230,22 @@ class ConvEncoder(Encoder3D):
         self.net = nn.Sequential(*blocks)
         self.out_dim = cfg.channels[-1]
         self.min_multiple = 2 ** len(cfg.channels)
+        self._channels = list(cfg.channels)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.check_input(x)
+        out, h = [], x
+        for i in range(0, len(self.net), 2):            # (down-sampling conv, conv) per stage
+            h = self.net[i + 1](self.net[i](h))
+            out.append(h)
+        return out
+
+    @property
+    def feature_channels(self) -> list[int]:
+        return list(self._channels)
 
 
 ENCODERS: dict[str, Callable[[EncoderConfig], Encoder3D]] = {

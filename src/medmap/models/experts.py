@@ -51,12 +51,17 @@ class ModalityExperts(nn.Module):
             raise KeyError(f"no expert for modality {modality!r}; experts: {self.modalities}")
         return "shared" if self.shared else modality
 
-    def _encode(self, x: torch.Tensor, k: str) -> torch.Tensor:
-        return self.proj[k](self.encoders[k](x).tokens)          # (B, N, C) -> (B, N, d)
+    def _encode(self, x: torch.Tensor, k: str, maps: bool = False):
+        if not maps:
+            return self.proj[k](self.encoders[k](x).tokens)      # (B, N, C) -> (B, N, d)
+        fmaps = self.encoders[k].feature_maps(x)                 # finest first
+        tokens = fmaps[-1].flatten(2).transpose(1, 2)            # (B, N, C)
+        return self.proj[k](tokens), fmaps
 
-    def encode(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        """Projected tokens (B, N, d) of ``modality``'s expert on volumes x (B, 1, D, H, W)."""
+    def encode(self, x: torch.Tensor, modality: str, maps: bool = False):
+        """Projected tokens (B, N, d) of ``modality``'s expert on volumes x (B, 1, D, H, W);
+        with ``maps`` also every stage's feature map (``Encoder3D.feature_maps``)."""
         k = self.key(modality)
         if self.checkpoint and self.training and torch.is_grad_enabled():
-            return _checkpoint(self._encode, x, k, use_reentrant=False)
-        return self._encode(x, k)
+            return _checkpoint(self._encode, x, k, maps, use_reentrant=False)
+        return self._encode(x, k, maps)

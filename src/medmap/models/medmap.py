@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -53,6 +54,7 @@ from medmap.models.experts import ModalityExperts
 from medmap.models.hub import from_pretrained, register_model
 
 CSAText = Literal["knowledge", "report", "modality", "none"]
+Pooling = Literal["mean_max", "mask"]
 
 
 @dataclass
@@ -63,12 +65,25 @@ class MedMAPLossConfig:
     (the mean of its present experts' normalised embeddings) and its global impression, weighted
     ``case_weight`` -- an extension beyond the paper; ``false`` is the paper's exact objective
     (per-modality InfoNCE only). It applies only when the training cases have a global report.
-    ``kl_temperature``: the temperature of the fine-tuning KL term's softmaxes.
+    ``kl_temperature``: the temperature of the fine-tuning KL term's softmaxes. ``cls_loss``,
+    ``weighting``, ``cls_weight``, ``kl_weight``, ``label_smoothing`` and ``class_balance``
+    set the fine-tuning objective (:func:`medmap.losses.medmap.medmap_loss`); the paper's is
+    ``bce`` / ``ramp`` / 0.1 / 0.1.
     """
 
     case_alignment: bool = True
     case_weight: float = 1.0
     kl_temperature: float = 0.1
+    # fine-tuning objective (medmap.losses.medmap.medmap_loss). Default: cross-entropy and the
+    # KL term at constant weights 1 and 0.1. The paper's (cls_loss: bce, weighting: ramp,
+    # cls_weight: 0.1, kl_weight: 0.1) ramps the classification weight up from 7e-4; in a
+    # short run it left the classifier under-fitted (docs/method.md).
+    cls_loss: Literal["bce", "ce"] = "ce"
+    weighting: Literal["ramp", "constant"] = "constant"
+    cls_weight: float = 1.0
+    kl_weight: float = 0.1
+    label_smoothing: float = 0.0
+    class_balance: bool = False       # weight each case by 1 / its class's training frequency
 
 
 @dataclass
@@ -100,6 +115,20 @@ class MedMAPConfig:
     prompts: dict[str, str] = field(default_factory=dict)   # modality -> prompt ("modality" CSA)
     # recompute each expert's activations in the backward pass (memory for compute)
     expert_checkpoint: bool = False
+    # how each stream's tokens become the modality's feature: "mean_max" (mean and max over the
+    # tokens) or "mask" (mean inside the lesion mask and mean outside it, each token weighted
+    # by the mask's fraction in its cell; the model then needs the mask ``mask_key`` at
+    # inference, as it does for a lesion-crop roi_mask)
+    pooling: Pooling = "mean_max"
+    mask_key: str = "lesion"
+    # the CSA conv stream also reads the lesion mask as a second input channel (it is trained
+    # from scratch in fine-tuning, so it can see where the lesion's core and rim are at full
+    # resolution); needs the mask at inference like pooling "mask"
+    mask_channel: bool = False
+    # mask-guided region pooling (medmap.models.regions): the expert's feature maps of these
+    # stages (0 = the finest) averaged inside the lesion, its core, its rim and the tissue
+    # around it, added to every modality's feature (empty: off); needs the mask at inference
+    region_scales: list[int] = field(default_factory=list)
     losses: MedMAPLossConfig = field(default_factory=MedMAPLossConfig)
 
     @classmethod
@@ -161,7 +190,8 @@ class ModalityAwareCLIP(nn.Module):
             rows = present[:, m].nonzero(as_tuple=True)[0]
             if rows.numel():
                 e = self.experts.encode(images[rows, m], self.cfg.modalities[m]).mean(1)
-                vol = vol.index_put((rows, torch.full_like(rows, m)), F.normalize(e, dim=-1))
+                vol = vol.index_put((rows, torch.full_like(rows, m)),
+                                    F.normalize(e, dim=-1).to(vol.dtype))   # (autocast: bf16)
         pair = (present & text_mask).flatten()                             # (B*M,)
         out = {"image_features": vol.flatten(0, 1),                        # (B*M, d)
                "text_features": F.normalize(self.text_proj(text), dim=-1).flatten(0, 1),
@@ -179,6 +209,29 @@ def _pool(tokens: torch.Tensor) -> torch.Tensor:
     """(b, N, d) -> (b, 2d): mean and max over tokens. Lesions are small against the volume;
     the max keeps their response where the mean alone dilutes it."""
     return torch.cat([tokens.mean(1), tokens.amax(1)], dim=-1)
+
+
+def token_weights(mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """The fraction of each token's cell inside ``mask`` (b, 1, D, H, W): (b, N), for a token
+    grid that divides every axis by the same stride (every medmap encoder's)."""
+    D, H, W = mask.shape[-3:]
+    stride = round((D * H * W / n_tokens) ** (1 / 3))
+    grid = (max(1, D // stride), max(1, H // stride), max(1, W // stride))
+    if grid[0] * grid[1] * grid[2] != n_tokens:
+        raise UserError(f"mask pooling: {n_tokens} tokens do not tile a {D}x{H}x{W} volume "
+                        "evenly; use pooling 'mean_max' with this encoder")
+    return F.adaptive_avg_pool3d(mask.float(), grid).flatten(1)          # (b, N)
+
+
+def _mask_pool(tokens: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(b, N, d), weights (b, N) in [0, 1] -> (b, 2d): the weighted mean inside the mask and
+    the mean outside it. A row without mask (all weights 0) pools its lesion part uniformly."""
+    w = w.to(tokens.dtype)
+    w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
+    inside = (tokens * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-6)
+    out_w = 1 - w
+    outside = (tokens * out_w[..., None]).sum(1) / out_w.sum(1, keepdim=True).clamp_min(1e-6)
+    return torch.cat([inside, outside], dim=-1)
 
 
 @register_model("medmap_classifier", MedMAPConfig)     # the prompt buffers come with the weights
@@ -211,7 +264,9 @@ class MedMAPClassifier(nn.Module):
             # One conv stream per modality (like the experts); LayerNorm puts its tokens on the
             # Transformer tokens' scale.
             keys = ["shared"] if cfg.shared_encoder else cfg.modalities
-            self.conv_stream = nn.ModuleDict({k: build_encoder(cfg.conv_stream) for k in keys})
+            conv_cfg = (dataclasses.replace(cfg.conv_stream, in_channels=2) if cfg.mask_channel
+                        else cfg.conv_stream)
+            self.conv_stream = nn.ModuleDict({k: build_encoder(conv_cfg) for k in keys})
             width = next(iter(self.conv_stream.values())).out_dim
             self.conv_proj = nn.ModuleDict({k: nn.Sequential(nn.Linear(width, d), nn.LayerNorm(d))
                                             for k in keys})
@@ -219,7 +274,18 @@ class MedMAPClassifier(nn.Module):
             self.cct = nn.ModuleList([CrossCognitionBlock(d, cfg.cct_heads, cfg.dropout)
                                       for _ in range(cfg.cct_layers)])
         two_streams = cfg.use_conv or cfg.use_cct
-        self.merge = nn.Linear((4 if two_streams else 2) * d, d)
+        extra = 0
+        if cfg.region_scales:
+            from medmap.models.regions import REGIONS
+
+            chans = next(iter(self.experts.encoders.values())).feature_channels
+            bad = [s for s in cfg.region_scales if not 0 <= s < len(chans)]
+            if bad:
+                raise ConfigError(f"model.region_scales {bad}: the encoder has stages "
+                                  f"0..{len(chans) - 1}")
+            extra = len(REGIONS) * sum(chans[s] for s in cfg.region_scales)
+            self.region_norm = nn.LayerNorm(extra)
+        self.merge = nn.Linear((4 if two_streams else 2) * d + extra, d)
         # Cross-modality fusion: a Transformer layer over the present modalities' tokens
         # (modality embeddings as positions, absent ones masked out), then a masked mean.
         self.modality_embed = nn.Parameter(torch.zeros(M, d))
@@ -254,33 +320,81 @@ class MedMAPClassifier(nn.Module):
             return f_swin * self.text_proj(self.modality_prompts[m]), None, None
         return f_swin, None, None
 
+    def _pool_tokens(self, tokens: torch.Tensor, lesion: torch.Tensor | None,
+                     spatial: bool = True) -> torch.Tensor:
+        """(b, N, d) -> (b, 2d) by ``cfg.pooling``; text tokens (``spatial=False``) always
+        mean + max."""
+        if self.cfg.pooling == "mask" and spatial:
+            self._need_mask(lesion)
+            return _mask_pool(tokens, token_weights(lesion, tokens.shape[1]))
+        return _pool(tokens)
+
+    @staticmethod
+    def reads_mask(cfg: MedMAPConfig) -> bool:
+        """Whether a model of ``cfg`` reads the lesion mask (``cfg.mask_key``) at inference."""
+        return (cfg.pooling == "mask" or (cfg.mask_channel and cfg.use_conv)
+                or bool(cfg.region_scales))
+
+    @property
+    def needs_mask(self) -> bool:
+        """Whether the model reads the lesion mask (``cfg.mask_key``) at inference."""
+        return self.reads_mask(self.cfg)
+
+    def _need_mask(self, lesion: torch.Tensor | None) -> None:
+        if lesion is None:
+            raise UserError(f"this model reads the lesion mask (pooling 'mask' / mask_channel); "
+                            f"pass lesion_mask=(B, 1, D, H, W), the case's "
+                            f"'{self.cfg.mask_key}' mask preprocessed like its volumes")
+
     def modality_feature(self, x: torch.Tensor, m: int, report: torch.Tensor | None = None,
-                         report_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Fused feature (b, d) of modality ``m``'s volumes ``x`` (b, 1, D, H, W)."""
+                         report_mask: torch.Tensor | None = None,
+                         lesion: torch.Tensor | None = None,
+                         regions: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused feature (b, d) of modality ``m``'s volumes ``x`` (b, 1, D, H, W); ``lesion``
+        (b, 1, D, H, W): the lesion mask ``pooling="mask"`` pools inside."""
         cfg, name = self.cfg, self.cfg.modalities[m]
-        f_swin = self.experts.encode(x, name)                    # (b, N, d) Transformer stream
+        fmaps = None
+        if cfg.region_scales:
+            f_swin, fmaps = self.experts.encode(x, name, maps=True)
+        else:
+            f_swin = self.experts.encode(x, name)                # (b, N, d) Transformer stream
         f_swin = self.text_guidance(f_swin, m, report, report_mask)[0]   # f_vt
         other = None
         if cfg.use_conv:
             k = self.experts.key(name)
-            other = self.conv_proj[k](self.conv_stream[k](x).tokens)     # (b, N', d) f_v
+            xin = x
+            if cfg.mask_channel:
+                self._need_mask(lesion)
+                xin = torch.cat([x, lesion.to(x.dtype)], dim=1)          # (b, 2, D, H, W)
+            other = self.conv_proj[k](self.conv_stream[k](xin).tokens)   # (b, N', d) f_v
         elif cfg.use_cct:
             other = self.class_text(m).expand(x.shape[0], -1, -1)        # (b, C, d) class text
         if cfg.use_cct:
             for blk in self.cct:
                 other, f_swin = blk(other, f_swin)
-        if other is None:
-            return self.merge(_pool(f_swin))
-        return self.merge(torch.cat([_pool(other), _pool(f_swin)], dim=-1))   # (b, d)
+        parts = [self._pool_tokens(f_swin, lesion)]                      # (b, 2d)
+        if other is not None:
+            parts.insert(0, self._pool_tokens(other, lesion, spatial=cfg.use_conv))
+        if cfg.region_scales:
+            from medmap.models.regions import lesion_regions, region_pool
+
+            self._need_mask(lesion)
+            regions = regions if regions is not None else lesion_regions(lesion)
+            pooled = [region_pool(fmaps[s], regions).flatten(1)          # (b, 4 * C_s)
+                      for s in cfg.region_scales]
+            parts.append(self.region_norm(torch.cat(pooled, dim=-1)))
+        return self.merge(torch.cat(parts, dim=-1))                      # (b, d)
 
     def forward(self, images: torch.Tensor, present: torch.Tensor,
                 text: torch.Tensor | None = None, reports: torch.Tensor | None = None,
-                report_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                report_mask: torch.Tensor | None = None,
+                lesion_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """images (B, M, 1, D, H, W), present (B, M) bool -> ``logits`` (B, K), ``probs``,
         ``fusion`` (B, d). ``text`` (B, text_dim): the frozen embedding of each case's report
         (training only) -> also ``text_features`` (B, d), the KL term's target (detached: the
         KL term cannot move it). ``reports`` (B, M, text_dim) / ``report_mask`` (B, M): the
-        per-sequence report embeddings ``csa_text="report"`` reads."""
+        per-sequence report embeddings ``csa_text="report"`` reads. ``lesion_mask``
+        (B, 1, D, H, W): the lesion mask on the volumes' grid (``pooling="mask"`` models)."""
         B, M = present.shape
         if M != len(self.cfg.modalities):
             raise ValueError(f"expected {len(self.cfg.modalities)} modalities "
@@ -289,13 +403,20 @@ class MedMAPClassifier(nn.Module):
             empty = (~present.any(1)).nonzero().flatten().tolist()
             raise ValueError(f"batch rows {empty} have no modality present; every case needs one")
         feats = images.new_zeros(B, M, self.cfg.embed_dim)       # (B, M, d)
+        regions = None
+        if self.cfg.region_scales and lesion_mask is not None:   # the regions once per case
+            from medmap.models.regions import lesion_regions
+
+            regions = lesion_regions(lesion_mask)               # (B, 4, D, H, W)
         for m in range(M):
             rows = present[:, m].nonzero(as_tuple=True)[0]
             if rows.numel():
                 rep = None if reports is None else reports[rows, m]
                 rmask = None if report_mask is None else report_mask[rows, m]
-                f = self.modality_feature(images[rows, m], m, rep, rmask)     # (b, d)
-                feats = feats.index_put((rows, torch.full_like(rows, m)), f)
+                les = None if lesion_mask is None else lesion_mask[rows]
+                reg = None if regions is None else regions[rows]
+                f = self.modality_feature(images[rows, m], m, rep, rmask, les, reg)  # (b, d)
+                feats = feats.index_put((rows, torch.full_like(rows, m)), f.to(feats.dtype))
         feats = feats + self.modality_embed                      # (B, M, d)
         feats = self.fusion(feats, src_key_padding_mask=~present)  # absent tokens never attended
         w = present.unsqueeze(-1).to(feats.dtype)                # (B, M, 1)

@@ -109,15 +109,17 @@ def global_reports(table: TextTable, reports: Sequence[dict[str, str]]
 
 
 class CaseCollator:
-    """Collate cases and attach ``text`` (the case text embedding, for the KL term) and, with
-    ``with_modality_reports``, ``reports_emb`` / ``report_mask`` (the per-sequence report
-    embeddings ``csa_text="report"`` reads)."""
+    """Collate cases and attach ``text`` (the case text embedding, for the KL term; training
+    batches only, ``with_case_text``) and, with ``with_modality_reports``, ``reports_emb`` /
+    ``report_mask`` (the per-sequence report embeddings ``csa_text="report"`` reads)."""
 
     def __init__(self, table: TextTable | None, organ: str, classes: Sequence[str],
-                 modalities: Sequence[str], with_modality_reports: bool = False):
+                 modalities: Sequence[str], with_modality_reports: bool = False,
+                 with_case_text: bool = True):
         self.table, self.organ = table, organ
         self.classes, self.modalities = list(classes), list(modalities)
         self.with_modality_reports = with_modality_reports
+        self.with_case_text = with_case_text        # False: validation (no KL target needed)
 
     def texts(self, b: dict[str, Any]) -> list[str]:
         return [case_text(r, int(y), self.organ, self.classes, self.modalities)
@@ -125,7 +127,7 @@ class CaseCollator:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         b = collate_cases(items)
-        if self.table is not None and (b["label"] >= 0).all():
+        if self.table is not None and self.with_case_text and (b["label"] >= 0).all():
             b["text"] = self.table.stack(self.texts(b))
         if self.with_modality_reports:
             b["reports_emb"], b["report_mask"] = modality_reports(self.table, b["reports"],

@@ -13,11 +13,13 @@ Launching on several GPUs / nodes (Lightning reads the usual environment)::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +40,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
     accumulate_grad_batches: int = 1
     gradient_clip: float = 1.0
-    # auto: bf16-mixed on GPU, 32-true on CPU
+    # auto: bf16-mixed on a GPU and on a CPU with native bf16 (AMX / AVX512-BF16), else
+    # 32-true (resolve_precision)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Any = 1                 # int, "auto" or a list of ids
@@ -50,13 +53,24 @@ class OptimConfig:
     num_workers: int | Literal["auto"] = "auto"
     seed: int = 0
     loss_ramp_epochs: int = 0        # t_max of MedMAP's lambda ramps; 0 = epochs (the paper)
+    # learning-rate multipliers by parameter-name prefix, e.g. {"experts.": 0.1}: pre-trained
+    # experts slower than the new modules (the first matching prefix wins)
+    lr_scales: dict[str, float] = field(default_factory=dict)
     # stop when the stage's validation metric has not improved for this many epochs and save
     # the best epoch's weights (0: run every epoch, save the last)
     early_stop_patience: int = 0
+    # also keep a checkpoint of every epoch (checkpoints/epochNNN.ckpt); off: only last.ckpt
+    # (resume) and best.ckpt (early stopping), two files written per epoch instead of three
+    keep_epoch_checkpoints: bool = False
+    # exponential moving average of the weights (Lightning's EMAWeightAveraging), used for
+    # validation and saved at the end; 0: off. Starts after the warm-up epochs.
+    ema_decay: float = 0.0
     progress: bool = True
     log_every_n_steps: int = 10
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.num_workers == "auto":
             self.num_workers = auto_num_workers(self.devices)
         elif not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -98,6 +112,40 @@ def auto_num_workers(devices: Any = 1, cpus: int | None = None) -> int:
     return max(0, min(8, per_process - 2))
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (Intel AMX tiles or AVX512-BF16), where bf16
+    autocast makes convolutions and matmuls several times faster; elsewhere it is emulated
+    and slower than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:      # noqa: BLE001 - a probe that cannot run means "no"
+            pass
+    return False
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """The Lightning precision of ``OptimConfig.precision``: ``auto`` is ``bf16-mixed`` on a
+    CUDA GPU with bf16 and on a CPU with native bf16 (:func:`native_bf16_cpu`), ``32-true``
+    elsewhere; any other value is returned as given.
+
+    Example:
+        >>> resolve_precision("32-true")
+        '32-true'
+    """
+    if precision != "auto":
+        return precision
+    gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator in ("auto", "cpu") and native_bf16_cpu():
+        return "bf16-mixed"
+    return "32-true"
+
+
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up to 1 over ``warmup`` steps, cosine to ``min_ratio``."""
     if warmup > 0 and step < warmup:
@@ -112,13 +160,15 @@ def _no_decay(name: str, p: torch.nn.Parameter) -> bool:
 
 def build_adamw(groups: Sequence[tuple[Iterable[tuple[str, torch.nn.Parameter]], float]],
                 cfg: OptimConfig, total_steps: int, steps_per_epoch: int,
+                allow_fused: bool = True,
                 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """The one AdamW of every training loop, with the warm-up + cosine schedule (per step).
 
     ``groups``: ``(named_parameters, lr_scale)`` pairs; each becomes a decayed and an undecayed
     parameter group (no weight decay on biases, norms, embeddings and the temperature) with
     learning rate ``cfg.lr * lr_scale``. A parameter listed twice is used once (first group),
-    frozen ones are skipped.
+    frozen ones are skipped. ``allow_fused=False`` keeps the per-tensor kernel (Lightning's
+    mixed-precision plugins clip gradients themselves and refuse a fused optimizer).
 
     Example:
         >>> net = torch.nn.Linear(4, 2)
@@ -141,8 +191,8 @@ def build_adamw(groups: Sequence[tuple[Iterable[tuple[str, torch.nn.Parameter]],
         params += decay + no_decay
     # fused: one kernel over all tensors instead of ~10 ops per parameter tensor (MedMAP has
     # ~900 small tensors; the per-tensor loop cost 2-5% of a CPU step)
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
-                                 for p in params)
+    fused = allow_fused and bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     opt = torch.optim.AdamW(param_groups, lr=cfg.lr, fused=fused or None)
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -258,25 +308,50 @@ def make_rng_callback():
     return RNGStateCallback()
 
 
+class _ThirdPartyNoise(logging.Filter):
+    """Drops Lightning's advertising tip and its "Loading `train_dataloader`" chatter;
+    everything else (and every warning of medmap's own) still reaches the user."""
+
+    NOISE = ("💡 Tip", "Loading `train_dataloader` to estimate")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.NOISE)
+
+
+def quiet_third_party() -> None:
+    """Silence the third-party lines a training run would print that are not about the run:
+    Lightning's tip, and the ``LeafSpec`` deprecation its pytree helper triggers in PyTorch
+    (idempotent)."""
+    for name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _ThirdPartyNoise) for f in lg.filters):
+            lg.addFilter(_ThirdPartyNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = None,
                   mode: str = "max", extra_callbacks: list | None = None):
-    """A Lightning ``Trainer`` writing logs and checkpoints under ``run_dir``."""
+    """A Lightning ``Trainer`` writing logs and checkpoints under ``run_dir``:
+    ``checkpoints/last.ckpt`` every epoch (exact resume), ``best.ckpt`` by ``monitor`` when
+    early stopping is on, and ``epochNNN.ckpt`` of every epoch with
+    ``cfg.keep_epoch_checkpoints``."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    quiet_third_party()
     run_dir = Path(run_dir)
-    gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if gpu else "32-true")
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
     n_proc = (cfg.devices if isinstance(cfg.devices, int) else 2) * cfg.num_nodes
     strategy = cfg.strategy
     if strategy == "auto" and n_proc > 1:
         strategy = "ddp_find_unused_parameters_true"
     ckpt_every = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
-                                 auto_insert_metric_name=False, save_top_k=-1, save_last=True,
-                                 every_n_epochs=1)
+                                 auto_insert_metric_name=False,
+                                 save_top_k=-1 if cfg.keep_epoch_checkpoints else 0,
+                                 save_last=True, every_n_epochs=1)
     callbacks = [ckpt_every, make_rng_callback(), LearningRateMonitor("step")]
-    if monitor:
+    if monitor and cfg.early_stop_patience > 0:      # the best epoch is what gets saved
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                          monitor=monitor, mode=mode, save_top_k=1,
                                          auto_insert_metric_name=False))
@@ -285,6 +360,12 @@ def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = N
 
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
                                        patience=cfg.early_stop_patience, check_finite=False))
+    if cfg.ema_decay > 0:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay,
+                                            update_starting_at_epoch=int(math.ceil(
+                                                cfg.warmup_epochs))))
     callbacks += extra_callbacks or []
     loggers = [CSVLogger(run_dir, name="logs", version=""),
                TensorBoardLogger(run_dir, name="tensorboard", version="")]

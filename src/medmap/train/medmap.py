@@ -137,14 +137,21 @@ class FinetuneModule(TrainModule):
 
     model: MedMAPClassifier
 
-    def __init__(self, model: MedMAPClassifier, optim: OptimConfig):
+    def __init__(self, model: MedMAPClassifier, optim: OptimConfig,
+                 class_weights: torch.Tensor | None = None):
+        lc = model.cfg.losses
         super().__init__(model, MedMAPLoss(optim.loss_ramp_epochs or optim.epochs,
-                                           model.cfg.losses.kl_temperature), optim)
+                                           lc.kl_temperature, cls_loss=lc.cls_loss,
+                                           weighting=lc.weighting, cls_weight=lc.cls_weight,
+                                           kl_weight=lc.kl_weight,
+                                           label_smoothing=lc.label_smoothing,
+                                           class_weights=class_weights), optim)
 
     def _forward(self, batch: dict[str, Any], text: bool) -> dict[str, Any]:
         return self.model(batch["images"], batch["present"],
                           text=batch["text"] if text else None,
-                          reports=batch.get("reports_emb"), report_mask=batch.get("report_mask"))
+                          reports=batch.get("reports_emb"), report_mask=batch.get("report_mask"),
+                          lesion_mask=batch.get("mask"))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch = self._augmented(batch, batch_idx)
@@ -248,7 +255,19 @@ class FinetuneStage(Stage):
                                  "needs a label for every training case" for cid in unlabelled],
                                 cfg.data.manifest)
         loader = build_loader(cfg.data)
-        ds = {s: CaseDataset(manifest, loader, modalities=mods, split=s) for s in ("train", "val")}
+        masks = {}
+        if MedMAPClassifier.reads_mask(cfg.model):
+            key = cfg.model.mask_key
+            missing = [c.case_id for c in manifest.select(split="train") if key not in c.masks]
+            missing += [c.case_id for c in manifest.select(split="val") if key not in c.masks]
+            if missing:
+                raise ManifestError([f"case {cid!r}: masks.{key}: missing; the model reads this "
+                                     f"mask (model.pooling 'mask' / model.mask_channel), so "
+                                     f"every train / val case needs it"
+                                     for cid in missing], cfg.data.manifest)
+            masks = {"with_masks": True, "mask_key": key}
+        ds = {s: CaseDataset(manifest, loader, modalities=mods, split=s, **masks)
+              for s in ("train", "val")}
         if len(ds["train"]) == 0:
             raise ManifestError([f"no train cases in {cfg.data.manifest}"])
         return StageData(mods, ds["train"], ds["val"], manifest)
@@ -257,6 +276,7 @@ class FinetuneStage(Stage):
         from medmap.text.knowledge import load_class_knowledge
 
         mods, seed = data.modalities, cfg.finetune.seed
+        self._train_cases = list(data.train.cases)
         self.mcfg = m = complete_model_config(cfg, mods, encoder.hidden_size)
         knowledge = load_class_knowledge(cfg.text.knowledge, m.organ)
         self.class_prompts = knowledge.embed_appearance(encoder, mods)              # (M, C, T)
@@ -285,7 +305,13 @@ class FinetuneStage(Stage):
         return model
 
     def module(self, cfg: ExperimentConfig, model: MedMAPClassifier) -> FinetuneModule:
-        return FinetuneModule(model, cfg.finetune)
+        weights = None
+        if model.cfg.losses.class_balance:   # 1 / class frequency, mean 1 over the classes seen
+            counts = np.bincount([c.label_index for c in self._train_cases],
+                                 minlength=len(model.cfg.classes)).astype(np.float64)
+            w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0)
+            weights = torch.tensor(w, dtype=torch.float32)
+        return FinetuneModule(model, cfg.finetune, weights)
 
     def datamodule(self, cfg: ExperimentConfig, data: StageData, texts) -> StageDataModule:
         m, mods, o = self.mcfg, data.modalities, cfg.finetune
@@ -294,7 +320,8 @@ class FinetuneStage(Stage):
                                CaseCollator(texts, m.organ, m.classes, mods, reports),
                                o.batch_size, o.num_workers, o.seed,
                                val_collate=CaseCollator(texts if reports else None, m.organ,
-                                                        m.classes, mods, reports))
+                                                        m.classes, mods, reports,
+                                                        with_case_text=False))
 
     def save_meta(self) -> dict[str, Any]:
         return {"init": str(self.init) if self.init else None}

@@ -31,7 +31,8 @@ class TrainModule(L.LightningModule):
     """``model`` + ``loss`` + optimisation settings; AdamW with warm-up cosine per step.
 
     ``lr_scales``: ``(parameter-name prefix, scale)`` pairs; parameters under a prefix train at
-    ``optim.lr * scale`` (e.g. MG-3D's slower vision encoder), the rest at ``optim.lr``.
+    ``optim.lr * scale`` (e.g. MG-3D's slower vision encoder), the rest at ``optim.lr``;
+    ``optim.lr_scales`` (a config mapping, e.g. ``{"experts.": 0.1}``) adds more.
     """
 
     def __init__(self, model: torch.nn.Module, loss: torch.nn.Module | None, optim: OptimConfig,
@@ -54,7 +55,10 @@ class TrainModule(L.LightningModule):
             (int(self.optim.seed) * 1_000_003 + int(self.current_epoch) * 100_003
              + int(batch_idx) * 101 + int(self.global_rank)) % (2**63 - 1))
         batch = dict(batch)
-        if "images" in batch:                           # cases (B, M, 1, D, H, W)
+        if "images" in batch and batch.get("mask") is not None:   # cases with their mask
+            batch["images"], batch["mask"] = self.augment.cases_with_mask(
+                batch["images"], batch["present"], batch["mask"], g)
+        elif "images" in batch:                         # cases (B, M, 1, D, H, W)
             batch["images"] = self.augment.cases(batch["images"], batch["present"], g)
         elif "image" in batch:                          # pairs (B, 1, D, H, W)
             batch["image"] = self.augment.volumes(batch["image"], g)
@@ -64,7 +68,8 @@ class TrainModule(L.LightningModule):
         """``(named parameters, lr scale)`` groups of the model for :func:`build_adamw`."""
         groups: list[tuple[list[tuple[str, torch.nn.Parameter]], float]] = []
         rest = list(self.model.named_parameters())
-        for prefix, scale in self.lr_scales:
+        scales = list(self.lr_scales) + list((self.optim.lr_scales or {}).items())
+        for prefix, scale in scales:
             groups.append(([(n, p) for n, p in rest if n.startswith(prefix)], scale))
             rest = [(n, p) for n, p in rest if not n.startswith(prefix)]
         return [(rest, 1.0)] + groups
@@ -72,7 +77,9 @@ class TrainModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
-        opt, sched = build_adamw(self.param_groups(), self.optim, total, per_epoch)
+        full = str(self.trainer.precision) in ("32-true", "32", "64-true", "64")
+        opt, sched = build_adamw(self.param_groups(), self.optim, total, per_epoch,
+                                 allow_fused=full)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _gather_val(self) -> tuple[torch.Tensor, ...] | None:
@@ -86,6 +93,12 @@ class TrainModule(L.LightningModule):
         return out
 
     def _log_terms(self, prefix: str, terms: dict[str, torch.Tensor], bs: int, **kw) -> None:
+        """Log every scalar term as ``prefix/name``; training terms as epoch means (the
+        learning curves of ``logs/metrics.csv``: one row per epoch beside the validation
+        metrics)."""
+        if prefix == "train":
+            kw.setdefault("on_step", False)
+            kw.setdefault("on_epoch", True)
         for k, v in terms.items():
             if isinstance(v, torch.Tensor) and v.ndim == 0:
                 self.log(f"{prefix}/{k}", v.detach().float(), batch_size=bs, sync_dist=True, **kw)

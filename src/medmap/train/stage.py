@@ -57,6 +57,18 @@ def load_cases(cfg: DataConfig) -> tuple[Manifest, list[str]]:
     return manifest, mods
 
 
+def warm_cache(*datasets) -> int:
+    """Fill the volume cache of ``datasets`` (sharing one cache) before training, with one
+    process per CPU core, so the first epoch costs what the others do; returns how many
+    volumes were preprocessed."""
+    from medmap.data.datasets import cache_requests
+
+    ds = [d for d in datasets if d is not None and len(d)]
+    if not ds:
+        return 0
+    return ds[0].cache.warm([r for d in ds for r in cache_requests(d)])
+
+
 def augmenter(cfg: DataConfig):
     """The training-batch augmenter of ``cfg.augment`` (None when it is off)."""
     from medmap.data.augment import BatchAugmenter
@@ -256,6 +268,7 @@ def run_stage(cfg: ExperimentConfig, run_dir: str | Path, stage: Stage, resume: 
     optim = stage.optim(cfg)
     run = prepare_run_dir(run_dir, cfg, stage.name, resume, overwrite)
     data = stage.data(cfg)
+    warm_cache(data.train, data.val)          # every volume preprocessed once, in parallel
     encoder = build_text_encoder(cfg.text)
     texts = stage.texts(cfg, data, encoder)
     L.seed_everything(optim.seed, workers=True, verbose=False)
@@ -279,5 +292,6 @@ def run_stage(cfg: ExperimentConfig, run_dir: str | Path, stage: Stage, resume: 
     return out
 
 
-__all__ = ["Stage", "StageData", "run_stage", "check_run_dir", "load_cases", "pair_datasets", "augmenter", "build_text_encoder",
-           "build_loader", "prepare_run_dir", "trainer_metrics", "model_meta"]
+__all__ = ["Stage", "StageData", "run_stage", "check_run_dir", "load_cases", "pair_datasets",
+           "augmenter", "build_text_encoder", "build_loader", "prepare_run_dir",
+           "trainer_metrics", "model_meta", "warm_cache"]

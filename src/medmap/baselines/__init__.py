@@ -1,0 +1,2 @@
+"""Classical baselines scored on the same split and metrics as the deep models
+(:mod:`medmap.baselines.radiomics`: IBSI radiomics + logistic regression)."""

@@ -1,0 +1,72 @@
+"""Mask-guided pooling: region masks by hand, region means by hand, mask pooling inside /
+outside the lesion, and a classifier whose prediction depends on where the mask lies."""
+
+import pytest
+import torch
+
+from medmap.models.medmap import MedMAPClassifier, MedMAPConfig, _mask_pool, token_weights
+from medmap.models.regions import lesion_regions, region_pool
+
+
+def _cube_mask(lo=8, hi=24, n=32):
+    m = torch.zeros(1, 1, n, n, n)
+    m[:, :, lo:hi, lo:hi, lo:hi] = 1
+    return m
+
+
+def test_lesion_regions_of_a_cube():
+    r = lesion_regions(_cube_mask(), rim=2, shell=3)             # 16^3 lesion
+    sizes = r[0].flatten(1).sum(1).tolist()
+    assert sizes == [16 ** 3, 12 ** 3, 16 ** 3 - 12 ** 3, 22 ** 3 - 16 ** 3]
+    lesion, core, rim, shell = r[0]
+    assert not (core * rim).any() and torch.equal(core + rim, lesion)
+    assert not (shell * lesion).any()
+
+
+def test_tiny_lesion_falls_back_to_the_lesion():
+    r = lesion_regions(_cube_mask(15, 17), rim=2, shell=3)        # 2^3: no core after erosion
+    assert torch.equal(r[0, 1], r[0, 0]) and torch.equal(r[0, 2], r[0, 0])
+
+
+def test_region_pool_is_the_mean_inside_each_region():
+    regions = lesion_regions(_cube_mask())
+    fmap = torch.zeros(1, 2, 32, 32, 32)
+    fmap[:, 0][_cube_mask()[:, 0] > 0] = 3.0                      # channel 0: 3 in the lesion
+    fmap[:, 1] = 1.0                                              # channel 1: 1 everywhere
+    out = region_pool(fmap, regions)                              # (1, 4, 2)
+    assert out[0, :, 1].tolist() == pytest.approx([1.0] * 4)
+    assert out[0, :3, 0].tolist() == pytest.approx([3.0] * 3) and out[0, 3, 0].item() == 0.0
+    # on a coarser grid each cell is weighted by the region's share of it
+    coarse = torch.nn.functional.avg_pool3d(fmap, 4)              # (1, 2, 8, 8, 8)
+    assert region_pool(coarse, regions)[0, 0, 0].item() == pytest.approx(3.0)
+
+
+def test_mask_pooling_separates_inside_from_outside():
+    tokens = torch.tensor([[[1.0], [1.0], [5.0], [5.0]]])         # (1, 4 tokens, 1)
+    w = torch.tensor([[0.0, 0.0, 1.0, 0.5]])
+    out = _mask_pool(tokens, w)
+    assert out[0].tolist() == pytest.approx([5.0, (1 + 1 + 2.5) / 2.5])
+    assert token_weights(_cube_mask(0, 16), 8).tolist() == [[1.0] + [0.0] * 7]
+
+
+@pytest.mark.parametrize("kw", [dict(pooling="mask"), dict(region_scales=[0, 1]),
+                                dict(mask_channel=True)])
+def test_mask_reading_models_use_the_mask_and_get_every_gradient(kw):
+    torch.manual_seed(0)
+    cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], **kw)
+    model = MedMAPClassifier(cfg).eval()
+    assert model.needs_mask
+    x, p = torch.randn(2, 2, 1, 32, 32, 32), torch.ones(2, 2, dtype=torch.bool)
+    a = model(x, p, lesion_mask=_cube_mask().expand(2, -1, -1, -1, -1))["logits"]
+    b = model(x, p, lesion_mask=_cube_mask(0, 12).expand(2, -1, -1, -1, -1))["logits"]
+    assert not torch.allclose(a, b)                   # the mask changes the prediction
+    model.train()
+    model(x, p, lesion_mask=_cube_mask().expand(2, -1, -1, -1, -1))["logits"].sum().backward()
+    assert not [n for n, q in model.named_parameters() if q.grad is None]
+    with pytest.raises(ValueError, match="lesion_mask"):
+        model(x, p)
+
+
+def test_region_scales_are_checked():
+    with pytest.raises(ValueError, match="region_scales"):
+        MedMAPClassifier(MedMAPConfig.tiny(["T2WI"], ["a", "b"], region_scales=[9]))
