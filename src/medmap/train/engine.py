@@ -346,10 +346,14 @@ def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = N
     strategy = cfg.strategy
     if strategy == "auto" and n_proc > 1:
         strategy = "ddp_find_unused_parameters_true"
-    ckpt_every = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
-                                 auto_insert_metric_name=False,
-                                 save_top_k=-1 if cfg.keep_epoch_checkpoints else 0,
-                                 save_last=True, every_n_epochs=1)
+    if cfg.keep_epoch_checkpoints:
+        ckpt_every = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}",
+                                     auto_insert_metric_name=False, save_top_k=-1,
+                                     save_last=True, every_n_epochs=1)
+    else:   # one file, overwritten each epoch (Lightning's save_last alone only saves at the end)
+        ckpt_every = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last",
+                                     auto_insert_metric_name=False, save_top_k=1,
+                                     enable_version_counter=False, every_n_epochs=1)
     callbacks = [ckpt_every, make_rng_callback(), LearningRateMonitor("step")]
     if monitor and cfg.early_stop_patience > 0:      # the best epoch is what gets saved
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
