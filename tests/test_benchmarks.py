@@ -119,3 +119,9 @@ def test_peak_table():
     assert gpu.peak_bf16_tflops("NVIDIA L4") == 121
     assert gpu.peak_bf16_tflops("NVIDIA H100 PCIe") == 756
     assert gpu.peak_bf16_tflops("Some Future GPU") is None
+
+
+def test_train_precision_quick(capsys, tmp_path):
+    text, js = _run("train_precision", ["--quick"], capsys, tmp_path)
+    _assert_table(text, "| step |")
+    assert len(js["results"]) == 2 and all(r["speedup"] > 0 for r in js["results"])

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import torch
@@ -33,6 +34,9 @@ def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypa
         assert (tmp_path / "demo" / "runs" / organ / "pretrain" / "model" / "model.safetensors").exists()
     saved = summary
     assert saved["liver"]["chance"] == 1 / 7 and saved["brain"]["chance"] == 0.5
+    for organ in ("liver", "brain"):     # the quick demo says when it is only a smoke test
+        lo = saved[organ]["ci"]["accuracy"][0]
+        assert saved[organ]["above_chance"] == (lo > saved[organ]["chance"])
     assert (tmp_path / "demo" / "data" / "DATASHEET.md").exists()
     # the language at work: report-free zero-shot and per-sequence retrieval, exact keys
     for organ in ("liver", "brain"):
@@ -45,6 +49,16 @@ def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypa
         html = (tmp_path / "demo" / "runs" / organ / "finetune" / "eval-test" /
                 "report.html").read_text()
         assert "Language (pre-trained model)" in html and "Zero-shot classification" in html
+    assert set(saved["stages"]) >= {"simulation", "liver: fine-tuning", "brain: pre-training"}
+    # benchmarks/profile_demo.py on this run: the stage table, then one fine-tuning epoch by
+    # operator (the tiny text model is in the run's own config.yaml)
+    from test_benchmarks import _load
+
+    capsys.readouterr()
+    _load("profile_demo").main(["--out", str(tmp_path / "demo"), "--reuse", "--operators", "5"])
+    text = capsys.readouterr().out
+    assert "| liver: fine-tuning |" in text and "| total (inside the run) |" in text
+    assert "Self CPU" in text and "Lightning ranges" in text
 
 
 def test_ablation_rows_and_table(tiny_experiment, tmp_path):
@@ -84,6 +98,19 @@ def test_ablation_rows_and_table(tiny_experiment, tmp_path):
     assert len(eff["accuracy_diff_t95"]) == 2 and len(eff["accuracy_diff_bootstrap95"]) == 2
     raw = (tmp_path / "abl" / "ablation.json").read_text()
     assert "NaN" not in raw and json.loads(raw)["rows"]["+CSA"]["accuracy_mean"] is not None
+    # an interrupted ablation resumes: the same command skips every finished row, so nothing
+    # is retrained and the table is the same; other settings do not reuse them
+    weights = run / "plus-CSA" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = run_ablation(cfg, tmp_path / "abl", seeds=(0, 1), rows=rows, split="val", n_boot=50)
+    assert weights.stat().st_mtime_ns == stamp
+    assert again["rows"] == doc["rows"]
+    from medmap.ablation import _finished_row, _fingerprint
+
+    other = copy.deepcopy(cfg)
+    other.finetune.epochs = 2
+    assert _finished_row(tmp_path / "abl", 0, "+CSA", _fingerprint(cfg, "val")) is not None
+    assert _finished_row(tmp_path / "abl", 0, "+CSA", _fingerprint(other, "val")) is None
 
 
 def test_summarise_and_markdown():

@@ -83,7 +83,9 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
                  rows: Sequence[str] = tuple(ROWS), split: str = "test",
                  n_boot: int = 2000) -> dict[str, Any]:
     """Run every row for every seed; writes ``ablation.json`` (strict JSON: undefined values
-    are null) and ``ablation.md``; returns the document."""
+    are null) and ``ablation.md``; returns the document. Each finished (seed, row) is saved
+    as it ends (``seedN/ROW.result.json``), so re-running the same command with the same
+    settings after an interruption skips the rows already done."""
     from medmap.eval.evaluate import evaluate
     from medmap.train.medmap import finetune, pretrain
 
@@ -93,14 +95,22 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
     out = Path(out_dir)
     results: dict[str, list[dict[str, Any]]] = {r: [] for r in rows}
     features = None
+    fingerprint = _fingerprint(cfg, split)
     for seed in seeds:
         pre: dict[str, Path] = {}
         for r in rows:
             spec = ROWS[r]
+            done = _finished_row(out, seed, r, fingerprint)
+            if done is not None:            # an interrupted ablation resumes row by row
+                results[r].append(done)
+                print(f"seed {seed} {r:16s} acc {_fmt(done['accuracy'])} "
+                      f"auc {_fmt(done['auc'])} (already done)", flush=True)
+                continue
             if spec.get("baseline") == "radiomics":
                 res, features = _radiomics_row(cfg, out / f"seed{seed}" / "radiomics", split,
                                                seed, features)
                 results[r].append(res)
+                _save_row(out, seed, r, fingerprint, res)
                 print(f"seed {seed} {r:16s} acc {_fmt(res['accuracy'])} "
                       f"auc {_fmt(res['auc'])}", flush=True)
                 continue
@@ -124,6 +134,7 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
                        if c["label"]}
             results[r].append({"seed": seed, **{k: m.get(k) for k in METRICS},
                                "n": m.get("n"), "correct": correct, "classes": classes})
+            _save_row(out, seed, r, fingerprint, results[r][-1])
             print(f"seed {seed} {r:16s} acc {_fmt(m.get('accuracy'))} auc {_fmt(m.get('auc'))}",
                   flush=True)
     table = {r: summarise(v) for r, v in results.items()}
@@ -139,6 +150,39 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path, seeds: Sequence[int
     (out / "ablation.md").write_text(to_markdown(doc), encoding="utf-8")
     print(to_markdown(doc))
     return doc
+
+
+def _fingerprint(cfg: ExperimentConfig, split: str) -> str:
+    """A hash of everything a row's result depends on besides the row and the seed."""
+    import dataclasses
+    import hashlib
+
+    blob = json.dumps({"cfg": dataclasses.asdict(cfg), "split": split}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _row_file(out: Path, seed: int, row: str) -> Path:
+    return out / f"seed{seed}" / f"{row.replace('+', 'plus-')}.result.json"
+
+
+def _save_row(out: Path, seed: int, row: str, fingerprint: str, res: dict[str, Any]) -> None:
+    path = _row_file(out, seed, row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_finite({"fingerprint": fingerprint, "result": res})),
+                   encoding="utf-8")
+    tmp.replace(path)                      # atomic: a kill never leaves half a result
+
+
+def _finished_row(out: Path, seed: int, row: str, fingerprint: str) -> dict[str, Any] | None:
+    """The saved result of (seed, row) from an earlier run with the same settings, else None."""
+    path = _row_file(out, seed, row)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc.get("result") if doc.get("fingerprint") == fingerprint else None
 
 
 def _radiomics_row(cfg: ExperimentConfig, out: Path, split: str, seed: int, features):

@@ -253,6 +253,9 @@ def run_demo(out_dir: str | Path = "medmap-demo", full: bool = False, seed: int 
                           "pretrain_epochs_run": epochs,
                           "radiomics": {k: rad["metrics"][k] for k in ("accuracy", "auc", "ci")},
                           **language_summary(zs, rt)}
+        lo = (m.get("ci") or {}).get("accuracy", [0.0])[0]
+        # an accuracy whose 95% CI reaches down to chance is no evidence of learning
+        summary[organ]["above_chance"] = bool(lo > summary[organ]["chance"])
     summary["stages"] = clock.table
     summary["wall_s"] = round(time.time() - t0, 1)
     summary["cpu_s"] = round(StageClock._cpu(), 1)
@@ -271,6 +274,9 @@ def run_demo(out_dir: str | Path = "medmap-demo", full: bool = False, seed: int 
               + ("n/a" if rr["auc"] is None else f"{rr['auc']:.3f}"))
         print(f"         zero-shot AUC {zauc}, accuracy {z['accuracy']:.3f}; retrieval R@5 "
               f"{q['R@5']:.3f} (chance {q['chance@5']:.3f}, gallery {q['gallery']})")
+        if not r["above_chance"]:
+            print(f"         smoke test, not a result: the accuracy's 95% CI reaches chance "
+                  f"({r['n_test']} test cases); run `medmap demo` for a measurement")
         print(f"         report: {r['report']}")
     print("  time by stage (wall / CPU s): " + "; ".join(
         f"{k} {v['wall_s']:.0f}/{v['cpu_s']:.0f}" for k, v in summary["stages"].items()))

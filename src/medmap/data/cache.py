@@ -243,14 +243,24 @@ class VolumeCache:
                 self._get(*r)
         else:
             from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures.process import BrokenProcessPool
             from multiprocessing import get_context
 
             chunks = [todo[i::workers] for i in range(workers)]
             args = [(str(self.cache_dir), self.cfg.to_dict(), self.storage_dtype, c)
                     for c in chunks]
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                list(pool.map(_warm_chunk, args))
-        self.misses += len(todo)
+            try:
+                with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                    list(pool.map(_warm_chunk, args))
+                self.misses += len(todo)
+            except BrokenProcessPool:
+                # a script without an `if __name__ == "__main__":` guard re-runs itself in
+                # every spawned worker, which then dies: do the work here instead
+                warnings.warn("preprocessing workers could not start (is the calling script "
+                              "missing an `if __name__ == \"__main__\":` guard?); "
+                              "preprocessing in this process", stacklevel=2)
+                for r in todo:
+                    self._get(*r)
         return len(todo)
 
     def _compute(self, path, modality, kind, reference, roi) -> torch.Tensor:

@@ -309,10 +309,12 @@ def make_rng_callback():
 
 
 class _ThirdPartyNoise(logging.Filter):
-    """Drops Lightning's advertising tip and its "Loading `train_dataloader`" chatter;
+    """Drops Lightning's advertising tip, its "Loading `train_dataloader`" chatter and the
+    "GPU / TPU available" inventory;
     everything else (and every warning of medmap's own) still reaches the user."""
 
-    NOISE = ("💡 Tip", "Loading `train_dataloader` to estimate")
+    NOISE = ("💡 Tip", "Loading `train_dataloader` to estimate", "GPU available:", "TPU available:",
+             "HPU available:")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.getMessage()).startswith(self.NOISE)
