@@ -1,5 +1,6 @@
 import copy
 import json
+from pathlib import Path
 
 import torch
 
@@ -22,22 +23,22 @@ def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypa
         return cfg
 
     monkeypatch.setattr(demo, "demo_config", tiny_text)
-    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path / "medmap-demo")]) == 0
     assert "zero-shot AUC" in capsys.readouterr().out
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "medmap-demo" / "summary.json").read_text())
     assert summary["settings"]["cases"] == DemoSettings.quick().cases
     for organ in ("liver", "brain"):
         r = summary[organ]
         assert 0.0 <= r["accuracy"] <= 1.0 and r["n_test"] > 0
-        report = tmp_path / "demo" / "runs" / organ / "finetune" / "eval-test" / "report.html"
+        report = tmp_path / "medmap-demo" / "runs" / organ / "finetune" / "eval-test" / "report.html"
         assert report.exists() and r["report"] == str(report)
-        assert (tmp_path / "demo" / "runs" / organ / "pretrain" / "model" / "model.safetensors").exists()
+        assert (tmp_path / "medmap-demo" / "runs" / organ / "pretrain" / "model" / "model.safetensors").exists()
     saved = summary
     assert saved["liver"]["chance"] == 1 / 7 and saved["brain"]["chance"] == 0.5
     for organ in ("liver", "brain"):     # the quick demo says when it is only a smoke test
         lo = saved[organ]["ci"]["accuracy"][0]
         assert saved[organ]["above_chance"] == (lo > saved[organ]["chance"])
-    assert (tmp_path / "demo" / "data" / "DATASHEET.md").exists()
+    assert (tmp_path / "medmap-demo" / "data" / "DATASHEET.md").exists()
     # the language at work: report-free zero-shot and per-sequence retrieval, exact keys
     for organ in ("liver", "brain"):
         zs, rt = saved[organ]["zeroshot"], saved[organ]["retrieval"]
@@ -46,7 +47,7 @@ def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypa
         assert set(rt) == {"R@1", "R@5", "R@10", "chance@1", "chance@5", "chance@10", "gallery"}
         assert isinstance(rt["gallery"], int) and rt["gallery"] > 0
         assert 0 < rt["chance@1"] <= rt["chance@5"] <= rt["chance@10"] <= 1
-        html = (tmp_path / "demo" / "runs" / organ / "finetune" / "eval-test" /
+        html = (tmp_path / "medmap-demo" / "runs" / organ / "finetune" / "eval-test" /
                 "report.html").read_text()
         assert "Language (pre-trained model)" in html and "Zero-shot classification" in html
     assert set(saved["stages"]) >= {"simulation", "liver: fine-tuning", "brain: pre-training"}
@@ -55,10 +56,22 @@ def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypa
     from test_benchmarks import _load
 
     capsys.readouterr()
-    _load("profile_demo").main(["--out", str(tmp_path / "demo"), "--reuse", "--operators", "5"])
+    _load("profile_demo").main(["--out", str(tmp_path / "medmap-demo"), "--reuse", "--operators", "5"])
     text = capsys.readouterr().out
     assert "| liver: fine-tuning |" in text and "| total (inside the run) |" in text
     assert "Self CPU" in text and "Lightning ranges" in text
+    # the README's "Python" section runs as written, on this demo's folders
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Python\n.*?```python\n(.*?)```", readme, re.S)
+    assert block, "README.md has no Python section"
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block.group(1), "README.md#python", "exec"), scope)
+    assert scope["result"].predicted in scope["model"].classes
+    assert (tmp_path / "t2wi_cam.nii.gz").exists()
+    assert len(scope["preds"]) > 0 and "auc" in scope["zs"]
 
 
 def test_ablation_rows_and_table(tiny_experiment, tmp_path):

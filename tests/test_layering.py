@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmap.train",),
     ("medmap.inference", "medmap.fastpath"),
     ("medmap.eval", "medmap.predict", "medmap.downstream", "medmap.baselines"),
+    ("medmap.api",),
     ("medmap.cli", "medmap.cli_downstream", "medmap.cli_baseline", "medmap.demo",
      "medmap.ablation"),
 ]

@@ -350,7 +350,8 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
             device: str | torch.device | None = None,
             preprocess_override: Mapping[str, Any] | None = None,
             roi: str | Path | None = None, fast: bool = True,
-            precision: str = "fp32", mask: str | Path | None = None) -> list[dict[str, Any]]:
+            precision: str = "fp32", mask: str | Path | None = None,
+            progress: bool = False) -> list[dict[str, Any]]:
     """Predict every case of ``input``; writes ``out_csv`` (unless None) and returns its rows.
 
     ``fast`` (default): the probabilities come from :mod:`medmap.fastpath` (fused window
@@ -363,7 +364,7 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     ``roi``: the organ-mask file of a single-volume or case-folder input, for models trained
     with ``preprocess.roi_mask`` (see the module doc). ``mask``: the lesion-mask file of such an
     input, for models that read the lesion mask (``MedMAPConfig.mask_key``; the ROI mask is
-    used when the two keys are the same).
+    used when the two keys are the same). ``progress``: a progress bar over the cases.
 
     Raises :class:`PredictInputError` (bad input: names the path and the fix),
     :class:`~medmap.data.manifest.ManifestError` (invalid manifest, every problem listed) or
@@ -404,7 +405,9 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     fast_model = fast_classifier(model, precision=precision) if fast else None
     rows: list[dict[str, Any]] = []
     cam_names: dict[str, str] = {}
-    for case in cases:
+    from tqdm.auto import tqdm
+
+    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         images = torch.zeros(1, len(mods), 1, *pcfg.size)
         present = torch.zeros(1, len(mods), dtype=torch.bool)
         for m, path in case.volumes.items():

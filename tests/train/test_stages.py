@@ -108,3 +108,23 @@ def test_report_assisted_finetuning_runs_through_validation(tiny_experiment, tmp
         model_dir = finetune(cfg, tmp_path / "ft")
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert "val/acc" in metrics and (model_dir / "model.safetensors").exists()
+
+
+def test_finetune_early_stopping_keeps_the_best_validation_epoch(tiny_experiment, tmp_path):
+    """With ``finetune.early_stop_patience`` the model folder holds the epoch with the best
+    validation accuracy (``best.ckpt``), not the last epoch's weights."""
+    import torch
+
+    cfg = tiny_experiment
+    cfg.finetune.epochs = 3
+    cfg.finetune.early_stop_patience = 2
+    model_dir = finetune(cfg, tmp_path / "ft")
+    best = tmp_path / "ft" / "checkpoints" / "best.ckpt"
+    last = tmp_path / "ft" / "checkpoints" / "last.ckpt"
+    assert best.exists() and last.exists()
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    saved = load_file(str(model_dir / "model.safetensors"))
+    for k, v in saved.items():
+        assert torch.equal(state[f"model.{k}"].to(v.dtype), v), k
+    curves = [ln for ln in (tmp_path / "ft" / "logs" / "metrics.csv").read_text().splitlines()]
+    assert "train/acc" in curves[0] and "val/acc" in curves[0]     # the learning curves

@@ -266,7 +266,8 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, cfg: RadiomicsConfig | None = Non
     if folds >= 2:
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
         clf = LogisticRegressionCV(Cs=list(cfg.Cs), cv=cv, scoring="neg_log_loss",
-                                   max_iter=cfg.max_iter, use_legacy_attributes=False)
+                                   max_iter=cfg.max_iter, l1_ratios=(0.0,),  # L2
+                                   use_legacy_attributes=False)
     else:       # a class with a single training case: no cross-validation possible
         warnings.warn("radiomics baseline: a class has fewer than 2 training cases, so C "
                       "cannot be cross-validated; using C=1", stacklevel=2)
