@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmap.text",),
     ("medmap.models", "medmap.losses"),
     ("medmap.train",),
-    ("medmap.inference", "medmap.fastpath"),
+    ("medmap.inference", "medmap.fastpath", "medmap.cam"),
     ("medmap.eval", "medmap.predict", "medmap.downstream", "medmap.baselines"),
     ("medmap.api",),
     ("medmap.cli", "medmap.cli_downstream", "medmap.cli_baseline", "medmap.demo",

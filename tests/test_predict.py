@@ -17,7 +17,7 @@ from medmap.data.io import VolumeReadError
 from medmap.data.manifest import Manifest, ManifestError
 from medmap.data.preprocess import PreprocessConfig, Preprocessor
 from medmap.data.vocab import get_organ
-from medmap.eval.cam import gradcam
+from medmap.cam import gradcam
 from medmap.models.hub import from_pretrained, save_pretrained
 from medmap.models.medmap import MedMAPClassifier, MedMAPConfig
 from medmap.predict import PredictInputError, predict

@@ -374,7 +374,7 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
 
     from medmap.data.io import VolumeReadError
     from medmap.data.preprocess import Preprocessor
-    from medmap.eval.cam import gradcam
+    from medmap.cam import gradcam
     from medmap.fastpath import fast_classifier
     from medmap.inference import load_classifier, report_inputs
 

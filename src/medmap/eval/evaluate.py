@@ -106,7 +106,7 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     from medmap.data.manifest import Manifest, ManifestError
     from medmap.data.preprocess import Preprocessor
     from medmap.data.validate import require_valid
-    from medmap.eval.cam import aggregate_localisation, gradcam, localisation
+    from medmap.cam import aggregate_localisation, gradcam, localisation
     from medmap.eval.language import language_section
     from medmap.metrics import full_metrics
     from medmap.eval.report import write_report

@@ -302,7 +302,7 @@ def render_report(result: dict[str, Any], *, labels, probs, fusion,
     Args:
         result: :func:`medmap.eval.evaluate.evaluate`'s document: ``info`` (run summary),
             ``metrics`` (:func:`~medmap.metrics.full_metrics` or None), ``localisation``
-            (:func:`~medmap.eval.cam.aggregate_localisation` or None), ``classes``.
+            (:func:`~medmap.cam.aggregate_localisation` or None), ``classes``.
         labels: (N,) class indices, -1 for unlabelled cases; probs: (N, K); fusion: (N, d).
         overlays: CAM overlay records (``case_id``, ``true_index``, ``pred``, ``prob``,
             ``correct``, ``slice_index``, ``slice_source``, ``panels``: list of ``modality``,

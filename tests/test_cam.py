@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmap.eval.cam import (
+from medmap.cam import (
     aggregate_localisation,
     cam_auc,
     gradcam,
