@@ -132,6 +132,10 @@ def test_summarise_and_markdown():
     assert abs(s["accuracy_mean"] - 0.6) < 1e-9 and abs(s["accuracy_std"] - 0.1414) < 1e-3
     md = to_markdown({"organ": "liver", "split": "test", "seeds": [0, 1], "rows": {"x": s}})
     assert "| x | 0.600 ± 0.141 |" in md
+    one = to_markdown({"organ": "liver", "split": "test", "seeds": [0],
+                       "rows": {"x": summarise([{"accuracy": 0.5, "auc": 0.6,
+                                                 "balanced_accuracy": 0.5}])}})
+    assert "| x | 0.500 | 0.600 | 0.500 |" in one          # one seed: no made-up spread
 
 
 def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):

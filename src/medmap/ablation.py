@@ -269,9 +269,11 @@ def to_markdown(doc: dict[str, Any]) -> str:
     """The ablation table (mean ± sd over seeds) and the language effect, as Markdown."""
     lines = [f"Ablation on MedMoM {doc['organ']} ({doc['split']} split), seeds {doc['seeds']}",
              "", "| row | accuracy | macro AUC | balanced accuracy |", "|---|---|---|---|"]
+    one = len(doc["seeds"]) == 1          # one seed: no spread to show
     for r, s in doc["rows"].items():
         lines.append("| " + r + (" (†)" if r in CAVEATS else "") + " | " + " | ".join(
-            f"{_fmt(s[f'{k}_mean'])} ± {_fmt(s[f'{k}_std'])}" for k in METRICS) + " |")
+            _fmt(s[f"{k}_mean"]) + ("" if one else f" ± {_fmt(s[f'{k}_std'])}")
+            for k in METRICS) + " |")
     for r in doc["rows"]:
         if r in CAVEATS:
             lines += ["", f"(†) {r}: {CAVEATS[r]}."]
