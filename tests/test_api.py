@@ -41,6 +41,7 @@ def test_load_opens_a_run_or_model_folder(model_dir):
     assert isinstance(model, medmap.Classifier)
     assert model.classes == CLASSES and model.modalities == MODS and model.organ == "liver"
     assert "class-knowledge" in model.text_guidance
+    assert model.reads_mask is False            # the tiny model pools without a mask
     assert set(medmap.__all__) >= {"load", "Classifier", "Pretrained", "Prediction"}
 
 

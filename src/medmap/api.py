@@ -104,6 +104,7 @@ class Classifier:
 
     def __init__(self, path: Path, doc: dict[str, Any]):
         from medmap.inference import csa_description
+        from medmap.models.medmap import MedMAPClassifier
 
         self.path = path
         raw = _Cfg({"csa_text": "knowledge", "language": "real", "pooling": "mean_max",
@@ -113,9 +114,7 @@ class Classifier:
         self.modalities: list[str] = list(raw.modalities)
         self.organ: str | None = doc.get("organ") or getattr(raw, "organ", None) or None
         self.text_guidance: str = csa_description(raw)
-        # the same rule as MedMAPClassifier.reads_mask
-        self.reads_mask: bool = (raw.pooling == "mask" or (raw.mask_channel and raw.use_conv)
-                                 or bool(raw.region_scales))
+        self.reads_mask: bool = MedMAPClassifier.reads_mask(raw)
         self.mask_key: str = raw.mask_key
         self.roi_mask: str | None = (doc.get("preprocess") or {}).get("roi_mask")
 
