@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from medmap.config import UserError
+from medmap.eval.viewer import viewer_volumes
 
 __all__ = ["evaluate", "axial_axis", "card_section"]
 
@@ -221,7 +222,11 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
                                      "true": classes[ys[b]], "pred": classes[int(pred[b])],
                                      "prob": float(probs[b, pred[b]]),
                                      "correct": bool(pred[b] == ys[b]), "slice_index": k,
-                                     "slice_axis": axis, "slice_source": src, "panels": panels})
+                                     "slice_axis": axis, "slice_source": src, "panels": panels,
+                                     "volumes": viewer_volumes(
+                                         {n: images[b, mods.index(n), 0] for n in here},
+                                         {n: cams[n][j] for n in here}, mask,
+                                         pcfg.orientation)})
         case_ids += list(batch["case_id"])
         labels += ys
         probs_l.append(probs)

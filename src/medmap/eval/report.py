@@ -4,8 +4,9 @@ One file, no external resources: every figure is a base64 PNG drawn with matplot
 canvas (the object API, so the global pyplot backend is left alone), styles are inline CSS.
 Sections: run summary, metric table with bootstrap CIs, per-class table, ROC curves per class,
 confusion matrix, t-SNE of the fused features coloured by class, localisation metrics of the
-Grad-CAMs, and CAM overlays on the axial slice through the lesion for a few correct and wrong
-cases per class.
+Grad-CAMs, an interactive 3D CAM viewer (NiiVue, inlined with its data: :mod:`medmap.eval.viewer`;
+the page stays one file that opens offline) and CAM overlays on the axial slice through the
+lesion for a few correct and wrong cases per class (the fallback without JavaScript).
 
 A small inline script sets ``data-images-total`` / ``data-images-loaded`` on ``<body>`` once
 the page has loaded (how many ``<img>`` decoded with a non-zero natural width), so a headless
@@ -47,6 +48,7 @@ td.l,th.l{text-align:left}
 .case .cap{font-size:.9em;color:#57606a;margin-bottom:2px}
 .ok{color:#1a7f37;font-weight:600}.bad{color:#cf222e;font-weight:600}
 .note{color:#57606a;font-size:.9em}
+.nv-controls{display:flex;flex-wrap:wrap;gap:14px;margin:6px 0;font-size:.92em}
 """
 
 _SCRIPT = """
@@ -269,6 +271,16 @@ def _overlay_section(overlays: Sequence[dict[str, Any]], classes: Sequence[str])
     return "\n".join(parts)
 
 
+def _viewer_html(overlays: Sequence[dict[str, Any]]) -> str:
+    from medmap.eval.viewer import viewer_cases, viewer_section
+
+    cases = [{"case_id": o["case_id"], **o["volumes"],
+              "caption": (f"{o['case_id']}: true {o['true']}, predicted {o['pred']} "
+                          f"(p={o['prob']:.2f}, {'correct' if o['correct'] else 'wrong'})")}
+             for o in viewer_cases(overlays)]
+    return viewer_section(cases)
+
+
 def baselines_section(m: dict[str, Any] | None, baselines: dict[str, Any] | None) -> str:
     """The deep model's accuracy / AUC beside chance and each baseline's (a name -> result
     mapping whose values hold ``metrics``, as :func:`medmap.baselines.radiomics.run_radiomics`
@@ -345,6 +357,8 @@ def render_report(result: dict[str, Any], *, labels, probs, fusion,
         body.append(section)
     body.append("<h2>Localisation (Grad-CAM)</h2>")
     body.append(_localisation_section(result.get("localisation")))
+    body.append("<h2>CAM viewer (3D)</h2>")
+    body.append(_viewer_html(overlays))
     body.append("<h2>CAM overlays</h2>")
     body.append(_overlay_section(overlays, classes))
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
