@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmap.train",),
     ("medmap.inference", "medmap.fastpath", "medmap.cam"),
     ("medmap.eval", "medmap.predict", "medmap.downstream", "medmap.baselines"),
-    ("medmap.api",),
+    ("medmap.api", "medmap.bundle"),
     ("medmap.cli", "medmap.cli_downstream", "medmap.cli_baseline", "medmap.demo",
      "medmap.ablation"),
 ]

@@ -210,6 +210,16 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from medmap.bundle import export_monai_bundle
+
+    out = export_monai_bundle(a.model, a.out, overwrite=a.overwrite)
+    print(f"MONAI bundle: {out}\nrun it: python -m monai.bundle run --config_file "
+          f"{out}/configs/inference.json --bundle_root {out} --dataset_dir CASE_FOLDER "
+          "--output_dir preds")
+    return 0
+
+
 def _cmd_ablation(a: argparse.Namespace) -> int:
     from medmap.ablation import ROWS, run_ablation
 
@@ -352,6 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "and conv streams (faster on CPU; probabilities change slightly, see "
                          "docs/benchmarks.md)")
     pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser("export", help="write a trained classifier in another format (a MONAI "
+                                       "bundle)")
+    ex.add_argument("model", help="a model folder or run folder")
+    ex.add_argument("out", help="output folder (new or empty)")
+    ex.add_argument("--format", choices=["monai-bundle"], default="monai-bundle",
+                    help="monai-bundle: configs/metadata.json + inference.json, "
+                         "models/model.safetensors, docs/README.md (default)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    ex.set_defaults(func=_cmd_export)
 
     ab = sub.add_parser("ablation", help="Table 2 rows (baseline, +MAVLP, +CCT, +CSA) and the "
                                          "language-removed and global-CLIP controls over seeds")

@@ -55,7 +55,7 @@ import torch
 
 from medmap.config import UserError
 
-__all__ = ["predict", "PredictInputError", "prediction_row", "write_rows_csv",
+__all__ = ["predict", "predict_with_model", "PredictInputError", "prediction_row", "write_rows_csv",
            "match_modality", "resolve_input", "PredictCase"]
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".dcm")
@@ -370,25 +370,49 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
     :class:`~medmap.data.manifest.ManifestError` (invalid manifest, every problem listed) or
     :class:`~medmap.data.io.VolumeReadError` (an unreadable volume, naming case and file).
     """
+    from medmap.inference import load_classifier
+
+    lm = load_classifier(model_dir, preprocess_override, device)
+    organ = lm.doc.get("organ") or lm.model.cfg.organ or None
+    return predict_with_model(lm.model, lm.preprocess, input, out_csv, organ=organ,
+                              cam_dir=cam_dir, modality=modality, roi=roi, fast=fast,
+                              precision=precision, mask=mask, progress=progress,
+                              text_encoder=lm.text_encoder, name=str(model_dir))
+
+
+def predict_with_model(model, preprocess, input: str | Path, out_csv: str | Path | None, *,
+                       organ: str | None = None, cam_dir: str | Path | None = None,
+                       modality: str | None = None, roi: str | Path | None = None,
+                       fast: bool = True, precision: str = "fp32",
+                       mask: str | Path | None = None, progress: bool = False,
+                       text_encoder=None, name: str = "model") -> list[dict[str, Any]]:
+    """:func:`predict` with a model already built: ``model`` (a
+    :class:`~medmap.models.medmap.MedMAPClassifier` in eval mode) and ``preprocess`` (its
+    :class:`~medmap.data.preprocess.PreprocessConfig`). The exported MONAI bundle's inference
+    config calls this, so the bundle and ``medmap predict`` share every step.
+
+    ``text_encoder``: a callable returning the frozen text encoder, needed only by
+    ``csa_text: report`` models. Example::
+
+        predict_with_model(net.eval(), PreprocessConfig(size=(32, 32, 32)), "case/", "p.csv")
+    """
     import nibabel as nib
 
     from medmap.data.io import VolumeReadError
     from medmap.data.preprocess import Preprocessor
     from medmap.cam import gradcam
     from medmap.fastpath import fast_classifier
-    from medmap.inference import load_classifier, report_inputs
+    from medmap.inference import report_inputs
 
-    lm = load_classifier(model_dir, preprocess_override, device)
-    model, doc, pcfg = lm.model, lm.doc, lm.preprocess
+    pcfg = preprocess
     cfg = model.cfg
     mods, classes = list(cfg.modalities), list(cfg.classes)
-    organ = doc.get("organ") or cfg.organ or None
+    organ = organ or cfg.organ or None
     lesion_key = cfg.mask_key if getattr(model, "needs_mask", False) else None
     cases = resolve_input(input, mods, organ, modality, pcfg.roi_mask, roi, lesion_key, mask)
     pre = Preprocessor(pcfg)
     dev = next(model.parameters()).device
     report_mode = getattr(cfg, "csa_text", "knowledge") == "report"
-    text_encoder = None
     if report_mode:      # report-assisted diagnosis: each case's reports guide its prediction
         if any(c.reports is None for c in cases):
             raise PredictInputError(
@@ -397,10 +421,13 @@ def predict(model_dir: str | Path, input: str | Path, out_csv: str | Path | None
         if cam_dir is not None:
             raise PredictInputError("--cam: Grad-CAM of a csa_text 'report' model is not "
                                     "supported; predict without --cam")
-        warnings.warn(f"{model_dir}: csa_text 'report' -- the cases' own reports guide the "
+        if text_encoder is None:
+            raise PredictInputError(f"{name}: a csa_text 'report' model needs its text encoder "
+                                    "(predict from the model folder)")
+        warnings.warn(f"{name}: csa_text 'report' -- the cases' own reports guide the "
                       "prediction; wherever a report states the diagnosis this leaks the label",
                       stacklevel=2)
-        text_encoder = lm.text_encoder()
+        text_encoder = text_encoder()
         fast = False
     fast_model = fast_classifier(model, precision=precision) if fast else None
     rows: list[dict[str, Any]] = []
