@@ -97,6 +97,13 @@ def _cmd_generate_report(a: argparse.Namespace) -> int:
     bleu = r["bleu"] or {}
     print(f"{a.split}: n={r['n_eval']} " + " ".join(f"{k}={v:.3f}" for k, v in bleu.items())
           + f"; {Path(a.out) / 'report_gen.json'}")
+    ce = r.get("clinical")
+    if ce and ce["n"]:
+        c = ce["ceiling"]
+        print(f"clinical accuracy={ce['accuracy']:.3f} macro-F1={ce['macro_f1']:.3f} "
+              f"(a diagnosis in {ce['with_finding']:.0%} of the generated reports); extractor "
+              f"ceiling on the true reports: accuracy={c['accuracy']:.3f} "
+              f"macro-F1={c['macro_f1']:.3f} ({ce['extractor']})")
     return 0
 
 

@@ -316,7 +316,9 @@ def report_generation(model: str | Path | LoadedVLM | None, manifest: Manifest |
                       train_encoder: bool = False, seed: int = 0, tokenizer=None, loader=None,
                       cache_dir: str | Path | None = None, device: str | None = None,
                       experiment=None, per_case: bool = False) -> dict[str, Any]:
-    """Train on ``train_split``'s (volume, report) pairs, generate for ``eval_split``'s, BLEU.
+    """Train on ``train_split``'s (volume, report) pairs, generate for ``eval_split``'s, BLEU
+    and clinical efficacy (:mod:`medmap.downstream.clinical`: accuracy / macro F1 of the
+    diagnosis read from each generated report, beside the same on the true reports).
 
     ``per_case``: the unit is a whole case -- the memory holds every sequence's tokens (each
     with its modality embedding) and the target is the case's global impression.
@@ -348,17 +350,26 @@ def report_generation(model: str | Path | LoadedVLM | None, manifest: Manifest |
     gen, vocab, losses = train_report_generator(vlm, train, loader, cfg, optim, tokenizer,
                                                 train_encoder, tr_units, tr_targets)
     hyps = generate_reports(gen, vocab, vlm, test, loader, units=te_units) if refs else []
+    firsts = [test[u[0]] for u in te_units] if per_case else test
+    clinical = None
+    if refs:
+        from medmap.data.vocab import get_organ
+        from medmap.downstream.clinical import DiagnosisExtractor, clinical_efficacy
+
+        clinical = clinical_efficacy(hyps, refs, [it.case.label for it in firsts],
+                                     get_organ(vlm.organ).classes,
+                                     DiagnosisExtractor.for_organ(vlm.organ))
     res: dict[str, Any] = {"model": vlm.name, "organ": vlm.organ, "train_split": train_split,
                            "eval_split": eval_split, "per_case": per_case,
                            "n_train": len(tr_units) if per_case else len(train),
                            "n_eval": len(refs),
                            "epochs": epochs, "vocab_size": len(vocab), "train_loss": losses,
                            "bleu": bleu_scores(refs, hyps) if refs else None,
+                           "clinical": clinical,
                            "config": asdict(cfg), "train_encoder": train_encoder}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        firsts = [test[u[0]] for u in te_units] if per_case else test
         with (out / "generated.jsonl").open("w", encoding="utf-8") as f:
             for it, ref, h in zip(firsts, refs, hyps):
                 f.write(json.dumps({"case_id": it.case.case_id,
