@@ -8,19 +8,25 @@ import sys
 from medmap.config import save_config
 
 NOISE = ("Tip", "litlogger", "LeafSpec", "DeprecationWarning", "FutureWarning",
-         "GPU available", "TPU available")
+         "GPU available", "TPU available", "logging interval")
 
 
-def test_pretrain_stderr_holds_no_third_party_noise(tiny_experiment, tmp_path):
+def _run(args, env):
+    proc = subprocess.run([sys.executable, "-m", "medmap.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = [ln for ln in proc.stderr.splitlines() if any(n in ln for n in NOISE)]
+    assert not found, f"third-party noise on the stderr of {args[0]}:\n" + "\n".join(found)
+
+
+def test_pretrain_and_finetune_stderr_hold_no_third_party_noise(tiny_experiment, tmp_path):
     cfg = tiny_experiment
     cfg.pretrain.epochs = 1
     cfg.pretrain.progress = False
     yaml_path = save_config(cfg, tmp_path / "exp.yaml")
     env = {**os.environ, "PYTHONWARNINGS": "default"}     # show what a plain run would show
-    proc = subprocess.run([sys.executable, "-m", "medmap.cli", "pretrain", "--config",
-                           str(yaml_path), "--run-dir", str(tmp_path / "pre")],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = [ln for ln in proc.stderr.splitlines() if any(n in ln for n in NOISE)]
-    assert not found, "third-party noise on stderr:\n" + "\n".join(found)
+    _run(["pretrain", "--config", str(yaml_path), "--run-dir", str(tmp_path / "pre")], env)
     assert (tmp_path / "pre" / "model" / "model.safetensors").exists()
+    _run(["finetune", "--config", str(yaml_path), "finetune.epochs=1", "finetune.progress=false",
+          "--init", str(tmp_path / "pre" / "model"), "--run-dir", str(tmp_path / "ft")], env)
+    assert (tmp_path / "ft" / "model" / "model.safetensors").exists()

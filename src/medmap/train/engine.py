@@ -322,13 +322,16 @@ class _ThirdPartyNoise(logging.Filter):
 
 def quiet_third_party() -> None:
     """Silence the third-party lines a training run would print that are not about the run:
-    Lightning's tip, and the ``LeafSpec`` deprecation its pytree helper triggers in PyTorch
-    (idempotent)."""
+    Lightning's tip, the ``LeafSpec`` deprecation its pytree helper triggers in PyTorch and its
+    hint about epochs shorter than the logging interval (idempotent)."""
     for name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         lg = logging.getLogger(name)
         if not any(isinstance(f, _ThirdPartyNoise) for f in lg.filters):
             lg.addFilter(_ThirdPartyNoise())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # a short epoch logs at its end anyway (medmap's metrics are per epoch): not a user problem
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller "
+                                              r"than the logging interval")
 
 
 def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = None,
