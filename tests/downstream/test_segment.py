@@ -1,4 +1,5 @@
-"""Segmentation: the SwinUNETR decoder, a short run on tiny data, masks in the input's space."""
+"""Segmentation: the SwinUNETR decoder on Swin, CNN and ResNet experts, a short run on tiny
+data, masks in the input's space."""
 
 import json
 
@@ -21,12 +22,29 @@ def test_decoder_restores_full_resolution(out_stage, size):
         assert seg(torch.randn(1, 1, size, size, size)).shape == (1, 2, size, size, size)
 
 
-def test_non_swin_encoder_is_refused():
+@pytest.mark.parametrize("name,size", [("cnn", 32), ("resnet", 64)])
+def test_decoder_on_cnn_and_resnet_experts(name, size):
+    """Every encoder gives the decoder its multi-scale maps (the demo's experts are CNNs)."""
     from medmap.downstream.segment import SegmenterConfig, SwinUNETRSegmenter
     from medmap.models.encoders import tiny_encoder_config
 
-    with pytest.raises(ValueError, match="Swin"):
-        SwinUNETRSegmenter(SegmenterConfig(encoder=tiny_encoder_config("cnn")))
+    seg = SwinUNETRSegmenter(SegmenterConfig(encoder=tiny_encoder_config(name)))
+    x = torch.randn(1, 1, size, size, size)   # a ResNet's last map is 1/32: instance norm
+    maps = seg.encoder.feature_maps(x)        # needs more than one voxel there
+    assert [m.shape[1] for m in maps] == seg.encoder.feature_channels
+    assert [size // m.shape[-1] for m in maps] == seg.encoder.feature_strides
+    out = seg(x)
+    assert out.shape == (1, 2, size, size, size)
+    out.sum().backward()                               # gradient reaches every parameter
+    assert all(p.grad is not None for p in seg.parameters() if p.requires_grad)
+
+
+def test_swin_strides_match_its_maps():
+    from medmap.models.encoders import build_encoder, tiny_encoder_config
+
+    enc = build_encoder(tiny_encoder_config("swin"))
+    maps = enc.feature_maps(torch.randn(1, 1, 32, 32, 32))
+    assert [32 // m.shape[-1] for m in maps] == enc.feature_strides
 
 
 def test_segment_runs_and_writes_masks_in_the_input_space(vlm, tiny_sim, vcache, tmp_path):

@@ -1,8 +1,10 @@
-"""Lesion segmentation: MONAI's SwinUNETR decoder on a pre-trained Swin expert.
+"""Lesion segmentation: MONAI's SwinUNETR decoder on a pre-trained expert (Swin, CNN or ResNet).
 
-:class:`SwinUNETRSegmenter` = one modality's pre-trained Swin expert (its
-:meth:`~medmap.models.encoders.SwinEncoder.hidden_states`, stages 0..``out_stage``) + the
-SwinUNETR decoder built from MONAI's own blocks, generalised to ``out_stage`` stages:
+:class:`SwinUNETRSegmenter` = one modality's pre-trained expert (its multi-scale
+:meth:`~medmap.models.encoders.Encoder3D.feature_maps`, for Swin the stages 0..``out_stage``
+of :meth:`~medmap.models.encoders.SwinEncoder.hidden_states`) + the SwinUNETR decoder built from
+MONAI's own blocks, generalised to any number of stages (described here for Swin; other
+encoders upsample by the ratios of their ``feature_strides``):
 
 * ``enc0 = UnetrBasicBlock(image)`` at full resolution, ``skip_i = UnetrBasicBlock(h_i)`` for
   ``i < S``, ``bottleneck = UnetrBasicBlock(h_S)``;
@@ -65,7 +67,13 @@ class SegmenterConfig:
 
 @register_model(MODEL_TYPE, SegmenterConfig)
 class SwinUNETRSegmenter(nn.Module):
-    """Swin encoder (``hidden_states``) + SwinUNETR decoder; ``forward(x) -> logits``."""
+    """Any medmap encoder (its multi-scale :meth:`~medmap.models.encoders.Encoder3D.feature_maps`,
+    timm's ``features_only``) + the SwinUNETR decoder; ``forward(x) -> logits``.
+
+    Each skip map goes through a residual ``UnetrBasicBlock``; ``UnetrUpBlock`` upsamples by the
+    ratio of neighbouring maps' strides (2 for Swin and CNN stages, 1 between a ResNet's stem
+    and first layer) and a last up block returns to the input's resolution. On a Swin encoder
+    this is exactly the decoder the module doc describes."""
 
     def __init__(self, cfg: SegmenterConfig):
         super().__init__()
@@ -73,34 +81,37 @@ class SwinUNETRSegmenter(nn.Module):
 
         self.cfg = cfg
         self.encoder = build_encoder(cfg.encoder)
-        if not hasattr(self.encoder, "hidden_states"):
-            raise TaskNotApplicable(f"segmentation needs a Swin encoder with hidden_states; the model's "
-                             f"experts are {cfg.encoder.name!r}")
-        fs, S, nn_ = cfg.encoder.feature_size, cfg.encoder.out_stage, cfg.norm_name
-        ch = [fs * 2 ** i for i in range(S + 1)]
+        ch = list(self.encoder.feature_channels)           # finest first
+        strides = list(self.encoder.feature_strides)
+        if len(ch) != len(strides) or len(ch) < 2:
+            raise TaskNotApplicable(f"segmentation needs an encoder with multi-scale feature "
+                                    f"maps; the {cfg.encoder.name!r} encoder gives {len(ch)}")
+        S, nn_, fs = len(ch) - 1, cfg.norm_name, ch[0]
 
         def basic(c_in, c_out):
             return UnetrBasicBlock(3, c_in, c_out, kernel_size=3, stride=1, norm_name=nn_,
                                    res_block=True)
 
+        def up(c_in, c_out, ratio):
+            return UnetrUpBlock(3, c_in, c_out, kernel_size=3, upsample_kernel_size=ratio,
+                                norm_name=nn_, res_block=True)
+
         self.enc0 = basic(cfg.encoder.in_channels, fs)
         self.skips = nn.ModuleList([basic(ch[i], ch[i]) for i in range(S)])
         self.bottleneck = basic(ch[S], ch[S])
-        self.ups = nn.ModuleList([UnetrUpBlock(3, ch[i + 1], ch[i], kernel_size=3,
-                                               upsample_kernel_size=2, norm_name=nn_,
-                                               res_block=True) for i in range(S)])
-        self.up0 = UnetrUpBlock(3, fs, fs, kernel_size=3, upsample_kernel_size=2,
-                                norm_name=nn_, res_block=True)
+        self.ups = nn.ModuleList([up(ch[i + 1], ch[i], strides[i + 1] // strides[i])
+                                  for i in range(S)])
+        self.up0 = up(fs, fs, strides[0])
         self.out = UnetOutBlock(3, fs, cfg.num_classes)
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.enc0, self.skips, self.bottleneck, self.ups, self.up0, self.out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder.hidden_states(x)             # S+1 maps, h_i: (B, fs*2^i, D/2^(i+1), ...)
+        h = self.encoder.feature_maps(x)              # S+1 maps, h_i: (B, ch_i, D/stride_i, ...)
         d = self.bottleneck(h[-1])
         for i in reversed(range(len(self.skips))):
-            d = self.ups[i](d, self.skips[i](h[i]))    # (B, fs*2^i, D/2^(i+1), ...)
+            d = self.ups[i](d, self.skips[i](h[i]))    # (B, ch_i, D/stride_i, ...)
         return self.out(self.up0(d, self.enc0(x)))    # (B, num_classes, D, H, W)
 
 

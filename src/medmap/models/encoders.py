@@ -110,6 +110,12 @@ class Encoder3D(nn.Module, abc.ABC):
         """Channels of each map of :meth:`feature_maps`."""
         return [self.out_dim]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        """Down-sampling factor of each map of :meth:`feature_maps` against the input (timm's
+        ``feature_info.reduction()``): a decoder upsamples by the ratios of neighbours."""
+        return [self.min_multiple]
+
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         self.check_input(x)
         fmap = self.feature_map(x)                       # (B, C, d, h, w)
@@ -144,6 +150,7 @@ class SwinEncoder(Encoder3D):
             setattr(self.swin, f"layers{i}", nn.ModuleList())
         self.out_dim = cfg.feature_size * 2 ** cfg.out_stage
         self.min_multiple = cfg.patch_size * 2 ** len(cfg.depths)
+        self._patch = cfg.patch_size
 
     def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Swin stage outputs 0..out_stage (patch embedding first), layer-normed as in MONAI;
@@ -173,6 +180,10 @@ class SwinEncoder(Encoder3D):
         fs = self.out_dim // 2 ** self.out_stage
         return [fs * 2 ** i for i in range(self.out_stage + 1)]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        return [self._patch * 2 ** i for i in range(self.out_stage + 1)]
+
 
 class ResNetEncoder(Encoder3D):
     """MONAI's 3D ResNet without its classification head."""
@@ -193,6 +204,7 @@ class ResNetEncoder(Encoder3D):
         self.out_dim = cfg.widths[-1]
         self.min_multiple = 16
         self._channels = [cfg.widths[0]] + list(cfg.widths)   # the stem has widths[0]
+        self._strides = [4, 4, 8, 16, 32]       # stem: stride-2 conv + max pool; layer1 keeps it
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x))
@@ -207,6 +219,10 @@ class ResNetEncoder(Encoder3D):
     @property
     def feature_channels(self) -> list[int]:
         return list(self._channels)
+
+    @property
+    def feature_strides(self) -> list[int]:
+        return list(self._strides)
 
 
 class ConvEncoder(Encoder3D):
@@ -246,6 +262,10 @@ class ConvEncoder(Encoder3D):
     @property
     def feature_channels(self) -> list[int]:
         return list(self._channels)
+
+    @property
+    def feature_strides(self) -> list[int]:
+        return [2 ** (i + 1) for i in range(len(self._channels))]
 
 
 ENCODERS: dict[str, Callable[[EncoderConfig], Encoder3D]] = {
