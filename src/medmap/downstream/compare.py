@@ -12,7 +12,8 @@ preprocessing and text model of the first named folder, or of ``experiment``):
 with the same seed, epochs and splits for all, and writes ``comparison.json`` (every task's full
 result under ``results[name][task]``, a one-line ``summary`` per model) and ``comparison.md``
 (one table). A task that cannot run for a model by design (a
-:class:`~medmap.downstream.common.TaskNotApplicable`, e.g. segmentation of a non-Swin encoder)
+:class:`~medmap.downstream.common.TaskNotApplicable`, e.g. segmentation of an encoder without
+multi-scale feature maps)
 is recorded as ``{"not_applicable": reason}`` ("n/a" in the table); any other error stops the
 comparison -- a failure is never shown as "not applicable".
 
