@@ -125,3 +125,13 @@ def test_train_precision_quick(capsys, tmp_path):
     text, js = _run("train_precision", ["--quick"], capsys, tmp_path)
     _assert_table(text, "| step |")
     assert len(js["results"]) == 2 and all(r["speedup"] > 0 for r in js["results"])
+
+
+def test_mg3d_epoch_quick(capsys, tmp_path):
+    text, doc = _run("mg3d_epoch", ["--quick", "--out", str(tmp_path / "w")], capsys, tmp_path)
+    _assert_table(text, "| step | seconds |")
+    _assert_table(text, "| method | epoch s (last) |")
+    costs = [r["what"] for r in doc["step"]["rows"]]
+    assert sum("cost of" in c for c in costs) == 7                # one row per loss
+    assert doc["step"]["step_ratio"] > 0 and doc["epochs"]["epoch_ratio"] > 0
+    assert len(doc["epochs"]["rows"]) == 2 and all(r["epoch_s"] > 0 for r in doc["epochs"]["rows"])

@@ -81,16 +81,21 @@ def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
     return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
 
 
-def mlm_loss(logits: torch.Tensor, target_ids: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+def mlm_loss(logits: torch.Tensor, target_ids: torch.Tensor,
+             masked: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 4: cross-entropy of the original token ids at the masked positions only.
 
-    logits: (B, L, V); target_ids: (B, L) long; masked: (B, L) bool, True = masked word.
-    Mean over masked positions (0 with a graph when nothing is masked).
+    logits: (B, L, V); target_ids: (B, L) long; masked: (B, L) bool, True = masked word. Or,
+    with ``masked=None``, logits (n_masked, V) and target_ids (n_masked,) of the masked
+    positions already selected (what :class:`~medmap.models.mg3d.MG3DModel` returns: the head
+    runs on masked words only). Mean over masked positions (0 with a graph when none).
     """
-    sel = masked.bool()                                       # (B, L)
-    if not sel.any():
+    if masked is not None:
+        sel = masked.bool()                                   # (B, L)
+        logits, target_ids = logits[sel], target_ids[sel]     # (n_masked, V), (n_masked,)
+    if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[sel].float(), target_ids[sel])   # (n_masked, V) vs (n_masked,)
+    return F.cross_entropy(logits.float(), target_ids)
 
 
 def _cos_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,7 @@ class MG3DConfig:
     mlm_probability: float = 0.15       # fraction of words masked for MLM (at least one)
     max_sentences: int = 32             # sentences kept per report (reading order)
     decoder_min_channels: int = 16
+    decoder_head_stride: int = 2        # 1: the last conv stage at full resolution (slower)
     dropout: float = 0.0
     init_logit_scale: float = math.log(1 / 0.07)
     encoder_lr_scale: float = 1.0       # encoder LR / fusion LR (paper: 2e-5 / 1e-4 = 0.2)
@@ -114,15 +115,23 @@ def feature_stride(enc: EncoderConfig) -> int:
 class VolumeDecoder(nn.Module):
     """Conv + up-sampling decoder: fused tokens (B, N, d) on the token grid -> (B, 1, D, H, W).
 
-    log2(stride) stages of [trilinear x2 up-sampling, 3^3 conv, instance norm, GELU] halving the
-    channels (not below ``min_channels``), then a 1^3 conv to one channel.
+    log2(stride / head_stride) stages of [trilinear x2 up-sampling, 3^3 conv, instance norm,
+    GELU] halving the channels (not below ``min_channels``), then a 1^3 conv to one channel;
+    the one-channel prediction is then up-sampled (trilinear) to the input's size. With
+    ``head_stride=2`` (MG3DConfig's default) the last conv stage runs at half resolution: the
+    full-resolution stage cost about half of an MG-3D step (docs/benchmarks.md); ``1`` is the
+    full-resolution decoder.
     """
 
-    def __init__(self, dim: int, stride: int, min_channels: int = 16):
+    def __init__(self, dim: int, stride: int, min_channels: int = 16, head_stride: int = 1):
         super().__init__()
         n = int(round(math.log2(stride)))
         if 2 ** n != stride:
             raise ValueError(f"encoder stride {stride} is not a power of two")
+        if head_stride not in (1, 2) or head_stride > stride:
+            raise ValueError(f"decoder head_stride must be 1 or 2 (at most the encoder stride "
+                             f"{stride}), got {head_stride}")
+        n -= head_stride.bit_length() - 1       # conv stages stop at the head's resolution
         blocks: list[nn.Module] = []
         c = dim
         for _ in range(n):
@@ -185,7 +194,18 @@ def sentence_mean(tokens: torch.Tensor, sentence_index: torch.Tensor, n_sent: in
     return (a @ tokens) / a.sum(-1, keepdim=True).clamp_min(1.0)
 
 
-@register_model("mg3d", MG3DConfig)
+def _build(cfg: MG3DConfig, state: dict[str, torch.Tensor]) -> MG3DModel:
+    """Rebuild from a folder: folders saved before ``decoder_head_stride`` existed hold the
+    full-resolution decoder (one more conv stage); their config does not say so, the weights
+    do."""
+    convs = sum(1 for k, v in state.items()
+                if k.startswith("decoder.blocks.") and k.endswith(".weight") and v.ndim == 5)
+    if convs and convs == int(round(math.log2(feature_stride(cfg.encoder)))):
+        cfg.decoder_head_stride = 1
+    return MG3DModel(cfg)
+
+
+@register_model("mg3d", MG3DConfig, _build)
 class MG3DModel(nn.Module):
     """MG-3D pre-training model (see the module doc). ``forward(batch)`` returns the
     intermediates :class:`~medmap.losses.mg3d.MG3DLoss` turns into the loss terms.
@@ -219,7 +239,8 @@ class MG3DModel(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(t))
         self.mim_fusion = FusionStack(d, h, cfg.fusion_layers, cfg.mim_attention, cfg.dropout)
         self.mlm_fusion = FusionStack(d, h, cfg.fusion_layers, cfg.mlm_attention, cfg.dropout)
-        self.decoder = VolumeDecoder(d, feature_stride(cfg.encoder), cfg.decoder_min_channels)
+        self.decoder = VolumeDecoder(d, feature_stride(cfg.encoder), cfg.decoder_min_channels,
+                                     cfg.decoder_head_stride)
         self.mlm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d),
                                       nn.Linear(d, cfg.vocab_size))
         self.text_pool = AttentionPool(d, h)        # per-sentence fused words -> H_T
@@ -304,9 +325,10 @@ class MG3DModel(nn.Module):
                 words_in = torch.where(mlm_mask[..., None], self.mask_embedding.to(words.dtype),
                                        words)
             h_words = self.mlm_fusion(self.word_proj(words_in), tokens, tmask, None)  # (B, L, d)
-            if L.mlm:
-                out["mlm_logits"] = self.mlm_head(h_words)             # (B, L, V)
-                out["mlm_target"], out["mlm_mask"] = batch["input_ids"], mlm_mask
+            if L.mlm:   # the vocabulary head only where the loss reads it: masked words
+                sel = mlm_mask.bool()                                  # (B, L)
+                out["mlm_logits"] = self.mlm_head(h_words[sel])        # (n_masked, V)
+                out["mlm_target"], out["mlm_mask"] = batch["input_ids"][sel], None
             if L.sfr or L.cml:
                 s_rec = sentence_mean(h_words, batch["sentence_index"], smask.shape[1])  # (B,S,d)
                 out["sentence_rec"], out["sentence_features"] = s_rec, sent
