@@ -9,9 +9,10 @@ pre-trains with the same data, architecture and optimiser settings
 * MG-3D without ITC (the paper's loss terms),
 
 and runs :func:`medmap.downstream.compare.compare_pretraining` for them and "no pre-training":
-zero-shot macro AUC (95% bootstrap CI) and accuracy, per-sequence and case-level Recall@K beside
-chance, report generation (BLEU). Segmentation needs Swin experts: with the demo's CNN experts
-it is "n/a" (pass ``--swin`` for Swin experts, much slower).
+zero-shot macro AUC and accuracy, CT-VocabFine AUC, per-sequence and case-level Recall@5 beside
+chance, linear-probe accuracy, lesion segmentation Dice (on any expert's multi-scale feature
+maps), report generation BLEU-4, ROUGE-L and clinical accuracy beside the extractor's ceiling;
+every column with its 95% bootstrap CI (``--swin``: Swin experts instead, much slower).
 
     python benchmarks/mg3d_downstream.py --out /tmp/ds --cases 500        # the comparison
     python benchmarks/mg3d_downstream.py --out /tmp/ds-smoke --smoke       # minutes, tiny
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"unknown method {name!r}")
         print(f"{name} pre-trained: {models[name]} ({time.time() - t0:.0f} s)", flush=True)
-    tasks = ("zeroshot", "retrieval", "report_gen") + (("segment",) if args.swin or small else ())
+    tasks = ("zeroshot", "vocabfine", "retrieval", "probe", "segment", "report_gen")
     doc = compare_pretraining(models, manifest, out / "compare", split=args.split, tasks=tasks,
                               seg_epochs=args.seg_epochs, gen_epochs=args.gen_epochs,
                               seed=args.seed, experiment=cfg, cache_dir=cfg.data.cache_dir)

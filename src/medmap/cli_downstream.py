@@ -95,8 +95,9 @@ def _cmd_generate_report(a: argparse.Namespace) -> int:
                           seed=a.seed, cache_dir=a.cache_dir, device=a.device,
                           per_case=a.per_case)
     bleu = r["bleu"] or {}
+    rouge = f" ROUGE-L={r['rouge_l']:.3f}" if r.get("rouge_l") is not None else ""
     print(f"{a.split}: n={r['n_eval']} " + " ".join(f"{k}={v:.3f}" for k, v in bleu.items())
-          + f"; {Path(a.out) / 'report_gen.json'}")
+          + rouge + f"; {Path(a.out) / 'report_gen.json'}")
     ce = r.get("clinical")
     if ce and ce["n"]:
         c = ce["ceiling"]

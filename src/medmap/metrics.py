@@ -149,6 +149,22 @@ def _percentile_ci(values: list[float], level: float = 0.95) -> list[float | Non
     return [_num(lo), _num(hi)]
 
 
+def mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+            ) -> list[float | None]:
+    """Percentile bootstrap CI of the mean of per-case ``values`` (Dice, per-report scores,
+    0/1 correctness), vectorised; ``[None, None]`` without values.
+
+    Example:
+        >>> mean_ci([1.0, 1.0, 1.0])
+        [1.0, 1.0]
+    """
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0 or n_boot <= 0:
+        return [None, None]
+    idx = np.random.default_rng(seed).integers(0, v.size, (int(n_boot), v.size))
+    return _percentile_ci(v[idx].mean(1).tolist(), level)
+
+
 def full_metrics(labels, probs, class_names, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict:
     """Every classification metric of the evaluation report, JSON-serialisable.

@@ -11,10 +11,16 @@ def test_compare_pretraining_writes_json_and_markdown(pretrained, tiny_sim, vcac
                               cache_dir=vcache)
     assert list(doc["summary"]) == ["no pre-training", "MedMAP"]
     for name, row in doc["summary"].items():
-        assert row["R@1"] is not None and row["BLEU-1"] is not None, name
-        assert row["zeroshot_accuracy"] is not None
-        assert "dice" in row
-        assert set(doc["results"][name]) >= {"zeroshot", "retrieval", "segment", "report_gen"}
+        must = ("zeroshot_accuracy", "zeroshot_accuracy_ci", "R@5", "case_R@5",
+                "probe_accuracy", "dice", "dice_ci", "BLEU-4", "rouge_l", "rouge_l_ci",
+                "clinical_accuracy", "clinical_ci", "clinical_ceiling")
+        empty = [k for k in must if row[k] is None]    # (AUCs need both classes in the split)
+        assert not empty, f"{name}: no value in {empty}"
+        lo, hi = row["probe_ci"]
+        assert lo <= row["probe_accuracy"] <= hi
+        assert row["chance_accuracy"] == 1 / 7 and 0 < row["chance@5"] <= 1
+        assert set(doc["results"][name]) >= {"zeroshot", "vocabfine", "retrieval", "probe",
+                                              "segment", "report_gen"}
     assert doc["summary"]["no pre-training"]["model"] == "no-pretraining"
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["summary"].keys() == doc["summary"].keys()
@@ -25,8 +31,9 @@ def test_compare_pretraining_writes_json_and_markdown(pretrained, tiny_sim, vcac
 def test_markdown_table_formats_missing_values():
     from medmap.downstream.compare import markdown_table
 
-    md = markdown_table({"a": {"zeroshot_ci": [0.5, 0.75], "R@1": 0.25, "dice": None}})
-    assert "| a | n/a | 0.500-0.750 | n/a | 0.250 |" in md
+    md = markdown_table({"a": {"zeroshot_ci": [0.5, 0.75], "zeroshot_accuracy": 0.25,
+                               "dice": None}})
+    assert "| a | n/a | 0.500-0.750 | 0.250 | n/a |" in md
 
 
 def test_a_failing_task_is_an_error_not_a_dash(pretrained, tiny_sim, vcache, tmp_path,

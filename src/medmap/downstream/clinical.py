@@ -100,8 +100,12 @@ def _scores(pred: Sequence[str | None], labels: Sequence[str],
     y = np.array(list(labels), dtype=object)
     p = np.array(["<none>" if x is None else x for x in pred], dtype=object)
     n = len(y)
+    from medmap.metrics import mean_ci
+
     return {"n": n,
             "accuracy": float((p == y).mean()) if n else None,
+            "accuracy_ci": mean_ci((p == y).astype(float).tolist()),
+            "chance": 1.0 / len(classes) if classes else None,
             "macro_f1": float(f1_score(y, p, labels=list(classes), average="macro",
                                        zero_division=0)) if n else None,
             "with_finding": float((p != "<none>").mean()) if n else None}

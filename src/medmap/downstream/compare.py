@@ -5,9 +5,13 @@ for "no pre-training": a seeded random ``ModalityAwareCLIP`` with the architectu
 preprocessing and text model of the first named folder, or of ``experiment``):
 
 * zero-shot classification (macro AUC over classes, multi-class accuracy) on ``split``;
-* report-to-volume retrieval (pair level: R@1/5/10/50, median rank) on ``split``;
+* CT-VocabFine (the text side fine-tuned on ``vocabfine_n`` labelled ``train_split`` cases per
+  class, then zero-shot AUC);
+* report-to-volume retrieval (pair level: R@1/5/10/50, median rank; case level) on ``split``;
+* a linear probe of the frozen case embeddings (accuracy with a bootstrap CI);
 * lesion segmentation (SwinUNETR decoder fine-tuned on ``train_split``, Dice on ``split``);
-* report generation (decoder trained on ``train_split``, BLEU-1..4 on ``split``);
+* report generation (decoder trained on ``train_split``: BLEU-1..4, ROUGE-L and clinical
+  accuracy, the diagnosis read from the generated report, beside the extractor's ceiling);
 
 with the same seed, epochs and splits for all, and writes ``comparison.json`` (every task's full
 result under ``results[name][task]``, a one-line ``summary`` per model) and ``comparison.md``
@@ -36,14 +40,20 @@ from medmap.downstream.vlm import LoadedVLM, load_vlm
 
 __all__ = ["compare_pretraining", "TASKS", "summary_row", "markdown_table"]
 
-TASKS = ("zeroshot", "retrieval", "segment", "report_gen")
+TASKS = ("zeroshot", "vocabfine", "retrieval", "probe", "segment", "report_gen")
 
 _COLUMNS = [("zeroshot_auc", "zero-shot AUC"), ("zeroshot_ci", "95% CI"),
-            ("zeroshot_accuracy", "zero-shot acc"),
-            ("R@1", "R@1 per seq."), ("R@5", "R@5 per seq."), ("chance@5", "chance@5"),
-            ("R@10", "R@10 per seq."), ("case_R@5", "case R@5"), ("case_R@5_ci", "95% CI"),
+            ("zeroshot_accuracy", "zero-shot acc"), ("zeroshot_accuracy_ci", "95% CI"),
+            ("chance_accuracy", "chance acc"),
+            ("vocabfine_auc", "VocabFine AUC"), ("vocabfine_ci", "95% CI"),
+            ("R@5", "R@5 per seq."), ("R@5_ci", "95% CI"), ("chance@5", "chance@5"),
+            ("case_R@5", "case R@5"), ("case_R@5_ci", "95% CI"),
             ("case_chance@5", "chance@5"),
-            ("dice", "Dice"), ("BLEU-1", "BLEU-1"), ("BLEU-4", "BLEU-4")]
+            ("probe_accuracy", "linear probe acc"), ("probe_ci", "95% CI"),
+            ("dice", "Dice"), ("dice_ci", "95% CI"),
+            ("BLEU-4", "BLEU-4"), ("rouge_l", "ROUGE-L"), ("rouge_l_ci", "95% CI"),
+            ("clinical_accuracy", "clinical acc"), ("clinical_ci", "95% CI"),
+            ("clinical_ceiling", "extractor ceiling")]
 
 
 def summary_row(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,21 +63,36 @@ def summary_row(results: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(zs, dict) and "auc" in zs:
         row["zeroshot_auc"], row["zeroshot_ci"] = zs["auc"], zs.get("ci")
         row["zeroshot_accuracy"] = zs.get("accuracy")
+        row["zeroshot_accuracy_ci"] = zs.get("accuracy_ci")
+        row["chance_accuracy"] = zs.get("chance_accuracy")
+    vf = results.get("vocabfine")
+    if isinstance(vf, dict) and vf.get("after"):
+        row["vocabfine_auc"], row["vocabfine_ci"] = vf["after"]["auc"], vf["after"].get("ci")
     rt = results.get("retrieval")
     if isinstance(rt, dict) and "per_sequence" in rt:
         r2v = rt["per_sequence"]["report_to_volume"]
-        for k in ("R@1", "R@5", "R@10", "chance@5"):
-            row[k] = r2v.get(k)
+        row["R@5"], row["R@5_ci"], row["chance@5"] = (r2v.get("R@5"), r2v.get("ci@5"),
+                                                      r2v.get("chance@5"))
         if rt.get("case"):
             row["case_R@5"] = rt["case"]["report_to_volume"]["R@5"]
             row["case_R@5_ci"] = rt["case"]["report_to_volume"].get("ci@5")
             row["case_chance@5"] = rt["case"]["report_to_volume"]["chance@5"]
+    pr = results.get("probe")
+    ev = (pr or {}).get((pr or {}).get("eval_split", "test")) if isinstance(pr, dict) else None
+    if isinstance(ev, dict):
+        row["probe_accuracy"] = ev.get("accuracy")
+        row["probe_ci"] = (ev.get("ci") or {}).get("accuracy")
     sg = results.get("segment")
     if isinstance(sg, dict) and "dice" in sg:
-        row["dice"] = sg["dice"]
+        row["dice"], row["dice_ci"] = sg["dice"], sg.get("dice_ci")
     rg = results.get("report_gen")
     if isinstance(rg, dict) and rg.get("bleu"):
-        row.update({k: v for k, v in rg["bleu"].items() if k in row})
+        row["BLEU-4"] = rg["bleu"].get("BLEU-4")
+        row["rouge_l"], row["rouge_l_ci"] = rg.get("rouge_l"), rg.get("rouge_l_ci")
+        ce = rg.get("clinical") or {}
+        if ce.get("n"):
+            row["clinical_accuracy"], row["clinical_ci"] = ce["accuracy"], ce.get("accuracy_ci")
+            row["clinical_ceiling"] = ce["ceiling"]["accuracy"]
     return row
 
 
@@ -95,11 +120,14 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
                         split: str = "test", train_split: str = "train",
                         tasks: Sequence[str] = TASKS, knowledge: str | Path | None = None,
                         seg_epochs: int = 10, gen_epochs: int = 20, batch_size: int = 4,
+                        vocabfine_n: int = 8,
                         seed: int = 0, experiment=None, cache_dir: str | Path | None = None,
                         device: str | None = None) -> dict[str, Any]:
     """Run ``tasks`` for every model of ``models`` (name -> folder / LoadedVLM / None); see the
     module doc. Returns the ``comparison.json`` content."""
+    from medmap.downstream.probe import probe
     from medmap.downstream.report_gen import report_generation
+    from medmap.downstream.vocabfine import vocabfine
     from medmap.downstream.retrieval import retrieval
     from medmap.downstream.segment import segment
     from medmap.downstream.zeroshot import zeroshot
@@ -131,8 +159,15 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
         runs = {
             "zeroshot": lambda: zeroshot(vlm, manifest, split, knowledge, folder / "zeroshot",
                                          loader=loader, batch_size=batch_size),
+            "vocabfine": lambda: vocabfine(vlm, manifest, vocabfine_n, train_split=train_split,
+                                           eval_split=split, knowledge=knowledge,
+                                           out_dir=folder / "vocabfine", loader=loader,
+                                           seed=seed),
             "retrieval": lambda: retrieval(vlm, manifest, split, folder / "retrieval",
                                            loader=loader, batch_size=batch_size),
+            "probe": lambda: probe(vlm, manifest, folder / "probe", mode="linear",
+                                   train_split=train_split, eval_split=split, seed=seed,
+                                   loader=loader, batch_size=batch_size),
             "segment": lambda: segment(vlm, manifest, folder / "segment", train_split=train_split,
                                        eval_split=split, epochs=seg_epochs, seed=seed,
                                        loader=loader, write_masks=False),
@@ -150,7 +185,8 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
         results[name] = res
         summary[name] = {"model": vlm.name, **summary_row(res)}
     doc = {"split": split, "train_split": train_split, "tasks": list(tasks), "seed": seed,
-           "seg_epochs": seg_epochs, "gen_epochs": gen_epochs, "summary": summary,
+           "seg_epochs": seg_epochs, "gen_epochs": gen_epochs, "vocabfine_n": vocabfine_n,
+           "summary": summary,
            "results": results}
     write_json(doc, out / "comparison.json")
     (out / "comparison.md").write_text(

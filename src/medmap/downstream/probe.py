@@ -41,13 +41,16 @@ from medmap.train.engine import OptimConfig
 __all__ = ["probe", "linear_probe", "finetune_probe", "FinetuneClassifier"]
 
 
-def _metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    from medmap.metrics import classification_metrics
+def _metrics(labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000,
+             seed: int = 0) -> dict[str, Any]:
+    from medmap.metrics import _percentile_ci, bootstrap_scores, classification_metrics
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = classification_metrics(labels, probs)
-    return {**{k: float(v) for k, v in m.items()}, "n": int(len(labels))}
+        acc, auc = bootstrap_scores(labels, probs, probs.argmax(1) == labels, n_boot, seed)
+    return {**{k: float(v) for k, v in m.items()}, "n": int(len(labels)),
+            "ci": {"accuracy": _percentile_ci(acc), "auc": _percentile_ci(auc)}}
 
 
 def _features(vlm: LoadedVLM, manifest, split: str, loader, batch_size: int):

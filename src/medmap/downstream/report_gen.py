@@ -13,6 +13,8 @@ mapped back and detokenised with ``tokenizer.decode``. Training: teacher forcing
 cross-entropy (PAD ignored), ``nn.TransformerDecoder`` (pre-norm, causal mask), learned
 positions. Decoding: greedy, up to ``max_len`` tokens or EOS.
 
+ROUGE-L: :func:`rouge_l` (``rouge-score``). Clinical efficacy: :mod:`medmap.downstream.clinical`.
+
 BLEU-1..4: NLTK's ``corpus_bleu`` (cumulative n-gram BLEU with the brevity penalty, one
 reference per report, no smoothing -- an order without any match gives 0: the standard corpus-level definition used by report
 generation papers) on lower-cased word tokens (``\\w+``, punctuation dropped).
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,10 +44,12 @@ from medmap.config import UserError
 from medmap.data.manifest import Manifest
 from medmap.downstream.common import write_json
 from medmap.downstream.vlm import LoadedVLM, VolumeItem, load_vlm
+from medmap.metrics import mean_ci
 from medmap.train.loop import ListDataset, fit
 from medmap.train.engine import OptimConfig
 
 __all__ = ["ReportGenConfig", "ReportGenerator", "CompactVocab", "bleu_scores", "bleu_tokens",
+           "rouge_l",
            "train_report_generator", "generate_reports", "report_generation", "load_tokenizer"]
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -85,6 +90,16 @@ def bleu_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
                   for n, w in enumerate(weights, 1)}
     # without smoothing NLTK returns ~1e-78 instead of 0 when an n-gram order has no match
     return {k: (v if v > 1e-9 else 0.0) for k, v in scores.items()}
+
+
+def rouge_l(references: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
+    """ROUGE-L F-measure of each (reference, hypothesis) pair (Google's ``rouge-score``, the
+    reference implementation of ROUGE-1.5.5's LCS score, no stemming); the metric is their
+    mean."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return [float(scorer.score(r, h)["rougeL"].fmeasure) for r, h in zip(references, hypotheses)]
 
 
 class CompactVocab:
@@ -351,6 +366,7 @@ def report_generation(model: str | Path | LoadedVLM | None, manifest: Manifest |
                                                 train_encoder, tr_units, tr_targets)
     hyps = generate_reports(gen, vocab, vlm, test, loader, units=te_units) if refs else []
     firsts = [test[u[0]] for u in te_units] if per_case else test
+    rl = rouge_l(refs, hyps)
     clinical = None
     if refs:
         from medmap.data.vocab import get_organ
@@ -365,6 +381,8 @@ def report_generation(model: str | Path | LoadedVLM | None, manifest: Manifest |
                            "n_eval": len(refs),
                            "epochs": epochs, "vocab_size": len(vocab), "train_loss": losses,
                            "bleu": bleu_scores(refs, hyps) if refs else None,
+                           "rouge_l": float(np.mean(rl)) if rl else None,
+                           "rouge_l_ci": mean_ci(rl),
                            "clinical": clinical,
                            "config": asdict(cfg), "train_encoder": train_encoder}
     if out_dir is not None:

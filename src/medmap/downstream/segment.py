@@ -194,9 +194,11 @@ def evaluate_segmenter(seg: SwinUNETRSegmenter, items: list[VolumeItem], loader,
         pred = seg(b["image"].to(dev)).argmax(1, keepdim=True).cpu()
         for it, v in zip(chunk, dice_scores(pred, b["mask"], seg.cfg.num_classes)):
             per[it.case.case_id] = float(v) if np.isfinite(v) else None
+    from medmap.metrics import mean_ci
+
     vals = [v for v in per.values() if v is not None]
-    return {"dice": float(np.mean(vals)) if vals else None, "n": len(vals),
-            "n_cases": len(items), "per_case": per}
+    return {"dice": float(np.mean(vals)) if vals else None, "ci": mean_ci(vals),
+            "n": len(vals), "n_cases": len(items), "per_case": per}
 
 
 @torch.no_grad()
@@ -273,6 +275,7 @@ def segment(model: str | Path | LoadedVLM | None, manifest: Manifest | str | Pat
                            "n_train": len(train), "epochs": epochs, "train_loss": losses}
     res[eval_split] = evaluate_segmenter(seg, test, loader) if test else None
     res["dice"] = res[eval_split]["dice"] if test else None
+    res["dice_ci"] = res[eval_split]["ci"] if test else None
     if out_dir is not None:
         from medmap.models.hub import save_pretrained
 
