@@ -11,6 +11,7 @@
    volume cache warmed before).
 
     python benchmarks/mg3d_epoch.py --out /tmp/mg3d-epoch            # both parts
+    python benchmarks/mg3d_epoch.py --out /tmp/mg3d-epoch --encoder swin   # Swin experts
     python benchmarks/mg3d_epoch.py --out /tmp/mg3d-epoch --quick    # smoke test (tiny)
 
 Prints the tables; ``--json`` writes them (``epoch_ratio`` is ``mg3d_epoch_ratio`` in
@@ -48,7 +49,7 @@ def _mg3d_batch(B, S, L, n_sent, T, V, g):
             "sentence_mask": torch.ones(B, n_sent, dtype=torch.bool)}
 
 
-def step_profile(quick: bool, repeats: int) -> dict:
+def step_profile(quick: bool, repeats: int, encoder: str = "cnn") -> dict:
     from medmap.losses.contrastive import modality_contrastive_loss
     from medmap.losses.mg3d import MG3DLoss
     from medmap.models.encoders import CNNConfig
@@ -57,6 +58,10 @@ def step_profile(quick: bool, repeats: int) -> dict:
 
     B, S, L, n_sent, T, V = (2, 16, 16, 2, 32, 1000) if quick else (8, 32, 64, 6, 384, 30522)
     enc = CNNConfig(channels=(8, 16) if quick else (16, 32, 64), norm="batch")
+    if encoder == "swin":             # configs/demo-swin.yaml's experts
+        from medmap.models.encoders import SwinConfig
+
+        enc = SwinConfig(feature_size=12, window_size=4, out_stage=3)
     dim = 16 if quick else 96
     g = torch.Generator().manual_seed(0)
     batch = _mg3d_batch(B, S, L, n_sent, T, V, g)
@@ -151,7 +156,7 @@ def _callback(timer: EpochTimer):
         "on_train_epoch_start", "on_validation_start", "on_train_epoch_end")})()
 
 
-def epoch_side_by_side(out: Path, cases: int, quick: bool) -> dict:
+def epoch_side_by_side(out: Path, cases: int, quick: bool, encoder: str = "cnn") -> dict:
     from medmap.config import load_config
     from medmap.data.sim import simulate
     from medmap.train.config import ExperimentConfig
@@ -162,7 +167,8 @@ def epoch_side_by_side(out: Path, cases: int, quick: bool) -> dict:
     data = out / "data"
     if not (data / "manifest.jsonl").exists():
         simulate(data, cases={"liver": cases}, size=32, seed=0, organs=["liver"])
-    cfg = load_config(ExperimentConfig, repo / "configs" / "demo.yaml", ["data.organ=liver"])
+    yaml = "demo-swin.yaml" if encoder == "swin" else "demo.yaml"
+    cfg = load_config(ExperimentConfig, repo / "configs" / yaml, ["data.organ=liver"])
     cfg.data.manifest = str(data / "manifest.jsonl")
     cfg.data.cache_dir = str(out / "cache" / "volumes")
     cfg.text.cache_dir = str(out / "cache" / "text")
@@ -176,11 +182,12 @@ def epoch_side_by_side(out: Path, cases: int, quick: bool) -> dict:
         c = copy.deepcopy(cfg)
         c.model.losses.case_alignment = True
         timer = EpochTimer()
-        run(c, out / "runs" / name.split()[0], callbacks=[_callback(timer)], overwrite=True)
+        run(c, out / "runs" / f"{name.split()[0]}-{encoder}", callbacks=[_callback(timer)],
+            overwrite=True)
         rows.append({"method": name, "epochs_s": timer.epochs,
                      "epoch_s": timer.epochs[-1]})      # the last: caches and threads warm
     return {"rows": rows, "epoch_ratio": rows[1]["epoch_s"] / rows[0]["epoch_s"],
-            "cases": cases}
+            "cases": cases, "encoder": encoder}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -188,17 +195,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="medmap-mg3d-epoch", help="working folder (data, runs)")
     ap.add_argument("--cases", type=int, default=None, help="simulated liver cases (default 120)")
     ap.add_argument("--skip-epochs", action="store_true", help="the step profile only")
+    ap.add_argument("--encoder", choices=["cnn", "swin"], default="cnn",
+                    help="experts: the demo's CNN (configs/demo.yaml) or the paper's Swin at a "
+                         "small size (configs/demo-swin.yaml)")
     a = ap.parse_args(argv)
     C.setup(a)
     repeats = 1 if a.quick else (a.repeats or 3)
-    prof = step_profile(a.quick, repeats)
-    C.emit("MG-3D step by loss (demo's CNN experts, 32^3, batch 8, bf16 autocast)",
+    prof = step_profile(a.quick, repeats, a.encoder)
+    C.emit(f"MG-3D step by loss ({a.encoder} experts, 32^3, batch 8, bf16 autocast)",
            ["step", "seconds"], [[r["what"], f"{r['seconds']:.3f}"] for r in prof["rows"]],
            None)
     print(f"step ratio MG-3D / MedMAP: {prof['step_ratio']:.2f}x")
     result = {"step": prof}
     if not a.skip_epochs:
-        ep = epoch_side_by_side(Path(a.out), a.cases or (8 if a.quick else 120), a.quick)
+        ep = epoch_side_by_side(Path(a.out), a.cases or (8 if a.quick else 120), a.quick,
+                                a.encoder)
         result["epochs"] = ep
         C.emit("One pre-training epoch on the same cases and encoder",
                ["method", "epoch s (last)", "all epochs s"],
