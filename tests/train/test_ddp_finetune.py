@@ -13,6 +13,7 @@ averages its gradient correctly.
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -80,8 +81,17 @@ def _worker(rank: int, world: int, port: int, out: dict):
         dist.destroy_process_group()
 
 
-def test_two_process_finetune_loss_and_gradients_equal_single_process():
+@pytest.fixture
+def one_thread():
+    """One torch thread (as each DDP worker), restored after the test: a leaked setting made
+    every later test of the session run single-threaded."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_process_finetune_loss_and_gradients_equal_single_process(one_thread):
     model, images, present, label, text = _problem()
     ref = _Step(model)(images, present, label, text)
     ref.backward()
