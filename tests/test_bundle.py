@@ -9,19 +9,17 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medmap.bundle import export_monai_bundle
 from medmap.config import UserError
-from medmap.data.manifest import Manifest
 from medmap.data.preprocess import PreprocessConfig
 from medmap.models.hub import save_pretrained
 from medmap.predict import predict
 
-from test_predict import CLASSES, MODS, tiny_classifier
+from test_predict import CLASSES, MODS, full_case, sim, tiny_classifier  # noqa: F401 (fixtures)
 
 # The fields MONAI's bundle metadata schema (meta_schema_20240725, the URL the metadata names)
 # requires, and the shape it gives network_data_format. verify_metadata downloads the official
@@ -55,15 +53,6 @@ SCHEMA = {"$schema": "https://json-schema.org/draft/2019-09/schema", "type": "ob
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    from medmap.data.sim import simulate
-
-    root = tmp_path_factory.mktemp("bundle_sim")
-    simulate(root, cases=4, size=32, seed=1, organs=("liver",), workers=1)
-    return root
-
-
-@pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny classifier that reads the lesion mask, as the demo's does."""
     model = tiny_classifier(MODS, CLASSES)
@@ -78,13 +67,6 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(model_dir, tmp_path_factory):
     return export_monai_bundle(model_dir, tmp_path_factory.mktemp("b") / "bundle")
-
-
-def _case(sim) -> Path:
-    for c in Manifest.load(sim / "manifest.jsonl").resolved():
-        if all(m in c.modalities for m in MODS):
-            return Path(c.modalities["T2WI"]).parent
-    pytest.skip("no simulated case with all of the test's modalities")
 
 
 def test_layout_and_no_pickle(bundle):
@@ -130,8 +112,8 @@ def test_metadata_passes_monai_verification(bundle, tmp_path):
         verify_metadata(meta_file=str(bad), filepath=str(schema))
 
 
-def test_monai_bundle_run_matches_medmap_predict(bundle, model_dir, sim, tmp_path):
-    case = _case(sim)
+def test_monai_bundle_run_matches_medmap_predict(bundle, model_dir, full_case, tmp_path):
+    case = full_case
     out = tmp_path / "preds"
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
                            str(bundle / "configs/inference.json"), "--bundle_root", str(bundle),
@@ -160,3 +142,12 @@ def test_export_refuses_non_empty_folder_and_cli(model_dir, tmp_path, capsys):
                  "--overwrite"]) == 0
     assert "python -m monai.bundle run" in capsys.readouterr().out
     assert not (out / "keep.txt").exists() and (out / "configs/metadata.json").is_file()
+
+
+def test_export_of_a_folder_that_holds_no_model_names_it_and_the_fix(tmp_path, capsys):
+    from medmap.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "empty" in err and "not a medmap model folder" in err and "save_pretrained" in err
