@@ -16,6 +16,7 @@ every column with its 95% bootstrap CI (``--swin``: Swin experts instead, much s
 
     python benchmarks/mg3d_downstream.py --out /tmp/ds --cases 500        # the comparison
     python benchmarks/mg3d_downstream.py --out /tmp/ds-smoke --smoke       # minutes, tiny
+    python benchmarks/mg3d_downstream.py --out /tmp/ds --cases 500 --resume  # after a stop
 
 Writes ``OUT/compare/comparison.json`` and ``OUT/compare/comparison.md``.
 """
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--swin", action="store_true", help="Swin experts (fs12): segmentation too")
     p.add_argument("--smoke", action="store_true", help="tiny models, 10 cases, 1 epoch each")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in OUT: finished pre-trainings and tasks "
+                        "are reused, an unfinished pre-training resumes from its last epoch")
     args = p.parse_args(argv)
     small = args.smoke
     args.cases = args.cases or (10 if small else 500)
@@ -106,19 +110,26 @@ def main(argv: list[str] | None = None) -> int:
         if name == "none":
             models["no pre-training"] = None
             continue
+        if args.resume and (run / "metrics.json").is_file():    # written when a stage ends
+            models[name] = run / "model"
+            print(f"{name}: reusing {models[name]}", flush=True)
+            continue
+        again = {"resume": True} if args.resume and (run / "checkpoints" / "last.ckpt").is_file() \
+            else {"overwrite": True}
         if name.startswith("MedMAP"):
             c.model.losses.case_alignment = name == "MedMAP+case"
-            models[name] = pretrain(c, run, overwrite=True)
+            models[name] = pretrain(c, run, **again)
         elif name.startswith("MG-3D"):
             c.mg3d.losses.itc = name == "MG-3D"
-            models[name] = pretrain_mg3d(c, run, overwrite=True)
+            models[name] = pretrain_mg3d(c, run, **again)
         else:
             raise SystemExit(f"unknown method {name!r}")
         print(f"{name} pre-trained: {models[name]} ({time.time() - t0:.0f} s)", flush=True)
     tasks = ("zeroshot", "vocabfine", "retrieval", "probe", "segment", "report_gen")
     doc = compare_pretraining(models, manifest, out / "compare", split=args.split, tasks=tasks,
                               seg_epochs=args.seg_epochs, gen_epochs=args.gen_epochs,
-                              seed=args.seed, experiment=cfg, cache_dir=cfg.data.cache_dir)
+                              seed=args.seed, experiment=cfg, cache_dir=cfg.data.cache_dir,
+                              resume=args.resume)
     print((out / "compare" / "comparison.md").read_text())
     print(f"total {time.time() - t0:.0f} s; {out / 'compare' / 'comparison.json'}")
     return 0 if doc["summary"] else 1

@@ -59,3 +59,26 @@ def test_a_failing_task_is_an_error_not_a_dash(pretrained, tiny_sim, vcache, tmp
     doc = compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
                               tasks=("report_gen",), cache_dir=vcache)
     assert doc["results"]["MedMAP"]["report_gen"] == {"not_applicable": "needs a Swin expert"}
+
+
+def test_resume_reads_finished_tasks_back_instead_of_running_them(pretrained, tiny_sim, vcache,
+                                                                   tmp_path, monkeypatch):
+    import medmap.downstream.probe as pr
+    from medmap.downstream.compare import compare_pretraining
+
+    first = compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
+                                tasks=("probe",), cache_dir=vcache)
+    stored = tmp_path / "MedMAP" / "probe" / "task_result.json"
+    assert stored.is_file()
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished task ran again")
+
+    monkeypatch.setattr(pr, "probe", must_not_run)
+    again = compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
+                                tasks=("probe",), cache_dir=vcache, resume=True)
+    assert again["summary"] == first["summary"]
+    import pytest
+    with pytest.raises(AssertionError, match="ran again"):     # without resume: runs again
+        compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
+                            tasks=("probe",), cache_dir=vcache)

@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,9 +124,13 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
                         seg_epochs: int = 10, gen_epochs: int = 20, batch_size: int = 4,
                         vocabfine_n: int = 8,
                         seed: int = 0, experiment=None, cache_dir: str | Path | None = None,
-                        device: str | None = None) -> dict[str, Any]:
+                        device: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Run ``tasks`` for every model of ``models`` (name -> folder / LoadedVLM / None); see the
-    module doc. Returns the ``comparison.json`` content."""
+    module doc. Returns the ``comparison.json`` content.
+
+    Each finished task's result is kept in ``OUT/<model>/<task>/task_result.json``; with
+    ``resume=True`` a task whose file is there (from an interrupted run of the same settings)
+    is read back instead of run again."""
     from medmap.downstream.probe import probe
     from medmap.downstream.report_gen import report_generation
     from medmap.downstream.vocabfine import vocabfine
@@ -176,12 +182,17 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
                                                     epochs=gen_epochs, seed=seed, loader=loader),
         }
         for task in tasks:
+            done = folder / task / "task_result.json"
+            if resume and done.is_file():
+                res[task] = json.loads(done.read_text(encoding="utf-8"))
+                continue
             try:
                 res[task] = runs[task]()
             except TaskNotApplicable as e:
                 res[task] = {"not_applicable": str(e)}
             if task == "zeroshot" and isinstance(res[task], dict):
                 res[task].pop("labels", None), res[task].pop("probs", None)
+            write_json(res[task], done)
         results[name] = res
         summary[name] = {"model": vlm.name, **summary_row(res)}
     doc = {"split": split, "train_split": train_split, "tasks": list(tasks), "seed": seed,
