@@ -17,6 +17,7 @@ every column with its 95% bootstrap CI (``--swin``: Swin experts instead, much s
     python benchmarks/mg3d_downstream.py --out /tmp/ds --cases 500        # the comparison
     python benchmarks/mg3d_downstream.py --out /tmp/ds-smoke --smoke       # minutes, tiny
     python benchmarks/mg3d_downstream.py --out /tmp/ds --cases 500 --resume  # after a stop
+    python benchmarks/mg3d_downstream.py --merge /tmp/ds /tmp/ds-s1 --doc docs/results/x  # seeds
 
 Writes ``OUT/compare/comparison.json`` and ``OUT/compare/comparison.md``.
 """
@@ -75,10 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--swin", action="store_true", help="Swin experts (fs12): segmentation too")
     p.add_argument("--smoke", action="store_true", help="tiny models, 10 cases, 1 epoch each")
+    p.add_argument("--merge", nargs="+", metavar="OUT",
+                   help="only merge finished runs (one OUT per seed) into --doc")
+    p.add_argument("--doc", default=None,
+                   help="with --merge: write DOC.json and DOC.md (default OUT/merged)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in OUT: finished pre-trainings and tasks "
                         "are reused, an unfinished pre-training resumes from its last epoch")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.doc or Path(args.out) / "merged"))
     small = args.smoke
     args.cases = args.cases or (10 if small else 500)
     args.pretrain_epochs = args.pretrain_epochs or (1 if small else None)
@@ -133,6 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     print((out / "compare" / "comparison.md").read_text())
     print(f"total {time.time() - t0:.0f} s; {out / 'compare' / 'comparison.json'}")
     return 0 if doc["summary"] else 1
+
+
+def merge(outs: list[str], doc: Path) -> int:
+    """Merge the comparisons of several seeds' runs into ``doc``.json / ``doc``.md."""
+    import json
+
+    from medmap.downstream.common import write_json
+    from medmap.downstream.compare import merge_seeds, seeds_markdown
+
+    docs = [json.loads((Path(o) / "compare" / "comparison.json").read_text()) for o in outs]
+    merged = merge_seeds(docs)
+    write_json(merged, doc.with_suffix(".json"))
+    text = seeds_markdown(merged, "Downstream comparison of pre-training methods, 500 liver cases")
+    doc.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":

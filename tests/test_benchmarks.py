@@ -135,3 +135,23 @@ def test_mg3d_epoch_quick(capsys, tmp_path):
     assert sum("cost of" in c for c in costs) == 7                # one row per loss
     assert doc["step"]["step_ratio"] > 0 and doc["epochs"]["epoch_ratio"] > 0
     assert len(doc["epochs"]["rows"]) == 2 and all(r["epoch_s"] > 0 for r in doc["epochs"]["rows"])
+
+
+def test_mg3d_downstream_merges_the_seeds_runs(tmp_path, capsys):
+    """`mg3d_downstream.py --merge` reads each seed's OUT/compare/comparison.json."""
+    from medmap.downstream.compare import summary_row
+
+    outs = []
+    for seed, auc in ((0, 0.9), (1, 0.7)):
+        row = summary_row({})
+        row["zeroshot_auc"] = auc
+        doc = {"seed": seed, "split": "test", "summary": {"MedMAP": row}, "results": {}}
+        out = tmp_path / f"s{seed}"
+        (out / "compare").mkdir(parents=True)
+        (out / "compare" / "comparison.json").write_text(json.dumps(doc))
+        outs.append(str(out))
+    assert _load("mg3d_downstream").main(["--merge", *outs, "--doc", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["seeds"] == [0, 1]
+    assert merged["summary"]["MedMAP"]["zeroshot_auc"]["mean"] == pytest.approx(0.8)
+    assert "| MedMAP | 0.800 (0.900 / 0.700) |" in (tmp_path / "m.md").read_text()

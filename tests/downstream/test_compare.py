@@ -82,3 +82,37 @@ def test_resume_reads_finished_tasks_back_instead_of_running_them(pretrained, ti
     with pytest.raises(AssertionError, match="ran again"):     # without resume: runs again
         compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
                             tasks=("probe",), cache_dir=vcache)
+
+
+def _doc(seed, dice_none, zs):
+    from medmap.downstream.compare import summary_row
+
+    row = summary_row({})
+    row.update(zeroshot_auc=zs, zeroshot_accuracy=0.5, chance_accuracy=1 / 7, **{"chance@5": 0.1})
+    results = {"MG-3D": {"segment": {"not_applicable": "no decoder for this encoder"}}} \
+        if dice_none else {"MG-3D": {}}
+    if not dice_none:
+        row["dice"] = 0.7
+    return {"seed": seed, "split": "test", "summary": {"MG-3D": row}, "results": results}
+
+
+def test_merge_seeds_means_per_seed_values_and_keeps_every_na_reason():
+    import pytest
+
+    from medmap.config import UserError
+    from medmap.downstream.compare import merge_seeds, seeds_markdown
+
+    merged = merge_seeds([_doc(0, False, 0.8), _doc(1, True, 0.6)])
+    zs = merged["summary"]["MG-3D"]["zeroshot_auc"]
+    assert zs["seeds"] == [0.8, 0.6] and zs["mean"] == pytest.approx(0.7)
+    # a value one seed lacks has no mean, and the reason is kept
+    assert merged["summary"]["MG-3D"]["dice"] == {"seeds": [0.7, None], "mean": None}
+    assert merged["not_applicable"] == {"MG-3D": {"segment": "no decoder for this encoder"}}
+    md = seeds_markdown(merged, "t")
+    assert "| MG-3D | 0.700 (0.800 / 0.600) |" in md
+    assert "- n/a, MG-3D, segment: no decoder for this encoder" in md
+    assert "## Seed 0" in md and "## Seed 1" in md
+    other = _doc(1, False, 0.6)
+    other["summary"] = {"MedMAP": other["summary"]["MG-3D"]}
+    with pytest.raises(UserError, match="do not hold the same models"):
+        merge_seeds([_doc(0, False, 0.8), other])

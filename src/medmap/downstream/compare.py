@@ -40,7 +40,8 @@ from medmap.data.manifest import Manifest
 from medmap.downstream.common import TaskNotApplicable, safe_name, write_json
 from medmap.downstream.vlm import LoadedVLM, load_vlm
 
-__all__ = ["compare_pretraining", "TASKS", "summary_row", "markdown_table"]
+__all__ = ["compare_pretraining", "TASKS", "summary_row", "markdown_table", "merge_seeds",
+           "seeds_markdown"]
 
 TASKS = ("zeroshot", "vocabfine", "retrieval", "probe", "segment", "report_gen")
 
@@ -203,3 +204,78 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
     (out / "comparison.md").write_text(
         markdown_table(summary, f"Downstream comparison ({split} split)"), encoding="utf-8")
     return doc
+
+
+# the headline numbers of the multi-seed table (one value per seed, no per-seed CI)
+_SEED_COLUMNS = [("zeroshot_auc", "zero-shot AUC"), ("zeroshot_accuracy", "zero-shot acc"),
+                 ("vocabfine_auc", "VocabFine AUC"), ("R@5", "R@5 per seq."),
+                 ("case_R@5", "case R@5"), ("probe_accuracy", "linear probe acc"),
+                 ("dice", "Dice"), ("BLEU-4", "BLEU-4"), ("rouge_l", "ROUGE-L"),
+                 ("clinical_accuracy", "clinical acc")]
+
+
+def merge_seeds(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several seeds' ``comparison.json`` contents -> one document: per model and headline
+    column the per-seed values and their mean (``None`` where a seed has no value), the chance
+    levels, each seed's full summary, and why any task was not applicable.
+
+    Example:
+        >>> merged = merge_seeds([doc_seed0, doc_seed1])                 # doctest: +SKIP
+        >>> merged["summary"]["MG-3D"]["dice"]        # {"seeds": [0.71, 0.69], "mean": 0.70}
+    """
+    if not docs:
+        raise UserError("no comparison to merge")
+    names = list(docs[0]["summary"])
+    missing = [(d.get("seed"), n) for d in docs for n in names if n not in d["summary"]]
+    if missing:
+        raise UserError(f"the comparisons do not hold the same models: (seed, model) "
+                        f"{missing} missing; run every method for every seed")
+    summary: dict[str, dict[str, Any]] = {}
+    reasons: dict[str, dict[str, str]] = {}
+    for name in names:
+        row: dict[str, Any] = {}
+        for key, _ in _SEED_COLUMNS:
+            vals = [d["summary"][name].get(key) for d in docs]
+            have = [float(v) for v in vals if v is not None]
+            row[key] = {"seeds": vals,
+                        "mean": sum(have) / len(have) if len(have) == len(vals) else None}
+        for key in ("chance_accuracy", "chance@5", "case_chance@5", "clinical_ceiling"):
+            row[key] = docs[0]["summary"][name].get(key)
+        summary[name] = row
+        for d in docs:
+            for task, res in d.get("results", {}).get(name, {}).items():
+                if isinstance(res, dict) and "not_applicable" in res:
+                    reasons.setdefault(name, {})[task] = res["not_applicable"]
+    return {"seeds": [d.get("seed") for d in docs], "split": docs[0].get("split"),
+            "summary": summary, "not_applicable": reasons,
+            "per_seed": [{"seed": d.get("seed"), "summary": d["summary"]} for d in docs]}
+
+
+def seeds_markdown(merged: Mapping[str, Any], title: str = "") -> str:
+    """The multi-seed table: "mean (seed values)" per cell, then each seed's full table (with
+    its 95% CIs) and the reason of every "n/a"."""
+    seeds = merged["seeds"]
+    head = "| pre-training | " + " | ".join(lbl for _, lbl in _SEED_COLUMNS) + " |"
+    rows = []
+    for name, row in merged["summary"].items():
+        cells = []
+        for key, _ in _SEED_COLUMNS:
+            c = row[key]
+            vals = " / ".join(_fmt(v) for v in c["seeds"])
+            cells.append("n/a" if c["mean"] is None and all(v is None for v in c["seeds"])
+                         else f"{_fmt(c['mean'])} ({vals})")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    any_row = next(iter(merged["summary"].values()))
+    lines = ([f"# {title}", ""] if title else []) + [
+        f"Mean over seeds {seeds} (each seed's value in brackets, in that order); "
+        f"{merged['split']} split. Chance: accuracy {_fmt(any_row['chance_accuracy'])}, "
+        f"per-sequence R@5 {_fmt(any_row['chance@5'])}, case R@5 "
+        f"{_fmt(any_row['case_chance@5'])}; the clinical-accuracy extractor reads the true "
+        f"reports at {_fmt(any_row['clinical_ceiling'])} (its ceiling).", "",
+        head, "|---|" + "---|" * len(_SEED_COLUMNS), *rows, ""]
+    for name, tasks in merged["not_applicable"].items():
+        for task, why in tasks.items():
+            lines.append(f"- n/a, {name}, {task}: {why}")
+    for one in merged["per_seed"]:
+        lines += ["", markdown_table(one["summary"], f"Seed {one['seed']}").replace("# ", "## ", 1)]
+    return "\n".join(lines).rstrip() + "\n"
