@@ -16,6 +16,8 @@ def test_compare_pretraining_writes_json_and_markdown(pretrained, tiny_sim, vcac
                 "clinical_accuracy", "clinical_ci", "clinical_ceiling")
         empty = [k for k in must if row[k] is None]    # (AUCs need both classes in the split)
         assert not empty, f"{name}: no value in {empty}"
+        # report generation per case by default (the global impression names the diagnosis)
+        assert doc["results"][name]["report_gen"]["per_case"] is True
         lo, hi = row["probe_ci"]
         assert lo <= row["probe_accuracy"] <= hi
         assert row["chance_accuracy"] == 1 / 7 and 0 < row["chance@5"] <= 1
@@ -82,6 +84,9 @@ def test_resume_reads_finished_tasks_back_instead_of_running_them(pretrained, ti
     with pytest.raises(AssertionError, match="ran again"):     # without resume: runs again
         compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
                             tasks=("probe",), cache_dir=vcache)
+    with pytest.raises(AssertionError, match="ran again"):     # other settings: runs again
+        compare_pretraining({"MedMAP": pretrained}, tiny_sim, tmp_path, split="val",
+                            tasks=("probe",), cache_dir=vcache, resume=True, seed=1)
 
 
 def _doc(seed, dice_none, zs):

@@ -125,13 +125,18 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
                         seg_epochs: int = 10, gen_epochs: int = 20, batch_size: int = 4,
                         vocabfine_n: int = 8,
                         seed: int = 0, experiment=None, cache_dir: str | Path | None = None,
-                        device: str | None = None, resume: bool = False) -> dict[str, Any]:
+                        device: str | None = None, resume: bool = False,
+                        report_per_case: bool = True) -> dict[str, Any]:
     """Run ``tasks`` for every model of ``models`` (name -> folder / LoadedVLM / None); see the
     module doc. Returns the ``comparison.json`` content.
 
-    Each finished task's result is kept in ``OUT/<model>/<task>/task_result.json``; with
-    ``resume=True`` a task whose file is there (from an interrupted run of the same settings)
-    is read back instead of run again."""
+    ``report_per_case``: report generation writes each case's global impression from all its
+    sequences (the report that names the diagnosis, so clinical accuracy means something);
+    ``False``: one report per sequence.
+
+    Each finished task's result is kept in ``OUT/<model>/<task>/task_result.json`` with the
+    settings it ran with; with ``resume=True`` a task whose file holds the same settings (an
+    interrupted run) is read back instead of run again."""
     from medmap.downstream.probe import probe
     from medmap.downstream.report_gen import report_generation
     from medmap.downstream.vocabfine import vocabfine
@@ -163,6 +168,9 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
         folder = out / safe_name(name)
         loader = vlm.loader(cache_dir)
         res: dict[str, Any] = {"model": vlm.name}
+        task_settings = {                  # what a kept result must match to be reused
+            "vocabfine": {"n": vocabfine_n}, "segment": {"epochs": seg_epochs},
+            "report_gen": {"epochs": gen_epochs, "per_case": report_per_case}}
         runs = {
             "zeroshot": lambda: zeroshot(vlm, manifest, split, knowledge, folder / "zeroshot",
                                          loader=loader, batch_size=batch_size),
@@ -180,12 +188,17 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
                                        loader=loader, write_masks=False),
             "report_gen": lambda: report_generation(vlm, manifest, folder / "report_gen",
                                                     train_split=train_split, eval_split=split,
-                                                    epochs=gen_epochs, seed=seed, loader=loader),
+                                                    epochs=gen_epochs, seed=seed, loader=loader,
+                                                    per_case=report_per_case),
         }
         for task in tasks:
             done = folder / task / "task_result.json"
-            if resume and done.is_file():
-                res[task] = json.loads(done.read_text(encoding="utf-8"))
+            settings = {"model": vlm.name, "split": split, "train_split": train_split,
+                        "seed": seed, **task_settings.get(task, {})}
+            kept = json.loads(done.read_text(encoding="utf-8")) if resume and done.is_file() \
+                else None
+            if kept and kept.get("settings") == json.loads(json.dumps(settings)):
+                res[task] = kept["result"]
                 continue
             try:
                 res[task] = runs[task]()
@@ -193,11 +206,12 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
                 res[task] = {"not_applicable": str(e)}
             if task == "zeroshot" and isinstance(res[task], dict):
                 res[task].pop("labels", None), res[task].pop("probs", None)
-            write_json(res[task], done)
+            write_json({"settings": settings, "result": res[task]}, done)
         results[name] = res
         summary[name] = {"model": vlm.name, **summary_row(res)}
     doc = {"split": split, "train_split": train_split, "tasks": list(tasks), "seed": seed,
            "seg_epochs": seg_epochs, "gen_epochs": gen_epochs, "vocabfine_n": vocabfine_n,
+           "report_per_case": report_per_case,
            "summary": summary,
            "results": results}
     write_json(doc, out / "comparison.json")
