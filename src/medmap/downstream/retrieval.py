@@ -42,7 +42,7 @@ from medmap.downstream.features import (
 from medmap.downstream.vlm import LoadedVLM, load_vlm
 
 __all__ = ["retrieval", "retrieval_metrics", "match_ranks", "recall_at_k", "chance_at_k",
-           "per_sequence_summary", "DEFAULT_KS"]
+           "per_sequence_summary", "per_sequence_ci", "DEFAULT_KS"]
 
 DEFAULT_KS = (1, 5, 10, 50)
 
@@ -92,6 +92,29 @@ def per_sequence_summary(per_mod: dict[str, Any], ks: Sequence[int]) -> dict[str
     return out
 
 
+def per_sequence_ci(hits: dict[str, tuple[np.ndarray, np.ndarray]], n_boot: int = 500,
+                    seed: int = 0) -> list | None:
+    """95% percentile bootstrap CI of the per-sequence Recall@K averaged over the sequences:
+    ``hits[m] = (case_index, hit)`` per query of sequence ``m``. Cases are resampled (a
+    case's queries in every sequence go together), each sequence's recall is the weighted mean
+    of its queries' hits under the resample, then averaged over the sequences."""
+    if not hits:
+        return None
+    n_cases = 1 + max(int(c.max()) for c, _ in hits.values() if len(c))
+    if n_cases < 2:
+        return None
+    draws = np.random.default_rng(seed).integers(0, n_cases, (n_boot, n_cases))
+    counts = np.zeros((n_boot, n_cases))                     # (B, cases): times drawn
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
+    recalls = []
+    for case, hit in hits.values():
+        w = counts[:, case]                                  # (B, queries of the sequence)
+        tot = w.sum(1)
+        recalls.append(np.where(tot > 0, (w * hit).sum(1) / np.maximum(tot, 1), np.nan))
+    boots = np.nanmean(np.stack(recalls), 0)
+    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
 def retrieval_metrics(sim: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
     """Both directions from ``sim`` (reports x volumes): ``report_to_volume`` uses the rows,
     ``volume_to_report`` the columns. Each: ``R@K`` for every K (capped at N), median and mean
@@ -138,12 +161,20 @@ def retrieval(model: str | Path | LoadedVLM | None, manifest: Manifest | str | P
     res["pair"] = retrieval_metrics(t_pair @ v_pair.T, ks)
     per_mod: dict[str, Any] = {}
     mods = np.array([items[i].modality for i in paired])
+    case_of = {c: j for j, c in enumerate(dict.fromkeys(items[i].case.case_id for i in paired))}
+    qcase = np.array([case_of[items[i].case.case_id] for i in paired])
+    ranks: dict[str, np.ndarray] = {}
     for m in vlm.modalities:
         sel = np.nonzero(mods == m)[0]
         if len(sel):
-            per_mod[m] = retrieval_metrics(t_pair[sel] @ v_pair[sel].T, ks)
+            sim = t_pair[sel] @ v_pair[sel].T
+            per_mod[m] = retrieval_metrics(sim, ks)
+            ranks[m] = (qcase[sel], match_ranks(np.asarray(sim, dtype=np.float64)))
     res["pair"]["per_modality"] = per_mod
     res["per_sequence"] = per_sequence_summary(per_mod, ks)
+    for k in ks:       # the headline's CI: cases resampled, every sequence's queries together
+        res["per_sequence"]["report_to_volume"][f"ci@{k}"] = per_sequence_ci(
+            {m: (c, (r <= min(k, len(r))).astype(float)) for m, (c, r) in ranks.items()})
     res["case"] = retrieval_metrics(t_case @ cemb[keep].T, ks) if keep else None
     if out_dir is not None:
         write_json(res, Path(out_dir) / "retrieval.json")
