@@ -149,7 +149,16 @@ def merge(outs: list[str], doc: Path) -> int:
     from medmap.downstream.common import write_json
     from medmap.downstream.compare import merge_seeds, seeds_markdown
 
-    docs = [json.loads((Path(o) / "compare" / "comparison.json").read_text()) for o in outs]
+    docs = []
+    for o in outs:
+        f = Path(o) / "compare" / "comparison.json"
+        try:
+            docs.append(json.loads(f.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            print(f"error: --merge {o}: cannot read {f} ({type(e).__name__}); give the OUT "
+                  f"folder of a finished run (python benchmarks/mg3d_downstream.py --out {o} "
+                  f"... --resume finishes it)", file=sys.stderr)
+            return 2
     merged = merge_seeds(docs)
     write_json(merged, doc.with_suffix(".json"))
     text = seeds_markdown(merged, "Downstream comparison of pre-training methods, 500 liver cases")

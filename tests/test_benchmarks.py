@@ -155,3 +155,12 @@ def test_mg3d_downstream_merges_the_seeds_runs(tmp_path, capsys):
     assert merged["seeds"] == [0, 1]
     assert merged["summary"]["MedMAP"]["zeroshot_auc"]["mean"] == pytest.approx(0.8)
     assert "| MedMAP | 0.800 (0.900 / 0.700) |" in (tmp_path / "m.md").read_text()
+
+
+def test_mg3d_downstream_merge_of_an_unfinished_run_names_the_folder_and_the_fix(tmp_path,
+                                                                               capsys):
+    code = _load("mg3d_downstream").main(["--merge", str(tmp_path / "s0"),
+                                          "--doc", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(tmp_path / "s0") in err and "--resume" in err
+    assert not (tmp_path / "m.json").exists()

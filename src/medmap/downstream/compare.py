@@ -195,8 +195,10 @@ def compare_pretraining(models: Mapping[str, str | Path | LoadedVLM | None],
             done = folder / task / "task_result.json"
             settings = {"model": vlm.name, "split": split, "train_split": train_split,
                         "seed": seed, **task_settings.get(task, {})}
-            kept = json.loads(done.read_text(encoding="utf-8")) if resume and done.is_file() \
-                else None
+            try:        # an unreadable file (a run killed while writing it) is run again
+                kept = json.loads(done.read_text(encoding="utf-8")) if resume else None
+            except (OSError, ValueError):
+                kept = None
             if kept and kept.get("settings") == json.loads(json.dumps(settings)):
                 res[task] = kept["result"]
                 continue
