@@ -6,6 +6,7 @@ pass and loss under ``torch.autocast(dtype=torch.bfloat16)``, fp32 weights and o
     python benchmarks/train_precision.py                 # pre-training and fine-tuning steps
     python benchmarks/train_precision.py --quick         # smoke test (seconds)
 
+``--device cuda`` (the default where a GPU is available) times the same steps on the GPU.
 Prints seconds per step (median over ``--repeats``, the two precisions interleaved so a
 machine's drift hits both) and the speed-up. Whether bf16 keeps the accuracy is a training
 question, measured with full runs (docs/benchmarks.md).
@@ -71,15 +72,17 @@ def _steps(quick: bool):
 def main(argv: list[str] | None = None) -> dict:
     ap = C.base_parser(__doc__)
     a = ap.parse_args(argv)
-    C.setup(a)
+    dev = C.setup(a)
     steps, B = _steps(a.quick)
     repeats = 2 if a.quick else (a.repeats or 5)
     rows = []
     for name, factory in steps:
         mod, opt, batch = factory()
+        mod.to(dev)                          # parameters move in place: the optimiser keeps them
+        batch = {k: v.to(dev) for k, v in batch.items()}
 
         def step(bf16: bool):
-            ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+            ctx = (torch.autocast(dev.type, dtype=torch.bfloat16) if bf16
                    else contextlib.nullcontext())
             with ctx:
                 loss = mod.training_step(batch, 0)
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
             step(bf16)
         for _ in range(repeats):             # interleaved
             for bf16 in (False, True):
-                times[bf16].append(C.time_fn(lambda: step(bf16), repeats=1, warmup=0)["mean"])
+                times[bf16].append(C.time_fn(lambda: step(bf16), repeats=1, warmup=0,
+                                                   device=dev)["mean"])
         fp32, bf = statistics.median(times[False]), statistics.median(times[True])
         rows.append({"step": name, "batch": B, "fp32_s": fp32, "bf16_s": bf,
                      "speedup": fp32 / bf})
@@ -100,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
                   ["step", "batch", "fp32 s", "bf16-mixed s", "speed-up"],
                   [[r["step"], r["batch"], f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}",
                     f"{r['speedup']:.2f}x"] for r in rows], a.json,
-                  settings={"repeats": repeats, "quick": a.quick},
+                  settings={"repeats": repeats, "quick": a.quick, "device": str(dev),
+                            "device_name": (torch.cuda.get_device_name(dev)
+                                            if dev.type == "cuda" else "cpu")},
                   extra={"results": rows})
 
 

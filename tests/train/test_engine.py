@@ -16,3 +16,21 @@ def test_auto_num_workers():
     assert from_dict(OptimConfig, {}, overrides=["num_workers=3"]).num_workers == 3
     with pytest.raises(ValueError, match="num_workers"):
         OptimConfig(num_workers=-1)
+
+
+def test_auto_precision_is_bf16_only_where_it_was_measured_to_pay(monkeypatch):
+    """``auto``: bf16-mixed on a CPU with native bf16 (1.23x per step), 32-true on a GPU (an
+    H100 ran bf16-mixed no faster) and on other CPUs; explicit values pass through."""
+    import medmap.train.engine as E
+
+    monkeypatch.setattr(E.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(E, "native_bf16_cpu", lambda: True)
+    assert E.resolve_precision("auto", "auto") == "32-true"        # a GPU
+    assert E.resolve_precision("auto", "gpu") == "32-true"
+    assert E.resolve_precision("auto", "cpu") == "bf16-mixed"      # the CPU asked for
+    assert E.resolve_precision("bf16-mixed", "gpu") == "bf16-mixed"
+    monkeypatch.setattr(E.torch.cuda, "is_available", lambda: False)
+    assert E.resolve_precision("auto", "auto") == "bf16-mixed"
+    monkeypatch.setattr(E, "native_bf16_cpu", lambda: False)
+    assert E.resolve_precision("auto", "auto") == "32-true"
+    assert E.resolve_precision("16-mixed", "cpu") == "16-mixed"

@@ -37,6 +37,13 @@ def test_pretrain_then_finetune_writes_a_complete_run(tiny_experiment, tmp_path)
     assert not list((run / "checkpoints").glob("epoch*.ckpt"))
     info = json.loads((run / "run_info.json").read_text())
     assert info["medmap_version"] and info["stage"] == "finetune"
+    # what it computed on: the resolved precision (``auto`` here), accelerator and device
+    from medmap.train.engine import resolve_precision
+
+    import torch
+
+    assert info["precision"] == resolve_precision("auto", "auto")
+    assert info["accelerator"] == ("cuda" if torch.cuda.is_available() else "cpu")
     # the experts were initialised from stage 1 (not random): config records it
     assert json.loads((ft / "config.json").read_text())["init"] == str(pre)
 

@@ -155,6 +155,18 @@ def prepare_run_dir(run_dir: str | Path, cfg: ExperimentConfig, stage: str,
     return run
 
 
+def record_hardware(run: Path, trainer) -> None:
+    """Add what the run computes on to ``run_info.json``: the resolved Lightning precision
+    (``auto``: ``bf16-mixed`` on a CPU with native bf16, ``32-true`` on a GPU), the accelerator and,
+    on a GPU, its name."""
+    path = run / "run_info.json"
+    info = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    acc = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+    info.update(precision=str(trainer.precision), accelerator=acc,
+                device=torch.cuda.get_device_name() if acc == "cuda" else "cpu")
+    path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
 def _best_checkpoint(run: Path) -> Path | None:
     p = run / "checkpoints" / "best.ckpt"
     return p if p.exists() else None
@@ -278,6 +290,8 @@ def run_stage(cfg: ExperimentConfig, run_dir: str | Path, stage: Stage, resume: 
     dm = stage.datamodule(cfg, data, texts)
     monitor = stage.monitor if stage.monitor and data.val is not None and len(data.val) else None
     trainer = build_trainer(run, optim, monitor=monitor, extra_callbacks=callbacks)
+    if trainer.is_global_zero:
+        record_hardware(run, trainer)
     trainer.fit(module, datamodule=dm, ckpt_path=last_checkpoint(run) if resume else None,
                 weights_only=True)
     out = run / "model"
