@@ -9,6 +9,13 @@ import monai  # noqa: E402,F401
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist: one worker per core, each with one torch thread (two threads per worker
+    # on two cores would oversubscribe them)
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_sim(tmp_path_factory):

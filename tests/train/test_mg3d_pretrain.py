@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -117,7 +118,7 @@ def test_cli_pretrain_recipe_mg3d_then_medmap_finetune_from_it(mg3d_experiment, 
     assert torch.equal(clf.text_proj.weight, mg.text_proj.weight)
 
 
-def test_every_loss_term_decreases_over_a_short_run_on_the_simulator(mg3d_experiment, tmp_path):
+def test_every_loss_term_decreases_or_is_learned_over_a_short_run_on_the_simulator(mg3d_experiment, tmp_path):
     """The full recipe (all seven terms on) trained on simulated cases: each term's mean over the
     last epoch is below its mean over the first (per-step values from the run's metrics.csv)."""
     import csv
@@ -144,4 +145,11 @@ def test_every_loss_term_decreases_over_a_short_run_on_the_simulator(mg3d_experi
     # fell; also with equal lambdas and with CML off): with the tiny random BERT a report's
     # sentence features are nearly parallel, and word_proj, shared by both sides of SFR, also
     # serves MLM and the MIM guidance. SFR alone does fall (tests/mg3d/test_model.py).
+    # DFA is learned within the first epoch: H_S attends over the same volume's tokens that
+    # F_I pools, so its InfoNCE sits well below chance (ln 4 = 1.386 for batches of 4) from
+    # epoch 0 on and is flat after it (1.196-1.198 per epoch, measured; whether the last epoch
+    # lands a thousandth below the first depends on the torch thread count).
+    dfa = means["dfa"]
+    assert max(dfa) < math.log(4) - 0.1 and abs(dfa[-1] - dfa[0]) < 0.02, dfa
+    rising.pop("dfa", None)
     assert set(rising) <= {"sfr"}, (rising, means)
