@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--operators", type=int, default=0,
                     help="also profile one fine-tuning epoch by operator (top N rows)")
-    ap.add_argument("--organ", default="liver")
+    ap.add_argument("--organ", default=None,
+                    help="the organ whose fine-tuning epoch is profiled (default: the first run)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     if a.reuse:
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_demo(out, quick=a.quick, seed=a.seed)
     print(stage_table(summary))
     if a.operators:
-        print(operator_table(out, a.organ, a.operators))
+        organ = a.organ or (summary.get("organs") or ["liver"])[0]
+        print(operator_table(out, organ, a.operators))
     return 0
 
 

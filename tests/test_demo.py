@@ -23,10 +23,21 @@ def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypa
         return cfg
 
     monkeypatch.setattr(demo, "demo_config", tiny_text)
-    assert main(["demo", "--quick", "--out", str(tmp_path / "medmap-demo")]) == 0
+    # the real --quick runs the brain alone (80 cases, 12 epochs: the size at which it learns);
+    # this test runs the pipeline of both organs at the smallest size that still exercises it
+    real_quick = DemoSettings.quick()
+    assert real_quick.organs == ("brain",) and real_quick.finetune_epochs["brain"] >= 10
+    tiny = DemoSettings(cases={"liver": 28, "brain": 20}, sim_size={"liver": 32, "brain": 32},
+                        split_fractions=(0.5, 0.15, 0.35), pretrain_epochs=1,
+                        pretrain_patience=0, finetune_epochs={"liver": 1, "brain": 1}, n_boot=50,
+                        organs=("brain",))
+    monkeypatch.setattr(DemoSettings, "quick", classmethod(lambda cls: copy.deepcopy(tiny)))
+    assert main(["demo", "--quick", "--organs", "liver", "brain",
+                 "--out", str(tmp_path / "medmap-demo")]) == 0
     assert "zero-shot AUC" in capsys.readouterr().out
     summary = json.loads((tmp_path / "medmap-demo" / "summary.json").read_text())
-    assert summary["settings"]["cases"] == DemoSettings.quick().cases
+    assert summary["settings"]["cases"] == tiny.cases
+    assert summary["organs"] == ["liver", "brain"]
     for organ in ("liver", "brain"):
         r = summary[organ]
         assert 0.0 <= r["accuracy"] <= 1.0 and r["n_test"] > 0
@@ -218,3 +229,14 @@ def test_shipped_configs_hold_only_what_differs_from_the_defaults():
     for name in ("demo.yaml", "demo-swin.yaml", "liver.yaml", "brain.yaml"):
         written = yaml.safe_load((root / name).read_text())
         assert written == diff_dict(load_config(ExperimentConfig, root / name)), name
+
+
+def test_demo_refuses_an_unknown_organ_before_any_work(tmp_path):
+    import pytest
+
+    from medmap.config import UserError
+    from medmap.demo import run_demo
+
+    with pytest.raises(UserError, match=r"demo organs \['kidney'\]: choose from \['liver', 'brain'\]"):
+        run_demo(tmp_path / "d", organs=("kidney",))
+    assert not (tmp_path / "d").exists()

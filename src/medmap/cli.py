@@ -231,7 +231,8 @@ def _cmd_ablation(a: argparse.Namespace) -> int:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from medmap.demo import run_demo
 
-    run_demo(a.out, full=a.full, seed=a.seed, quick=a.quick)
+    run_demo(a.out, full=a.full, seed=a.seed, quick=a.quick,
+             organs=tuple(a.organs) if a.organs else None)
     return 0
 
 
@@ -389,8 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="medmap-demo",
                    help="output folder: data, runs, reports, summary.json (default: medmap-demo)")
     d.add_argument("--quick", action="store_true",
-                   help="the first thing to try: the whole pipeline at a tiny size in about a "
-                        "minute (same output layout)")
+                   help="the first thing to try: the whole pipeline on the brain at a small "
+                        "size in about a minute (same output layout)")
+    d.add_argument("--organs", nargs="+", choices=["liver", "brain"], default=None,
+                   help="organs to run (default: liver and brain; --quick: brain)")
     d.add_argument("--full", action="store_true",
                    help="larger, slower setting: 64^3, Swin experts, 350 + 200 cases, 60 epochs")
     d.add_argument("--seed", type=int, default=0,

@@ -81,6 +81,31 @@ def test_new_cache_on_same_dir_hits_without_rehashing(tmp_path, count_reads, mon
     assert len(count_reads) == 1 and torch.equal(a, b)
 
 
+def test_warm_fills_the_cache_in_process_when_small_and_with_workers_when_asked(
+        tmp_path, fresh_memo, monkeypatch):
+    """``warm``: a job too small to pay for spawning workers stays in this process (no pool
+    is started); ``workers=2`` spawns them and writes entries equal to the in-process ones."""
+    paths = [write_nii(tmp_path / f"v{i}.nii.gz", seed=i) for i in range(10)]
+    reqs = [(p, "T1WI", "image", None, None) for p in paths]
+    import concurrent.futures as cf
+
+    class NoPool:
+        def __init__(self, *a, **kw):
+            raise AssertionError("a process pool was started for a small job")
+
+    with monkeypatch.context() as m:
+        m.setattr(cf, "ProcessPoolExecutor", NoPool)
+        serial = VolumeCache(tmp_path / "serial", pre())
+        assert len(reqs) < 2 * dcache.MIN_VOLUMES_PER_WORKER
+        assert serial.warm(reqs) == 10 and serial.warm(reqs) == 0     # the second: all there
+    parallel = VolumeCache(tmp_path / "parallel", pre())
+    assert parallel.warm(reqs, workers=2) == 10
+    for p in paths:
+        a, b = serial.get(p, "T1WI"), parallel.get(p, "T1WI")
+        assert torch.equal(a, b)
+    assert parallel.stats()["hits"] == 10 and serial.stats()["hits"] == 10
+
+
 def test_settings_change_the_key(tmp_path, fresh_memo):
     p = write_nii(tmp_path / "a.nii.gz")
     base = VolumeCache(tmp_path / "cache", pre())
