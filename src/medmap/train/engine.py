@@ -289,25 +289,45 @@ def _set_rng_state(s: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+_RNG_CALLBACK_CLASS: type | None = None
+
+
+def _rng_callback_class() -> type:
+    """``RNGStateCallback``, built on first use (Lightning is imported only when training) and
+    reachable as ``medmap.train.engine.RNGStateCallback`` so that ``ddp_spawn`` can pickle it."""
+    global _RNG_CALLBACK_CLASS
+    if _RNG_CALLBACK_CLASS is None:
+        import lightning as L
+
+        class RNGStateCallback(L.Callback):
+            def state_dict(self) -> dict[str, Any]:
+                return {"rng": _rng_state()}
+
+            def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+                self._pending = state_dict["rng"]
+
+            def on_train_epoch_start(self, trainer, pl_module) -> None:
+                pending = getattr(self, "_pending", None)
+                if pending is not None:
+                    _set_rng_state(pending)
+                    self._pending = None
+
+        RNGStateCallback.__qualname__ = "RNGStateCallback"
+        RNGStateCallback.__module__ = __name__
+        _RNG_CALLBACK_CLASS = RNGStateCallback
+    return _RNG_CALLBACK_CLASS
+
+
+def __getattr__(name: str) -> Any:          # PEP 562: the lazily built callback class
+    if name == "RNGStateCallback":
+        return _rng_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_rng_callback():
     """A Lightning callback that stores the RNG states in every checkpoint and restores them on
     resume (only tensors and plain types: loadable with ``weights_only=True``)."""
-    import lightning as L
-
-    class RNGStateCallback(L.Callback):
-        def state_dict(self) -> dict[str, Any]:
-            return {"rng": _rng_state()}
-
-        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-            self._pending = state_dict["rng"]
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            pending = getattr(self, "_pending", None)
-            if pending is not None:
-                _set_rng_state(pending)
-                self._pending = None
-
-    return RNGStateCallback()
+    return _rng_callback_class()()
 
 
 class _ThirdPartyNoise(logging.Filter):
