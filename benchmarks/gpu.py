@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import signal
 import sys
 import time
 from pathlib import Path
@@ -178,51 +179,82 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows, raw = [], []
     t_start = time.perf_counter()
-    for stage in a.stages:
-        step, vols, model = build_step(stage, "eager", a, dev, amp=False)
-        step()                                   # materialise optimiser state first
-        flops = count_flops(step)
-        del step, model
-        gc.collect()
-        for variant in a.variants:
-            t0 = time.perf_counter()
-            try:
-                step, vols, model = build_step(stage, variant, a, dev, amp=cuda)
-                warm = max(a.warmup, 2) if "compile" in variant else a.warmup
-                r = C.measure(step, a.repeats, warm, dev)
-            except Exception as e:  # e.g. a compile failure: report it, go on
-                print(f"  {stage} {variant}: FAILED {type(e).__name__}: {e}"[:400],
-                      file=sys.stderr)
-                rows.append([stage, variant, None, None, flops / 1e12, None, None, None])
-                raw.append({"stage": stage, "variant": variant, "error": repr(e)[:2000]})
-                continue
-            finally:
-                gc.collect()
-                if cuda:
-                    torch.cuda.empty_cache()
-            achieved = flops / r["mean"] / 1e12
-            util = 100 * achieved / peak if peak else None
-            rows.append([stage, variant + (" (bf16)" if cuda else " (fp32 cpu)"), r["mean"],
-                         vols / r["mean"], flops / 1e12, achieved, util, r["peak_mb"] / 1024])
-            raw.append({"stage": stage, "variant": variant, "flops": flops, **r,
-                        "achieved_tflops": achieved, "utilisation_pct": util,
-                        "wall_incl_warmup_s": time.perf_counter() - t0})
-            print(f"  {stage} {variant}: {r['mean']:.4f} s/step, {achieved:.2f} TFLOP/s "
-                  f"({time.perf_counter() - t0:.0f} s incl. warm-up/compile)",
-                  file=sys.stderr, flush=True)
-            del step, model
+    stopped = None
+
+    def _stop(signum, frame):                   # `timeout` sends SIGTERM: keep what was measured
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        for stage in a.stages:
+            _run_stage(stage, a, dev, cuda, peak, rows, raw)
+    except KeyboardInterrupt:
+        stopped = "stopped early (SIGTERM / Ctrl-C): the rows measured so far"
+        print(f"  {stopped}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     settings = {"gpu": gpu or "none (cpu)", "peak_bf16_tflops": peak if peak else "N/A",
                 "size": a.size, "feature_size": a.feature_size, "phases": a.phases,
                 "finetune_batch": a.finetune_batch, "pretrain_batch": a.pretrain_batch,
                 "checkpoint": a.checkpoint, "expert_checkpoint": a.expert_checkpoint,
                 "repeats": a.repeats, "quick": a.quick,
                 "total_s": round(time.perf_counter() - t_start, 1)}
+    if stopped:
+        settings["stopped"] = stopped
     return C.emit("GPU efficiency: bf16 steps, torch.compile, channels_last_3d",
                   ["stage", "variant", "s/step", "volumes/s", "TFLOP/step",
                    "achieved TFLOP/s", "% of peak bf16", "peak memory (GB)"],
                   rows, a.json, settings,
                   notes=["\ntarget: >= 40% of peak bf16 on an H100-class GPU"],
                   extra={"raw": raw}, device=dev)
+
+
+def _run_stage(stage: str, a, dev, cuda: bool, peak: float | None, rows: list,
+               raw: list) -> None:
+    """Count one stage's FLOPs once (eager, under the same autocast as the timed steps), then
+    time each variant. A failure (a compile error, running out of memory) becomes that row's
+    error and the next row runs; without a FLOP count the rows keep their times."""
+    try:
+        step, vols, model = build_step(stage, "eager", a, dev, amp=cuda)
+        step()                                   # materialise optimiser state first
+        flops = count_flops(step)
+        del step, model
+    except Exception as e:
+        print(f"  {stage}: FLOP count FAILED {type(e).__name__}: {e}"[:400], file=sys.stderr)
+        raw.append({"stage": stage, "variant": "flop count", "error": repr(e)[:2000]})
+        flops = None
+    finally:
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+    tflop = flops / 1e12 if flops else None
+    for variant in a.variants:
+        t0 = time.perf_counter()
+        try:
+            step, vols, model = build_step(stage, variant, a, dev, amp=cuda)
+            warm = max(a.warmup, 2) if "compile" in variant else a.warmup
+            r = C.measure(step, a.repeats, warm, dev)
+        except Exception as e:  # e.g. a compile failure: report it, go on
+            print(f"  {stage} {variant}: FAILED {type(e).__name__}: {e}"[:400], file=sys.stderr)
+            rows.append([stage, variant, None, None, tflop, None, None, None])
+            raw.append({"stage": stage, "variant": variant, "error": repr(e)[:2000]})
+            continue
+        finally:
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+        achieved = flops / r["mean"] / 1e12 if flops else None
+        util = 100 * achieved / peak if peak and achieved else None
+        rows.append([stage, variant + (" (bf16)" if cuda else " (fp32 cpu)"), r["mean"],
+                     vols / r["mean"], tflop, achieved, util, r["peak_mb"] / 1024])
+        raw.append({"stage": stage, "variant": variant, "flops": flops, **r,
+                    "achieved_tflops": achieved, "utilisation_pct": util,
+                    "wall_incl_warmup_s": time.perf_counter() - t0})
+        print(f"  {stage} {variant}: {r['mean']:.4f} s/step"
+              + (f", {achieved:.2f} TFLOP/s" if achieved else "")
+              + f" ({time.perf_counter() - t0:.0f} s incl. warm-up/compile)",
+              file=sys.stderr, flush=True)
+        del step, model
 
 
 if __name__ == "__main__":

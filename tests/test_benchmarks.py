@@ -104,6 +104,44 @@ def test_gpu_cpu_flops_quick(capsys, tmp_path):
     assert "N/A" in text          # no peak for a CPU
 
 
+def test_gpu_keeps_measuring_when_the_flop_count_fails_and_keeps_rows_when_stopped(
+        capsys, tmp_path, monkeypatch):
+    """On the lent H100 the FLOP-counting pass of the paper-size pre-training step ran out of
+    memory and took the whole table with it, and a `timeout` lost every row: now a failed
+    count leaves the timed rows (without TFLOP/s), and SIGTERM / Ctrl-C ends the run with the
+    rows measured so far."""
+    gpu = _load("gpu")
+
+    def oom(step):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(gpu, "count_flops", oom)
+    out = tmp_path / "gpu.json"
+    gpu.main(["--quick", "--cpu-flops", "--device", "cpu", "--json", str(out)])
+    js = json.loads(out.read_text())
+    errors = [r for r in js["raw"] if r.get("variant") == "flop count"]
+    assert len(errors) == 2 and "out of memory" in errors[0]["error"]
+    timed = [r for r in js["rows"] if r[2] is not None]
+    assert len(timed) == 2 and all(r[4] is None and r[5] is None for r in timed)
+
+    monkeypatch.undo()
+    gpu = _load("gpu")
+    calls = {"n": 0}
+    real = gpu.C.measure
+
+    def stop_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(gpu.C, "measure", stop_second)
+    gpu.main(["--quick", "--cpu-flops", "--device", "cpu", "--json", str(out)])
+    js = json.loads(out.read_text())
+    assert "stopped early" in js["settings"]["stopped"] and len(js["rows"]) == 1
+    capsys.readouterr()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="gpu.py's bf16/compile path needs CUDA")
 def test_gpu_quick_cuda(capsys, tmp_path):
     text, _ = _run("gpu", ["--quick", "--variants", "eager", "--stages", "pretrain"],
