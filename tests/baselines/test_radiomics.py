@@ -111,3 +111,21 @@ def test_baseline_separates_a_separable_set_and_writes_results(tmp_path):
     assert saved["metrics"]["accuracy"] == 1.0 and saved["C"] in RadiomicsConfig().Cs
     header = (tmp_path / "out" / "features.csv").read_text().splitlines()[0]
     assert header.startswith("case_id,split,label,T2WI:")
+
+
+def test_a_small_feature_job_stays_in_this_process(tmp_path, monkeypatch):
+    """Fewer cases than MIN_CASES_PER_WORKER per core: no worker pool is started (spawning one
+    cost more than the cases, measured), and the features equal the one-process ones."""
+    import medmap.baselines.radiomics as R
+
+    cases = [_write_case(tmp_path, f"c{i}", "train", "benign", 2.0 + i) for i in range(3)]
+
+    class NoPool:
+        def __init__(self, *a, **kw):
+            raise AssertionError("a process pool was started for 3 cases")
+
+    monkeypatch.setattr(R, "ProcessPoolExecutor", NoPool)
+    X, names = R.extract_features(cases, ["T2WI"])
+    X1, names1 = R.extract_features(cases, ["T2WI"], workers=1)
+    assert names == names1 and X.shape == (3, len(names)) and np.array_equal(X, X1)
+    assert R.MIN_CASES_PER_WORKER > 3

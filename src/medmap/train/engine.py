@@ -16,14 +16,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -267,67 +265,13 @@ class GroupedBatchSampler(Sampler[list[int]]):
         yield from self._batches()
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
-    py = s["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if s.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-_RNG_CALLBACK_CLASS: type | None = None
-
-
-def _rng_callback_class() -> type:
-    """``RNGStateCallback``, built on first use (Lightning is imported only when training) and
-    reachable as ``medmap.train.engine.RNGStateCallback`` so that ``ddp_spawn`` can pickle it."""
-    global _RNG_CALLBACK_CLASS
-    if _RNG_CALLBACK_CLASS is None:
-        import lightning as L
-
-        class RNGStateCallback(L.Callback):
-            def state_dict(self) -> dict[str, Any]:
-                return {"rng": _rng_state()}
-
-            def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-                self._pending = state_dict["rng"]
-
-            def on_train_epoch_start(self, trainer, pl_module) -> None:
-                pending = getattr(self, "_pending", None)
-                if pending is not None:
-                    _set_rng_state(pending)
-                    self._pending = None
-
-        RNGStateCallback.__qualname__ = "RNGStateCallback"
-        RNGStateCallback.__module__ = __name__
-        _RNG_CALLBACK_CLASS = RNGStateCallback
-    return _RNG_CALLBACK_CLASS
-
-
-def __getattr__(name: str) -> Any:          # PEP 562: the lazily built callback class
-    if name == "RNGStateCallback":
-        return _rng_callback_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def make_rng_callback():
     """A Lightning callback that stores the RNG states in every checkpoint and restores them on
-    resume (only tensors and plain types: loadable with ``weights_only=True``)."""
-    return _rng_callback_class()()
+    resume (:class:`medmap.train.rng.RNGStateCallback`; imported here lazily, so that the
+    engine's settings load without Lightning)."""
+    from medmap.train.rng import RNGStateCallback
+
+    return RNGStateCallback()
 
 
 class _ThirdPartyNoise(logging.Filter):
