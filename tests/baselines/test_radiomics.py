@@ -57,6 +57,23 @@ def test_features_are_tissue_referenced_and_known():
     assert raw["core:stat_mean"] == pytest.approx(400.0)
 
 
+def test_cropping_to_the_lesion_keeps_every_feature(monkeypatch):
+    """First-order features are computed on the lesion's bounding box: the same values as on
+    the whole image (a noisy image, an off-centre lesion)."""
+    import medmap.baselines.radiomics as R
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(100, 20, (24, 24, 24)).astype(np.float32)
+    lesion = _cube(24, 3, 10)
+    img[lesion] += 80
+    cropped = sequence_features(img, lesion, (1.5, 1.5, 2.0))
+    monkeypatch.setattr(R, "_crop_to_masks", lambda image, masks, margin=1: (image, masks))
+    whole = sequence_features(img, lesion, (1.5, 1.5, 2.0))
+    assert cropped.keys() == whole.keys() and len(whole) > 40
+    assert all(cropped[k] == whole[k] or (np.isnan(cropped[k]) and np.isnan(whole[k]))
+               for k in whole)
+
+
 def _write_case(root, cid, split, label, brightness, modalities=("T2WI", "C+A"), mask=True):
     d = root / cid
     d.mkdir(parents=True)

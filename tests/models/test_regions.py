@@ -4,8 +4,9 @@ outside the lesion, and a classifier whose prediction depends on where the mask 
 import pytest
 import torch
 
-from medmap.models.medmap import MedMAPClassifier, MedMAPConfig, _mask_pool, token_weights
-from medmap.models.regions import lesion_regions, region_pool
+from medmap.models.medmap import MedMAPClassifier, MedMAPConfig, _mask_pool
+from medmap.models.regions import (LesionGeometry, lesion_regions, region_pool, region_stats,
+                                   token_weights)
 
 
 def _cube_mask(lo=8, hi=24, n=32):
@@ -49,8 +50,30 @@ def test_mask_pooling_separates_inside_from_outside():
     assert token_weights(_cube_mask(0, 16), 8).tolist() == [[1.0] + [0.0] * 7]
 
 
+def test_region_stats_are_the_mean_and_sd_inside_each_region():
+    regions = lesion_regions(_cube_mask())
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(1, 1, 32, 32, 32, generator=g) * 0.5 + 2.0
+    out = region_stats(img, regions)                              # (1, 8): 4 means, 4 sds
+    for r in range(4):
+        vals = img[0, 0][regions[0, r] > 0].double()
+        assert out[0, r].item() == pytest.approx(vals.mean().item(), rel=1e-4)
+        assert out[0, 4 + r].item() == pytest.approx(vals.std(unbiased=False).item(), rel=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):            # fp32 inside autocast
+        assert torch.allclose(region_stats(img, regions), out)
+
+
+def test_region_intensity_trains_with_one_case_of_a_modality():
+    cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], region_intensity=True)
+    model = MedMAPClassifier(cfg).train()
+    x = torch.randn(2, 2, 1, 32, 32, 32)
+    p = torch.tensor([[True, True], [True, False]])               # C+A: one case
+    out = model(x, p, lesion_mask=_cube_mask().expand(2, -1, -1, -1, -1))["logits"]
+    assert torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("kw", [dict(pooling="mask"), dict(region_scales=[0, 1]),
-                                dict(mask_channel=True)])
+                                dict(mask_channel=True), dict(region_intensity=True)])
 def test_mask_reading_models_use_the_mask_and_get_every_gradient(kw):
     torch.manual_seed(0)
     cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], **kw)
@@ -70,3 +93,22 @@ def test_mask_reading_models_use_the_mask_and_get_every_gradient(kw):
 def test_region_scales_are_checked():
     with pytest.raises(ValueError, match="region_scales"):
         MedMAPClassifier(MedMAPConfig.tiny(["T2WI"], ["a", "b"], region_scales=[9]))
+
+
+def test_lesion_geometry_shares_work_and_gives_the_per_row_values():
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(3, 1, 16, 16, 16, generator=g) > 0.6).float()
+    geo = LesionGeometry(mask)
+    rows = torch.tensor([0, 2])
+    sub = geo.rows(rows)
+    assert torch.equal(sub.mask, mask[rows])
+    assert torch.equal(sub.regions, lesion_regions(mask[rows]))
+    assert torch.equal(sub.token_weights(64), token_weights(mask[rows], 64))
+    fmap = torch.randn(2, 5, 8, 8, 8, generator=g)
+    assert torch.equal(region_pool(fmap, weights=sub.region_weights((8, 8, 8), fmap.dtype)),
+                       region_pool(fmap, lesion_regions(mask[rows])))
+    every = geo.rows(torch.arange(3))                             # all rows: the batch itself
+    assert every.mask is mask
+    n = len(geo._shared)
+    geo.rows(torch.tensor([1])).token_weights(64)                 # computed once, reused
+    assert len(geo._shared) == n

@@ -49,6 +49,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -209,6 +210,29 @@ class PreprocessConfig:
         return cls(**d)
 
 
+def foreground_box(mask, margin: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The bounding box of ``mask`` (C, X, Y, Z) voxels > 0, widened by ``margin`` voxels per
+    axis (not clipped to the volume): ``(start, end)``, ``([0, 0, 0], [0, 0, 0])`` when it is
+    empty. The same box as MONAI's ``generate_spatial_bounding_box(mask, lambda a: a > 0,
+    margin=margin)``, which took ~60% of the demo's preprocessing time (one ``torch.any``
+    per slice through MetaTensor dispatch).
+
+    Example:
+        >>> m = np.zeros((1, 8, 8, 8)); m[0, 2:4, 3, 5:7] = 1
+        >>> foreground_box(m, [1, 1, 1])
+        ([1, 2, 4], [5, 5, 8])
+    """
+    fg = (np.asarray(mask) > 0).any(0)
+    start, end = [0] * fg.ndim, [0] * fg.ndim
+    for axis in range(fg.ndim):
+        line = np.flatnonzero(fg.any(axis=tuple(a for a in range(fg.ndim) if a != axis)))
+        if not line.size:
+            return [0] * fg.ndim, [0] * fg.ndim
+        start[axis] = int(line[0]) - int(margin[axis])
+        end[axis] = int(line[-1]) + int(margin[axis]) + 1
+    return start, end
+
+
 class Preprocessor:
     """Callable turning a volume file (NIfTI / NRRD / DICOM folder) into a ``(1, *size)`` tensor.
 
@@ -285,7 +309,6 @@ class Preprocessor:
         """
         from monai.data.utils import affine_to_spacing
         from monai.transforms import Compose, SpatialCrop
-        from monai.transforms.utils import generate_spatial_bounding_box
 
         key = self.cfg.roi_mask
         if key is None:
@@ -300,7 +323,7 @@ class Preprocessor:
         r = self._run(Compose(self._spatial_pre(mask=True)), self._onto_grid(self.load(roi), img))
         spacing = affine_to_spacing(r.affine, r=3).tolist()
         margin = [int(np.ceil(self.cfg.roi_margin_mm / float(sp))) for sp in spacing]
-        start, end = generate_spatial_bounding_box(r, select_fn=lambda a: a > 0, margin=margin)
+        start, end = foreground_box(r, margin)
         if any(e <= s for s, e in zip(start, end)):
             raise UserError(
                 f"{r.meta.get('filename_or_obj', roi)}: the {key!r} ROI mask is empty (no voxel "
@@ -469,4 +492,4 @@ def _finish(out, src, what: str) -> torch.Tensor:
     return t
 
 
-__all__ = ["PreprocessConfig", "Preprocessor", "IntensityMode", "SizeMode"]
+__all__ = ["PreprocessConfig", "Preprocessor", "IntensityMode", "SizeMode", "foreground_box"]

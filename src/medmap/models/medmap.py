@@ -52,6 +52,7 @@ from medmap.models.encoders import (CNNConfig, EncoderConfig, SwinConfig, build_
                                     tiny_encoder_config)
 from medmap.models.experts import ModalityExperts
 from medmap.models.hub import from_pretrained, register_model
+from medmap.models.regions import REGIONS, LesionGeometry, region_pool, region_stats
 
 CSAText = Literal["knowledge", "report", "modality", "none"]
 Pooling = Literal["mean_max", "mask"]
@@ -129,6 +130,10 @@ class MedMAPConfig:
     # stages (0 = the finest) averaged inside the lesion, its core, its rim and the tissue
     # around it, added to every modality's feature (empty: off); needs the mask at inference
     region_scales: list[int] = field(default_factory=list)
+    # the input volume's own mean and standard deviation inside the same four regions (8
+    # values per modality, standardised per modality by batch norm), added beside the region-
+    # pooled features: the lesion's signal relative to its surroundings, read directly
+    region_intensity: bool = False
     losses: MedMAPLossConfig = field(default_factory=MedMAPLossConfig)
 
     @classmethod
@@ -211,18 +216,6 @@ def _pool(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat([tokens.mean(1), tokens.amax(1)], dim=-1)
 
 
-def token_weights(mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """The fraction of each token's cell inside ``mask`` (b, 1, D, H, W): (b, N), for a token
-    grid that divides every axis by the same stride (every medmap encoder's)."""
-    D, H, W = mask.shape[-3:]
-    stride = round((D * H * W / n_tokens) ** (1 / 3))
-    grid = (max(1, D // stride), max(1, H // stride), max(1, W // stride))
-    if grid[0] * grid[1] * grid[2] != n_tokens:
-        raise UserError(f"mask pooling: {n_tokens} tokens do not tile a {D}x{H}x{W} volume "
-                        "evenly; use pooling 'mean_max' with this encoder")
-    return F.adaptive_avg_pool3d(mask.float(), grid).flatten(1)          # (b, N)
-
-
 def _mask_pool(tokens: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """(b, N, d), weights (b, N) in [0, 1] -> (b, 2d): the weighted mean inside the mask and
     the mean outside it. A row without mask (all weights 0) pools its lesion part uniformly."""
@@ -276,8 +269,6 @@ class MedMAPClassifier(nn.Module):
         two_streams = cfg.use_conv or cfg.use_cct
         extra = 0
         if cfg.region_scales:
-            from medmap.models.regions import REGIONS
-
             chans = next(iter(self.experts.encoders.values())).feature_channels
             bad = [s for s in cfg.region_scales if not 0 <= s < len(chans)]
             if bad:
@@ -285,6 +276,11 @@ class MedMAPClassifier(nn.Module):
                                   f"0..{len(chans) - 1}")
             extra = len(REGIONS) * sum(chans[s] for s in cfg.region_scales)
             self.region_norm = nn.LayerNorm(extra)
+        if cfg.region_intensity:
+            keys = ["shared"] if cfg.shared_encoder else cfg.modalities
+            n_stats = 2 * len(REGIONS)                           # mean and sd per region
+            self.intensity_norm = nn.ModuleDict({k: nn.BatchNorm1d(n_stats) for k in keys})
+            extra += n_stats
         self.merge = nn.Linear((4 if two_streams else 2) * d + extra, d)
         # Cross-modality fusion: a Transformer layer over the present modalities' tokens
         # (modality embeddings as positions, absent ones masked out), then a masked mean.
@@ -320,20 +316,20 @@ class MedMAPClassifier(nn.Module):
             return f_swin * self.text_proj(self.modality_prompts[m]), None, None
         return f_swin, None, None
 
-    def _pool_tokens(self, tokens: torch.Tensor, lesion: torch.Tensor | None,
+    def _pool_tokens(self, tokens: torch.Tensor, lesion: LesionGeometry | None,
                      spatial: bool = True) -> torch.Tensor:
         """(b, N, d) -> (b, 2d) by ``cfg.pooling``; text tokens (``spatial=False``) always
         mean + max."""
         if self.cfg.pooling == "mask" and spatial:
             self._need_mask(lesion)
-            return _mask_pool(tokens, token_weights(lesion, tokens.shape[1]))
+            return _mask_pool(tokens, lesion.token_weights(tokens.shape[1]))
         return _pool(tokens)
 
     @staticmethod
     def reads_mask(cfg: MedMAPConfig) -> bool:
         """Whether a model of ``cfg`` reads the lesion mask (``cfg.mask_key``) at inference."""
         return (cfg.pooling == "mask" or (cfg.mask_channel and cfg.use_conv)
-                or bool(cfg.region_scales))
+                or bool(cfg.region_scales) or cfg.region_intensity)
 
     @property
     def needs_mask(self) -> bool:
@@ -348,11 +344,14 @@ class MedMAPClassifier(nn.Module):
 
     def modality_feature(self, x: torch.Tensor, m: int, report: torch.Tensor | None = None,
                          report_mask: torch.Tensor | None = None,
-                         lesion: torch.Tensor | None = None,
-                         regions: torch.Tensor | None = None) -> torch.Tensor:
+                         lesion: torch.Tensor | LesionGeometry | None = None
+                         ) -> torch.Tensor:
         """Fused feature (b, d) of modality ``m``'s volumes ``x`` (b, 1, D, H, W); ``lesion``
-        (b, 1, D, H, W): the lesion mask ``pooling="mask"`` pools inside."""
+        (b, 1, D, H, W): the lesion mask that mask and region pooling read (or its
+        :class:`~medmap.models.regions.LesionGeometry`, shared by the modalities)."""
         cfg, name = self.cfg, self.cfg.modalities[m]
+        if isinstance(lesion, torch.Tensor):
+            lesion = LesionGeometry(lesion)
         fmaps = None
         if cfg.region_scales:
             f_swin, fmaps = self.experts.encode(x, name, maps=True)
@@ -365,7 +364,7 @@ class MedMAPClassifier(nn.Module):
             xin = x
             if cfg.mask_channel:
                 self._need_mask(lesion)
-                xin = torch.cat([x, lesion.to(x.dtype)], dim=1)          # (b, 2, D, H, W)
+                xin = torch.cat([x, lesion.mask.to(x.dtype)], dim=1)     # (b, 2, D, H, W)
             other = self.conv_proj[k](self.conv_stream[k](xin).tokens)   # (b, N', d) f_v
         elif cfg.use_cct:
             other = self.class_text(m).expand(x.shape[0], -1, -1)        # (b, C, d) class text
@@ -376,13 +375,20 @@ class MedMAPClassifier(nn.Module):
         if other is not None:
             parts.insert(0, self._pool_tokens(other, lesion, spatial=cfg.use_conv))
         if cfg.region_scales:
-            from medmap.models.regions import lesion_regions, region_pool
-
             self._need_mask(lesion)
-            regions = regions if regions is not None else lesion_regions(lesion)
-            pooled = [region_pool(fmaps[s], regions).flatten(1)          # (b, 4 * C_s)
-                      for s in cfg.region_scales]
+            pooled = [region_pool(fmaps[s], weights=lesion.region_weights(  # (b, 4 * C_s)
+                fmaps[s].shape[2:], fmaps[s].dtype)).flatten(1) for s in cfg.region_scales]
             parts.append(self.region_norm(torch.cat(pooled, dim=-1)))
+        if cfg.region_intensity:
+            self._need_mask(lesion)
+            stats = region_stats(x, lesion.regions)                      # (b, 8)
+            norm = self.intensity_norm[self.experts.key(name)]
+            if self.training and stats.shape[0] < 2:       # batch norm needs 2 rows to train
+                stats = F.batch_norm(stats, norm.running_mean, norm.running_var, norm.weight,
+                                     norm.bias, False, 0.0, norm.eps)
+            else:
+                stats = norm(stats)
+            parts.append(stats.to(parts[0].dtype))
         return self.merge(torch.cat(parts, dim=-1))                      # (b, d)
 
     def forward(self, images: torch.Tensor, present: torch.Tensor,
@@ -403,19 +409,14 @@ class MedMAPClassifier(nn.Module):
             empty = (~present.any(1)).nonzero().flatten().tolist()
             raise ValueError(f"batch rows {empty} have no modality present; every case needs one")
         feats = images.new_zeros(B, M, self.cfg.embed_dim)       # (B, M, d)
-        regions = None
-        if self.cfg.region_scales and lesion_mask is not None:   # the regions once per case
-            from medmap.models.regions import lesion_regions
-
-            regions = lesion_regions(lesion_mask)               # (B, 4, D, H, W)
+        geometry = None if lesion_mask is None else LesionGeometry(lesion_mask)  # once per batch
         for m in range(M):
             rows = present[:, m].nonzero(as_tuple=True)[0]
             if rows.numel():
                 rep = None if reports is None else reports[rows, m]
                 rmask = None if report_mask is None else report_mask[rows, m]
-                les = None if lesion_mask is None else lesion_mask[rows]
-                reg = None if regions is None else regions[rows]
-                f = self.modality_feature(images[rows, m], m, rep, rmask, les, reg)  # (b, d)
+                les = None if geometry is None else geometry.rows(rows)
+                f = self.modality_feature(images[rows, m], m, rep, rmask, les)  # (b, d)
                 feats = feats.index_put((rows, torch.full_like(rows, m)), f.to(feats.dtype))
         feats = feats + self.modality_embed                      # (B, M, d)
         feats = self.fusion(feats, src_key_padding_mask=~present)  # absent tokens never attended

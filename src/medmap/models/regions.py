@@ -29,7 +29,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["REGIONS", "lesion_regions", "region_pool"]
+from medmap.config import UserError
+
+__all__ = ["REGIONS", "LesionGeometry", "lesion_regions", "region_pool", "region_stats",
+           "token_weights"]
 
 REGIONS = ("lesion", "core", "rim", "shell")
 
@@ -56,9 +59,109 @@ def lesion_regions(mask: torch.Tensor, rim: int = 2, shell: int = 3) -> torch.Te
     return torch.where(empty, lesion.expand_as(regions), regions)
 
 
-def region_pool(fmap: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+def region_weights(regions: torch.Tensor, grid: tuple[int, ...], dtype: torch.dtype
+                   ) -> torch.Tensor:
+    """Each region's share of every cell of a ``grid`` feature map: (b, R, n)."""
+    return F.adaptive_avg_pool3d(regions.to(dtype), tuple(grid)).flatten(2)
+
+
+def region_pool(fmap: torch.Tensor, regions: torch.Tensor | None = None, *,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
     """The mean of every channel of ``fmap`` (b, C, d, h, w) inside every region of
-    ``regions`` (b, R, D, H, W), each cell weighted by the region's share of it: (b, R, C)."""
-    w = F.adaptive_avg_pool3d(regions.to(fmap.dtype), fmap.shape[2:]).flatten(2)   # (b, R, n)
+    ``regions`` (b, R, D, H, W), each cell weighted by the region's share of it: (b, R, C).
+    ``weights``: those shares precomputed (:meth:`LesionGeometry.region_weights`)."""
+    w = (weights if weights is not None
+         else region_weights(regions, fmap.shape[2:], fmap.dtype))              # (b, R, n)
     pooled = torch.bmm(w, fmap.flatten(2).transpose(1, 2))                         # (b, R, C)
     return pooled / w.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+def region_stats(image: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """The mean and standard deviation of ``image`` (b, 1, D, H, W) inside every region of
+    ``regions`` (b, R, D, H, W) at the image's resolution: (b, 2R), means first; in fp32
+    outside autocast (a variance as E[x^2] - E[x]^2 in bf16 would be noise)."""
+    with torch.autocast(image.device.type, enabled=False):
+        return _region_stats(image.float(), regions.float())
+
+
+def _region_stats(image: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    w = regions.flatten(2)                                                          # (b, R, n)
+    v = image.flatten(1).unsqueeze(-1)                                              # (b, n, 1)
+    n = w.sum(-1).clamp_min(1e-6)                                                   # (b, R)
+    mean = torch.bmm(w, v).squeeze(-1) / n
+    sq = torch.bmm(w, v * v).squeeze(-1) / n
+    sd = (sq - mean * mean).clamp_min(0).sqrt()
+    return torch.cat([mean, sd], dim=-1)
+
+
+def token_weights(mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """The fraction of each token's cell inside ``mask`` (b, 1, D, H, W): (b, N), for a token
+    grid that divides every axis by the same stride (every medmap encoder's)."""
+    D, H, W = mask.shape[-3:]
+    stride = round((D * H * W / n_tokens) ** (1 / 3))
+    grid = (max(1, D // stride), max(1, H // stride), max(1, W // stride))
+    if grid[0] * grid[1] * grid[2] != n_tokens:
+        raise UserError(f"mask pooling: {n_tokens} tokens do not tile a {D}x{H}x{W} volume "
+                        "evenly; use pooling 'mean_max' with this encoder")
+    return F.adaptive_avg_pool3d(mask.float(), grid).flatten(1)          # (b, N)
+
+
+class LesionGeometry:
+    """A batch's lesion mask and what mask and region pooling derive from it, each computed
+    once for the whole batch and shared by every modality: all sequences of a case share one
+    mask, so the regions, a token grid's weights and a feature-map grid's region weights are
+    the same for each of them (computed per modality they cost ~8% of the demo's fine-tuning
+    step). :meth:`rows` gives one modality's rows (the cases where it is present).
+
+    Example:
+        >>> m = torch.zeros(2, 1, 32, 32, 32); m[:, :, 8:24, 8:24, 8:24] = 1
+        >>> g = LesionGeometry(m)
+        >>> tuple(g.region_weights((16, 16, 16), torch.float32).shape)
+        (2, 4, 4096)
+        >>> tuple(g.rows(torch.tensor([1])).token_weights(64).shape)
+        (1, 64)
+    """
+
+    def __init__(self, mask: torch.Tensor, *, _rows: torch.Tensor | None = None,
+                 _shared: dict | None = None):
+        self._full_mask = mask                                           # (B, 1, D, H, W)
+        self._rows = _rows                                               # None: every row
+        self._shared: dict = {} if _shared is None else _shared
+
+    def rows(self, rows: torch.Tensor) -> LesionGeometry:
+        """The geometry of batch rows ``rows`` (indices); computed parts stay shared."""
+        if rows.numel() == self._full_mask.shape[0] and bool(
+                (rows == torch.arange(rows.numel(), device=rows.device)).all()):
+            rows = None                                   # every row: no copies
+        return LesionGeometry(self._full_mask, _rows=rows, _shared=self._shared)
+
+    def _full(self, key: tuple, compute) -> torch.Tensor:
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
+
+    def _get(self, key: tuple, compute) -> torch.Tensor:
+        value = self._full(key, compute)
+        return value if self._rows is None else value[self._rows]
+
+    def _regions_full(self) -> torch.Tensor:
+        return self._full(("regions",), lambda: lesion_regions(self._full_mask))
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(b, 1, D, H, W): the rows' lesion mask."""
+        return self._get(("mask",), lambda: self._full_mask)
+
+    @property
+    def regions(self) -> torch.Tensor:
+        """(b, 4, D, H, W): the rows' :func:`lesion_regions`."""
+        return self._get(("regions",), self._regions_full)
+
+    def token_weights(self, n_tokens: int) -> torch.Tensor:
+        """(b, N): :func:`token_weights` of an ``n_tokens`` grid."""
+        return self._get(("tokens", n_tokens), lambda: token_weights(self._full_mask, n_tokens))
+
+    def region_weights(self, grid: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """(b, 4, n): :func:`region_weights` of a ``grid`` feature map in ``dtype``."""
+        return self._get(("region_weights", tuple(grid), dtype),
+                         lambda: region_weights(self._regions_full(), grid, dtype))
