@@ -135,3 +135,41 @@ def test_finetune_early_stopping_keeps_the_best_validation_epoch(tiny_experiment
         assert torch.equal(state[f"model.{k}"].to(v.dtype), v), k
     curves = [ln for ln in (tmp_path / "ft" / "logs" / "metrics.csv").read_text().splitlines()]
     assert "train/acc" in curves[0] and "val/acc" in curves[0]     # the learning curves
+
+
+def test_frozen_pretrained_experts_stay_fixed_then_train(tiny_experiment, tmp_path):
+    """``finetune.freeze_pretrained_epochs: 1``: in the first epoch the pre-trained experts'
+    weights and batch-norm statistics do not move while the new modules learn; from the
+    second epoch the experts train too."""
+    import lightning as L
+    import torch
+
+    from medmap.models.encoders import CNNConfig
+
+    cfg = tiny_experiment
+    cfg.model.encoder = CNNConfig(channels=(8, 16), norm="batch")
+    cfg.pretrain.epochs, cfg.finetune.epochs = 1, 2
+    cfg.finetune.freeze_pretrained_epochs = 1
+    pre = pretrain(cfg, tmp_path / "pre")
+    snaps: list[dict] = []
+
+    class Snapshot(L.Callback):
+        def _take(self, pl_module):
+            snaps.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+        def on_train_start(self, trainer, pl_module):
+            self._take(pl_module)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self._take(pl_module)
+
+    finetune(cfg, tmp_path / "ft", init=pre, callbacks=[Snapshot()])
+    start, first, second = snaps
+    experts = [k for k in start if k.startswith("experts.")]
+    assert any("running_mean" in k for k in experts)              # batch norm is checked too
+    assert all(torch.equal(start[k], first[k]) for k in experts)
+    assert not torch.equal(start["head.1.weight"], first["head.1.weight"])  # new modules learn
+    moved = [k for k in experts if k.endswith("weight") and not torch.equal(first[k], second[k])]
+    assert moved                                                   # then the experts train
+    with pytest.raises(ValueError, match="freeze_pretrained_epochs"):
+        type(cfg.finetune)(freeze_pretrained_epochs=-1)

@@ -63,10 +63,17 @@ class OptimConfig:
     # exponential moving average of the weights (Lightning's EMAWeightAveraging), used for
     # validation and saved at the end; 0: off. Starts after the warm-up epochs.
     ema_decay: float = 0.0
+    # fine-tuning from pre-trained experts: the experts (encoders and token projections) stay
+    # frozen, batch norm included, for this many epochs while the new modules learn on their
+    # features, then everything trains (linear probing then fine-tuning, "LP-FT"); 0: off
+    freeze_pretrained_epochs: int = 0
     progress: bool = True
     log_every_n_steps: int = 10
 
     def __post_init__(self) -> None:
+        if int(self.freeze_pretrained_epochs) < 0:
+            raise ValueError(f"freeze_pretrained_epochs must be >= 0 (0: off), got "
+                             f"{self.freeze_pretrained_epochs}")
         if not 0.0 <= float(self.ema_decay) < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.num_workers == "auto":

@@ -138,7 +138,8 @@ class FinetuneModule(TrainModule):
     model: MedMAPClassifier
 
     def __init__(self, model: MedMAPClassifier, optim: OptimConfig,
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None, freeze_epochs: int = 0):
+        self.freeze_epochs = int(freeze_epochs)  # epochs the pre-trained experts stay frozen
         lc = model.cfg.losses
         super().__init__(model, MedMAPLoss(optim.loss_ramp_epochs or optim.epochs,
                                            lc.kl_temperature, cls_loss=lc.cls_loss,
@@ -152,6 +153,18 @@ class FinetuneModule(TrainModule):
                           text=batch["text"] if text else None,
                           reports=batch.get("reports_emb"), report_mask=batch.get("report_mask"),
                           lesion_mask=batch.get("mask"))
+
+    def on_train_epoch_start(self) -> None:
+        """Freeze the pre-trained experts (no gradients, batch norm on its pre-trained
+        statistics) in the first ``freeze_epochs`` epochs; AdamW skips parameters without a
+        gradient, so they start moving at the learning rate of the schedule's epoch
+        ``freeze_epochs``. Lightning puts the model back in train mode before every epoch."""
+        frozen = self.current_epoch < self.freeze_epochs
+        self.model.experts.requires_grad_(not frozen)
+        if frozen:
+            self.model.experts.eval()
+        elif self.model.training:                 # validation may have restored eval mode
+            self.model.experts.train()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch = self._augmented(batch, batch_idx)
@@ -311,7 +324,9 @@ class FinetuneStage(Stage):
                                  minlength=len(model.cfg.classes)).astype(np.float64)
             w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0)
             weights = torch.tensor(w, dtype=torch.float32)
-        return FinetuneModule(model, cfg.finetune, weights)
+        return FinetuneModule(model, cfg.finetune, weights,
+                              freeze_epochs=cfg.finetune.freeze_pretrained_epochs if self.init
+                              else 0)
 
     def datamodule(self, cfg: ExperimentConfig, data: StageData, texts) -> StageDataModule:
         m, mods, o = self.mcfg, data.modalities, cfg.finetune
