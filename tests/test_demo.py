@@ -240,3 +240,29 @@ def test_demo_refuses_an_unknown_organ_before_any_work(tmp_path):
     with pytest.raises(UserError, match=r"demo organs \['kidney'\]: choose from \['liver', 'brain'\]"):
         run_demo(tmp_path / "d", organs=("kidney",))
     assert not (tmp_path / "d").exists()
+
+
+def test_stage_clock_counts_running_worker_processes():
+    """The demo keeps one worker pool across stages; its workers' CPU counts in the stage that
+    used them, not only once they exit."""
+    import multiprocessing as mp
+    import time
+
+    from medmap.demo import StageClock
+
+    clock = StageClock()
+    ctx = mp.get_context("fork")
+    stop = ctx.Event()
+    with clock("busy child"):
+        child = ctx.Process(target=_spin, args=(stop,))
+        child.start()
+        time.sleep(1.0)
+        assert child.is_alive()
+    stop.set()
+    child.join()
+    assert clock.table["busy child"]["cpu_s"] >= 0.5              # the live child's seconds
+
+
+def _spin(stop):
+    while not stop.is_set():
+        pass

@@ -146,3 +146,24 @@ def test_a_small_feature_job_stays_in_this_process(tmp_path, monkeypatch):
     X1, names1 = R.extract_features(cases, ["T2WI"], workers=1)
     assert names == names1 and X.shape == (3, len(names)) and np.array_equal(X, X1)
     assert R.MIN_CASES_PER_WORKER > 3
+
+
+def test_features_run_in_a_shared_pool(tmp_path, monkeypatch):
+    """``extract_features(pool=...)`` runs its cases in the given pool (shared by the demo's
+    jobs, so its workers start once) with the same features."""
+    import medmap.baselines.radiomics as R
+
+    cases = [_write_case(tmp_path, f"c{i}", "train", "benign", 2.0 + i) for i in range(3)]
+
+    class InlinePool:
+        jobs = 0
+
+        def map(self, fn, items, chunksize=1):
+            items = list(items)
+            InlinePool.jobs += len(items)
+            return map(fn, items)
+
+    monkeypatch.setattr(R, "ProcessPoolExecutor", None)          # no pool of its own
+    X, names = R.extract_features(cases, ["T2WI"], workers=2, pool=InlinePool())
+    X1, names1 = R.extract_features(cases, ["T2WI"], workers=1)
+    assert InlinePool.jobs == 3 and names == names1 and np.array_equal(X, X1)

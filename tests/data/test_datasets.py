@@ -106,6 +106,34 @@ def test_warm_fills_the_cache_in_process_when_small_and_with_workers_when_asked(
     assert parallel.stats()["hits"] == 10 and serial.stats()["hits"] == 10
 
 
+class InlinePool:
+    """A stand-in for a shared ProcessPoolExecutor: runs the jobs here and counts them."""
+
+    def __init__(self):
+        self.jobs = 0
+
+    def map(self, fn, items, chunksize=1):
+        items = list(items)
+        self.jobs += len(items)
+        return map(fn, items)
+
+
+def test_warm_runs_in_a_shared_pool(tmp_path, fresh_memo, monkeypatch):
+    """``warm(pool=...)``: a job big enough for workers runs in the given pool (one chunk per
+    core) instead of starting its own, with the same entries."""
+    import concurrent.futures as cf
+
+    paths = [write_nii(tmp_path / f"v{i}.nii.gz", seed=i) for i in range(10)]
+    reqs = [(p, "T1WI", "image", None, None) for p in paths]
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", None)         # no pool of its own
+    pool = InlinePool()
+    shared = VolumeCache(tmp_path / "shared", pre())
+    assert shared.warm(reqs, workers=2, pool=pool) == 10 and pool.jobs == 2
+    serial = VolumeCache(tmp_path / "serial", pre())
+    serial.warm(reqs, workers=1)
+    assert all(torch.equal(shared.get(p, "T1WI"), serial.get(p, "T1WI")) for p in paths)
+
+
 def test_settings_change_the_key(tmp_path, fresh_memo):
     p = write_nii(tmp_path / "a.nii.gz")
     base = VolumeCache(tmp_path / "cache", pre())

@@ -254,10 +254,12 @@ MIN_CASES_PER_WORKER = 40
 
 def extract_features(cases: Sequence[Case], modalities: Sequence[str],
                      cfg: RadiomicsConfig | None = None, workers: int | None = None,
-                     progress: bool = False) -> tuple[np.ndarray, list[str]]:
+                     progress: bool = False, pool=None) -> tuple[np.ndarray, list[str]]:
     """Feature matrix (N, F) of resolved ``cases`` (NaN where a modality is missing) and the F
     feature names, in a stable order; ``workers`` processes (None: one per CPU core, but only
-    as many as have :data:`MIN_CASES_PER_WORKER` cases each)."""
+    as many as have :data:`MIN_CASES_PER_WORKER` cases each, half as many with ``pool``: a
+    ``ProcessPoolExecutor`` (spawn) shared with the run's other jobs, whose workers start
+    once)."""
     from tqdm.auto import tqdm
 
     from medmap.train.engine import available_cpus
@@ -266,12 +268,20 @@ def extract_features(cases: Sequence[Case], modalities: Sequence[str],
     if workers is None:
         # a spawned worker pays ~3-4 s of imports (MIRP, pandas) before its first case (~0.2 s
         # each): 24 brain cases took 5.6 s in this process against 6.8 s with 2 workers
-        workers = max(1, min(available_cpus(), len(cases) // MIN_CASES_PER_WORKER))
+        # a shared pool pays its start once for several jobs: half as many cases suffice
+        per_worker = MIN_CASES_PER_WORKER // (2 if pool is not None else 1)
+        workers = max(1, min(available_cpus(), len(cases) // per_worker))
     jobs = [(c, list(modalities), to_dict(cfg)) for c in cases]
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            rows = list(tqdm(pool.map(_case_job, jobs, chunksize=4), total=len(jobs),
+        def run(executor):
+            return list(tqdm(executor.map(_case_job, jobs, chunksize=4), total=len(jobs),
                              disable=not progress, desc="radiomics", unit="case"))
+
+        if pool is not None:
+            rows = run(pool)
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as own:
+                rows = run(own)
     else:
         rows = [_case_job(j) for j in tqdm(jobs, disable=not progress, desc="radiomics",
                                            unit="case")]
@@ -322,14 +332,15 @@ def run_radiomics(manifest_path: str | Path, organ: str, out_dir: str | Path | N
                   cfg: RadiomicsConfig | None = None, *, split: str = "test",
                   train_splits: Sequence[str] = ("train", "val"), n_boot: int = 1000,
                   seed: int = 0, workers: int | None = None, progress: bool = False,
-                  features: tuple[np.ndarray, list[str], list[Case]] | None = None
-                  ) -> dict[str, Any]:
+                  features: tuple[np.ndarray, list[str], list[Case]] | None = None,
+                  pool=None) -> dict[str, Any]:
     """Fit the baseline on ``train_splits`` of ``organ``'s labelled cases and score ``split``.
 
     Writes ``radiomics.json`` (settings, chosen C, :func:`~medmap.metrics.full_metrics` with
     bootstrap CIs, per-case predictions) and ``features.csv`` into ``out_dir`` when given;
     returns the document. ``features``: a precomputed ``(X, names, cases)`` (the ablation fits
-    the same features once per seed).
+    the same features once per seed). ``pool``: worker processes shared with the run's other
+    jobs (:func:`extract_features`).
     """
     from medmap.data.vocab import get_organ
     from medmap.metrics import full_metrics
@@ -342,7 +353,7 @@ def run_radiomics(manifest_path: str | Path, organ: str, out_dir: str | Path | N
                  and c.split in (*train_splits, split)]
         present = {m for c in cases for m in c.modalities}
         mods = [m for m in spec.modalities if m in present]
-        X, names = extract_features(cases, mods, cfg, workers, progress)
+        X, names = extract_features(cases, mods, cfg, workers, progress, pool)
     else:
         X, names, cases = features
     y = np.array([c.label_index for c in cases])

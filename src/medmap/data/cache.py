@@ -43,9 +43,9 @@ from medmap.data.preprocess import Preprocessor
 CACHE_FORMAT_VERSION = 1
 _CHUNK = 1 << 20
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-# VolumeCache.warm: volumes each spawned worker must have to pay back its start (~4 s of
-# imports against ~25 ms a volume at the demo's size)
-MIN_VOLUMES_PER_WORKER = 200
+# VolumeCache.warm: volumes each spawned worker must have to pay back its start (~5 s of
+# imports against ~10 ms a volume at the demo's size)
+MIN_VOLUMES_PER_WORKER = 500
 
 # (signature JSON) -> content hash, shared by all caches of this process
 _HASH_MEMO: dict[str, str] = {}
@@ -221,14 +221,16 @@ class VolumeCache:
         """Preprocessed mask (nearest interpolation) ``(1, *cfg.size)`` float32."""
         return self._get(path, None, "mask", reference, roi)
 
-    def warm(self, requests, workers: int | None = None) -> int:
+    def warm(self, requests, workers: int | None = None, pool=None) -> int:
         """Preprocess in parallel, ahead of training, every request that has no entry yet, so
         that no epoch pays for filling the cache: ``requests`` are ``(path, modality, kind,
         reference, roi)`` tuples (``kind`` ``"image"`` or ``"mask"``; see
         :func:`medmap.data.datasets.cache_requests`). ``workers`` processes (None: one per
         CPU core, but only as many as have :data:`MIN_VOLUMES_PER_WORKER` volumes each, so a
-        small job stays in this process; 1: in this process). Returns how many entries were
-        computed. Without a cache folder this does nothing.
+        small job stays in this process; 1: in this process). ``pool``: a
+        ``ProcessPoolExecutor`` (spawn context) shared with other jobs of the run, so that its
+        workers start once (a quarter of those volumes per worker then suffices). Returns
+        how many entries were computed. Without a cache folder this does nothing.
         """
         if self.cache_dir is None:
             return 0
@@ -238,37 +240,41 @@ class VolumeCache:
                                                   roi=r[4]), sort_keys=True)
             if not self.entry_path(hashlib.sha256(payload.encode()).hexdigest()).exists():
                 todo.append(r)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1)
         if workers is None:
-            # a spawned worker costs ~4 s of imports before its first volume (~25 ms each at
-            # the demo's size): each must have enough volumes to pay that back (290 volumes:
-            # 6.7 s in this process against 10.7 s with 2 workers, measured)
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-                (os.cpu_count() or 1)
-            workers = min(cores, len(todo) // MIN_VOLUMES_PER_WORKER)
+            # a spawned worker costs ~5 s of imports before its first volume (~10 ms each at
+            # the demo's size): each must have enough volumes to pay that back; a shared pool
+            # pays its start once for several jobs, so a quarter of that suffices
+            per_worker = MIN_VOLUMES_PER_WORKER // (4 if pool is not None else 1)
+            workers = min(cores, len(todo) // per_worker)
         workers = max(1, min(int(workers), len(todo)))
         if workers == 1 or len(todo) < 8:
             for r in todo:
                 self._get(*r)
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-            from concurrent.futures.process import BrokenProcessPool
-            from multiprocessing import get_context
+            return len(todo)
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+        from multiprocessing import get_context
 
-            chunks = [todo[i::workers] for i in range(workers)]
-            args = [(str(self.cache_dir), self.cfg.to_dict(), self.storage_dtype, c)
-                    for c in chunks]
-            try:
-                with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                    list(pool.map(_warm_chunk, args))
-                self.misses += len(todo)
-            except BrokenProcessPool:
-                # a script without an `if __name__ == "__main__":` guard re-runs itself in
-                # every spawned worker, which then dies: do the work here instead
-                warnings.warn("preprocessing workers could not start (is the calling script "
-                              "missing an `if __name__ == \"__main__\":` guard?); "
-                              "preprocessing in this process", stacklevel=2)
-                for r in todo:
-                    self._get(*r)
+        chunks = [todo[i::workers] for i in range(workers)]
+        args = [(str(self.cache_dir), self.cfg.to_dict(), self.storage_dtype, c)
+                for c in chunks]
+        try:
+            if pool is not None:
+                list(pool.map(_warm_chunk, args))
+            else:
+                with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as own:
+                    list(own.map(_warm_chunk, args))
+            self.misses += len(todo)
+        except BrokenProcessPool:
+            # a script without an `if __name__ == "__main__":` guard re-runs itself in
+            # every spawned worker, which then dies: do the work here instead
+            warnings.warn("preprocessing workers could not start (is the calling script "
+                          "missing an `if __name__ == \"__main__\":` guard?); "
+                          "preprocessing in this process", stacklevel=2)
+            for r in todo:
+                self._get(*r)
         return len(todo)
 
     def _compute(self, path, modality, kind, reference, roi) -> torch.Tensor:

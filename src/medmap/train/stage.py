@@ -57,16 +57,16 @@ def load_cases(cfg: DataConfig) -> tuple[Manifest, list[str]]:
     return manifest, mods
 
 
-def warm_cache(*datasets) -> int:
+def warm_cache(*datasets, pool=None) -> int:
     """Fill the volume cache of ``datasets`` (sharing one cache) before training, with one
-    process per CPU core, so the first epoch costs what the others do; returns how many
-    volumes were preprocessed."""
+    process per CPU core (``pool``: already started workers to use), so the first epoch costs
+    what the others do; returns how many volumes were preprocessed."""
     from medmap.data.datasets import cache_requests
 
     ds = [d for d in datasets if d is not None and len(d)]
     if not ds:
         return 0
-    return ds[0].cache.warm([r for d in ds for r in cache_requests(d)])
+    return ds[0].cache.warm([r for d in ds for r in cache_requests(d)], pool=pool)
 
 
 def augmenter(cfg: DataConfig):
