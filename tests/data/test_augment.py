@@ -88,3 +88,21 @@ def test_the_mask_takes_the_case_flips_but_not_the_intensity_change():
             assert torch.equal(bright, m[b, 0] > 0)             # still on the same voxels
             flipped += int(not torch.equal(m[b], mask[b]))
     assert flipped > 0
+
+
+def test_modality_drop_hides_sequences_but_never_a_whole_case():
+    aug = BatchAugmenter(AugmentConfig(modality_drop=0.6))
+    present = torch.ones(64, 8, dtype=torch.bool)
+    present[:, 5:] = False                                  # three sequences never acquired
+    g = torch.Generator().manual_seed(0)
+    kept = aug.drop_modalities(present, g)
+    assert kept.any(1).all()                                # every case keeps one sequence
+    assert not (kept & ~present).any()                      # never turns an absent one on
+    frac = kept[:, :5].float().mean().item()
+    assert 0.3 < frac < 0.6                                 # about 1 - 0.6, plus the rescues
+    again = aug.drop_modalities(present, torch.Generator().manual_seed(0))
+    assert torch.equal(kept, again)                         # reproducible from the generator
+    off = BatchAugmenter(AugmentConfig(flip_prob=0.5))
+    assert off.drop_modalities(present) is present          # off by default
+    with pytest.raises(ValueError, match="modality_drop must be in"):
+        AugmentConfig(modality_drop=1.0)

@@ -92,3 +92,24 @@ def test_cross_entropy_constant_weights_against_hand_computation():
         classification_loss(logits, labels, "hinge")
     with pytest.raises(ValueError, match="'ramp' or 'constant'"):
         loss_weights(0, 8, "cosine")
+
+
+def test_modality_loss_is_cross_entropy_over_present_sequences_only():
+    from medmap.losses.medmap import MedMAPLoss, modality_loss
+
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [5.0, -5.0]]])   # (B2, M2, K2)
+    labels = torch.tensor([0, 1])
+    present = torch.tensor([[True, True], [True, False]])
+    # present pairs: (0,0) y0, (0,1) y0, (1,0) y1; the absent (1,1) would add a huge loss
+    by_hand = [math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(1.0)), math.log(2.0)]
+    assert float(modality_loss(logits, labels, present)) == pytest.approx(sum(by_hand) / 3, rel=1e-5)
+    loss = MedMAPLoss(10, cls_loss="ce", weighting="constant", cls_weight=1.0, kl_weight=0.0,
+                      modality_weight=0.5)
+    fused = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    terms = loss(fused, torch.zeros(2, 4), labels, epoch=0, modality_logits=logits,
+                 present=present)
+    base = torch.nn.functional.cross_entropy(fused, labels)
+    assert float(terms["loss"]) == pytest.approx(float(base) + 0.5 * sum(by_hand) / 3, rel=1e-5)
+    plain = MedMAPLoss(10, cls_loss="ce", weighting="constant", cls_weight=1.0, kl_weight=0.0)
+    assert "modality_loss" not in plain(fused, torch.zeros(2, 4), labels, epoch=0,
+                                        modality_logits=logits, present=present)

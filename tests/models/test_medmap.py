@@ -170,3 +170,22 @@ def test_load_pretrained_experts_copies_and_refuses_mismatch(tmp_path):
         load_pretrained_experts(model, str(tmp_path / "cls"))
     with pytest.raises(FileNotFoundError):
         load_pretrained_experts(model, str(tmp_path / "absent"))
+
+
+def test_per_sequence_heads_get_gradients_only_when_switched_on():
+    from medmap.losses.medmap import MedMAPLoss
+    from medmap.models.medmap import MedMAPLossConfig
+
+    torch.manual_seed(0)
+    plain = MedMAPClassifier(_cfg(csa_text="none"))
+    assert not hasattr(plain, "modality_heads") and "modality_logits" not in plain(
+        torch.randn(2, 3, 1, 32, 32, 32), torch.ones(2, 3, dtype=torch.bool))
+    model = MedMAPClassifier(_cfg(csa_text="none", losses=MedMAPLossConfig(modality_weight=1.0)))
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    out = model(torch.randn(2, 3, 1, 32, 32, 32), present)
+    assert out["modality_logits"].shape == (2, 3, len(CLASSES))
+    terms = MedMAPLoss(4, cls_loss="ce", weighting="constant", kl_weight=0.0,
+                       modality_weight=1.0)(**out, labels=torch.tensor([0, 1]), epoch=0)
+    terms["loss"].backward()
+    heads = dict(model.modality_heads.named_parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.values())

@@ -32,22 +32,31 @@ class AugmentConfig:
         flip_prob: probability of flipping each spatial axis (independently), per case.
         intensity_scale: multiply intensities by ``1 + u``, ``u ~ U(-s, s)``, per case.
         intensity_shift: add ``u ~ U(-s, s)`` (z-score units), per case.
+        modality_drop: probability of hiding each present sequence of a case from the model
+            for one training step (at least one is always kept). The fusion already handles
+            missing sequences; dropping them makes every sequence's features carry the class
+            on their own instead of leaning on the one or two that fit the training set
+            fastest, and the dropped sequences are not encoded at all.
     """
 
     flip_prob: float = 0.0
     intensity_scale: float = 0.0
     intensity_shift: float = 0.0
+    modality_drop: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.flip_prob) <= 1.0:
             raise ValueError(f"augment.flip_prob must be in [0, 1], got {self.flip_prob}")
+        if not 0.0 <= float(self.modality_drop) < 1.0:
+            raise ValueError(f"augment.modality_drop must be in [0, 1), got {self.modality_drop}")
         for name in ("intensity_scale", "intensity_shift"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.flip_prob or self.intensity_scale or self.intensity_shift)
+        return bool(self.flip_prob or self.intensity_scale or self.intensity_shift
+                    or self.modality_drop)
 
 
 def _plain(x) -> torch.Tensor:
@@ -114,6 +123,30 @@ class BatchAugmenter:
         if present is not None:
             out = out * present[:, :, None, None, None, None].to(out.dtype)
         return out, torch.stack(masks).contiguous()
+
+    def drop_modalities(self, present: torch.Tensor, generator: torch.Generator | None = None
+                        ) -> torch.Tensor:
+        """present (B, M) bool -> a copy with each present sequence dropped with probability
+        ``modality_drop``; a case that would lose all of them keeps one present sequence,
+        drawn at random.
+
+        Example:
+            >>> aug = BatchAugmenter(AugmentConfig(modality_drop=0.5))
+            >>> kept = aug.drop_modalities(torch.ones(4, 8, dtype=torch.bool))
+            >>> bool(kept.any(1).all())
+            True
+        """
+        p = float(self.cfg.modality_drop)
+        if p <= 0:
+            return present
+        u = torch.rand(present.shape, generator=generator)                     # (B, M)
+        kept = present & (u >= p)
+        empty = ~kept.any(1)
+        if empty.any():     # restore the present sequence with the largest draw
+            score = torch.where(present, u, torch.full_like(u, -1.0))
+            pick = score.argmax(1)
+            kept[empty, pick[empty]] = True
+        return kept
 
     def volumes(self, image: torch.Tensor, generator: torch.Generator | None = None
                 ) -> torch.Tensor:

@@ -103,6 +103,24 @@ def medmap_loss(logits: torch.Tensor, labels: torch.Tensor, fusion: torch.Tensor
             "lambda_c": logits.new_tensor(lam_c), "lambda_s": logits.new_tensor(lam_s)}
 
 
+def modality_loss(modality_logits: torch.Tensor, labels: torch.Tensor,
+                  present: torch.Tensor | None = None) -> torch.Tensor:
+    """Deep supervision per sequence: softmax cross-entropy of each present sequence's own
+    logits against its case's label, averaged over the present (case, sequence) pairs;
+    ``modality_logits`` (B, M, K), ``labels`` (B,), ``present`` (B, M) bool (None: all).
+
+    Example:
+        >>> z = torch.zeros(2, 3, 4)
+        >>> round(float(modality_loss(z, torch.tensor([0, 1]))), 4)   # log 4
+        1.3863
+    """
+    B, M, K = modality_logits.shape
+    if present is None:
+        present = torch.ones(B, M, dtype=torch.bool, device=modality_logits.device)
+    y = labels[:, None].expand(B, M)                                       # (B, M)
+    return F.cross_entropy(modality_logits[present].float(), y[present])
+
+
 class MedMAPLoss(torch.nn.Module):
     """The fine-tuning objective as a module: ``loss(**model(...), labels=y, epoch=e)``.
 
@@ -115,15 +133,21 @@ class MedMAPLoss(torch.nn.Module):
     def __init__(self, ramp_epochs: int | float, temperature: float = 0.1, *,
                  cls_loss: str = "bce", weighting: str = "ramp", cls_weight: float = 0.1,
                  kl_weight: float = 0.1, label_smoothing: float = 0.0,
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None, modality_weight: float = 0.0):
         super().__init__()
         self.ramp_epochs, self.temperature = ramp_epochs, temperature
+        self.modality_weight = float(modality_weight)
         self.options = dict(cls_loss=cls_loss, weighting=weighting, cls_weight=cls_weight,
                             kl_weight=kl_weight, label_smoothing=label_smoothing)
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, logits: torch.Tensor, fusion: torch.Tensor, labels: torch.Tensor,
                 epoch: int | float, text_features: torch.Tensor | None = None,
-                probs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return medmap_loss(logits, labels, fusion, text_features, epoch, self.ramp_epochs,
-                           self.temperature, class_weights=self.class_weights, **self.options)
+                probs: torch.Tensor | None = None, modality_logits: torch.Tensor | None = None,
+                present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = medmap_loss(logits, labels, fusion, text_features, epoch, self.ramp_epochs,
+                            self.temperature, class_weights=self.class_weights, **self.options)
+        if modality_logits is not None and self.modality_weight > 0:
+            terms["modality_loss"] = modality_loss(modality_logits, labels, present)
+            terms["loss"] = terms["loss"] + self.modality_weight * terms["modality_loss"]
+        return terms

@@ -85,6 +85,10 @@ class MedMAPLossConfig:
     kl_weight: float = 0.1
     label_smoothing: float = 0.0
     class_balance: bool = False       # weight each case by 1 / its class's training frequency
+    # deep supervision per sequence: each sequence's own feature (before the fusion across
+    # sequences) also predicts the class through a linear head of its own, a cross-entropy
+    # term of this weight (training only; 0: off, no heads)
+    modality_weight: float = 0.0
 
 
 @dataclass
@@ -290,6 +294,8 @@ class MedMAPClassifier(nn.Module):
                                                  norm_first=True)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, C))
+        if cfg.losses.modality_weight > 0:
+            self.modality_heads = nn.ModuleDict({m: nn.Linear(d, C) for m in cfg.modalities})
         nn.init.normal_(self.modality_embed, std=0.02)
         if cfg.csa_text in ("knowledge", "report"):
             self.guidance = TextGuidance(d, cfg.cct_heads, cfg.dropout)
@@ -400,7 +406,9 @@ class MedMAPClassifier(nn.Module):
         (training only) -> also ``text_features`` (B, d), the KL term's target (detached: the
         KL term cannot move it). ``reports`` (B, M, text_dim) / ``report_mask`` (B, M): the
         per-sequence report embeddings ``csa_text="report"`` reads. ``lesion_mask``
-        (B, 1, D, H, W): the lesion mask on the volumes' grid (``pooling="mask"`` models)."""
+        (B, 1, D, H, W): the lesion mask on the volumes' grid (``pooling="mask"`` models).
+        With ``losses.modality_weight`` > 0 also ``modality_logits`` (B, M, K), each sequence's
+        own prediction, and ``present``."""
         B, M = present.shape
         if M != len(self.cfg.modalities):
             raise ValueError(f"expected {len(self.cfg.modalities)} modalities "
@@ -418,12 +426,18 @@ class MedMAPClassifier(nn.Module):
                 les = None if geometry is None else geometry.rows(rows)
                 f = self.modality_feature(images[rows, m], m, rep, rmask, les)  # (b, d)
                 feats = feats.index_put((rows, torch.full_like(rows, m)), f.to(feats.dtype))
+        per_modality = None
+        if self.cfg.losses.modality_weight > 0:                   # (B, M, K), absent rows unused
+            per_modality = torch.stack([self.modality_heads[name](feats[:, m])
+                                        for m, name in enumerate(self.cfg.modalities)], 1)
         feats = feats + self.modality_embed                      # (B, M, d)
         feats = self.fusion(feats, src_key_padding_mask=~present)  # absent tokens never attended
         w = present.unsqueeze(-1).to(feats.dtype)                # (B, M, 1)
         fusion = self.norm((feats * w).sum(1) / w.sum(1))        # (B, d) mean over present
         logits = self.head(fusion)                               # (B, K)
         out = {"logits": logits, "probs": logits.softmax(-1), "fusion": fusion}
+        if per_modality is not None:
+            out["modality_logits"], out["present"] = per_modality, present
         if text is not None:
             out["text_features"] = self.text_features(text)
         return out

@@ -146,7 +146,8 @@ class FinetuneModule(TrainModule):
                                            weighting=lc.weighting, cls_weight=lc.cls_weight,
                                            kl_weight=lc.kl_weight,
                                            label_smoothing=lc.label_smoothing,
-                                           class_weights=class_weights), optim)
+                                           class_weights=class_weights,
+                                           modality_weight=lc.modality_weight), optim)
 
     def _forward(self, batch: dict[str, Any], text: bool) -> dict[str, Any]:
         return self.model(batch["images"], batch["present"],
@@ -167,7 +168,7 @@ class FinetuneModule(TrainModule):
             self.model.experts.train()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        batch = self._augmented(batch, batch_idx)
+        batch = self._augmented(batch, batch_idx, drop_modalities=True)
         out = self._forward(batch, text=True)
         terms = self.loss(**out, labels=batch["label"], epoch=self.current_epoch)
         bs = batch["label"].shape[0]

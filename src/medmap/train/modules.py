@@ -48,13 +48,19 @@ class TrainModule(L.LightningModule):
         # global RNG, so a resumed run replays exactly the same augmentation.
         self.augment = None
 
-    def _augmented(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+    def _augmented(self, batch: dict[str, Any], batch_idx: int,
+                   drop_modalities: bool = False) -> dict[str, Any]:
+        """The training batch augmented; ``drop_modalities``: also hide sequences
+        (``augment.modality_drop``; fine-tuning only, pre-training aligns every pair)."""
         if self.augment is None:
             return batch
         g = torch.Generator().manual_seed(
             (int(self.optim.seed) * 1_000_003 + int(self.current_epoch) * 100_003
              + int(batch_idx) * 101 + int(self.global_rank)) % (2**63 - 1))
         batch = dict(batch)
+        if drop_modalities and "present" in batch and self.augment.cfg.modality_drop > 0:
+            batch["present"] = self.augment.drop_modalities(batch["present"], g).to(
+                batch["present"].device)
         if "images" in batch and batch.get("mask") is not None:   # cases with their mask
             batch["images"], batch["mask"] = self.augment.cases_with_mask(
                 batch["images"], batch["present"], batch["mask"], g)
