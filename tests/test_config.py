@@ -49,3 +49,13 @@ def test_literal_options_and_derived_fields_are_checked():
     msg = str(e.value)
     assert "model.modalities is derived" in msg and "set data.modalities instead" in msg
     assert "mg3d.vocab_size is derived" in msg
+
+
+def test_a_negative_per_sequence_loss_weight_is_refused_naming_the_field_and_the_fix():
+    from medmap.config import ConfigError, from_dict
+    from medmap.train.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match=r"modality_weight must be >= 0 \(0: off\), got -0.5"):
+        from_dict(ExperimentConfig, {"model": {"losses": {"modality_weight": -0.5}}})
+    with pytest.raises(ConfigError, match=r"augment.modality_drop must be in \[0, 1\)"):
+        from_dict(ExperimentConfig, {"data": {"augment": {"modality_drop": 1.0}}})

@@ -106,3 +106,13 @@ def test_modality_drop_hides_sequences_but_never_a_whole_case():
     assert off.drop_modalities(present) is present          # off by default
     with pytest.raises(ValueError, match="modality_drop must be in"):
         AugmentConfig(modality_drop=1.0)
+
+
+def test_sequence_dropout_alone_leaves_the_voxels_untouched():
+    images, present = _batch()
+    aug = BatchAugmenter(AugmentConfig(modality_drop=0.5))
+    assert aug.cfg.enabled and not aug.cfg.volume_ops
+    assert aug.cases(images, present) is images
+    mask = torch.zeros(images.shape[0], 1, *images.shape[3:])
+    out, m = aug.cases_with_mask(images, present, mask)
+    assert out is images and m is mask

@@ -54,9 +54,13 @@ class AugmentConfig:
                 raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
+    def volume_ops(self) -> bool:
+        """Whether any flip or intensity change touches the volumes."""
+        return bool(self.flip_prob or self.intensity_scale or self.intensity_shift)
+
+    @property
     def enabled(self) -> bool:
-        return bool(self.flip_prob or self.intensity_scale or self.intensity_shift
-                    or self.modality_drop)
+        return self.volume_ops or bool(self.modality_drop)
 
 
 def _plain(x) -> torch.Tensor:
@@ -96,7 +100,7 @@ class BatchAugmenter:
               generator: torch.Generator | None = None) -> torch.Tensor:
         """images (B, M, 1, D, H, W) -> same shape; absent slots (``present`` False) stay 0.
         ``generator``: source of the draws (default: torch's global RNG)."""
-        if not self.cfg.enabled:
+        if not self.cfg.volume_ops:   # nothing to do to the voxels
             return images
         B = images.shape[0]
         out = torch.stack([self._one(images[b, :, 0], generator) for b in range(B)])[:, :, None]
@@ -109,7 +113,7 @@ class BatchAugmenter:
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, M, 1, D, H, W) and the cases' mask (B, 1, D, H, W) -> both augmented:
         the mask takes the case's flips, the intensity changes go to the volumes only."""
-        if not self.cfg.enabled:
+        if not self.cfg.volume_ops:   # nothing to do to the voxels
             return images, mask
         imgs, masks = [], []
         for b in range(images.shape[0]):
@@ -151,7 +155,7 @@ class BatchAugmenter:
     def volumes(self, image: torch.Tensor, generator: torch.Generator | None = None
                 ) -> torch.Tensor:
         """image (B, 1, D, H, W) -> same shape, one draw per volume."""
-        if not self.cfg.enabled:
+        if not self.cfg.volume_ops:   # nothing to do to the voxels
             return image
         return torch.stack([self._one(image[b], generator) for b in range(image.shape[0])])
 

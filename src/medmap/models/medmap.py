@@ -90,6 +90,11 @@ class MedMAPLossConfig:
     # term of this weight (training only; 0: off, no heads)
     modality_weight: float = 0.0
 
+    def __post_init__(self) -> None:
+        if float(self.modality_weight) < 0:
+            raise ValueError(f"losses.modality_weight must be >= 0 (0: off), got "
+                             f"{self.modality_weight}")
+
 
 @dataclass
 class MedMAPConfig:
