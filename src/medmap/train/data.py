@@ -166,16 +166,18 @@ class StageDataModule(L.LightningDataModule):
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
+        # Workers are not kept across epochs: every epoch's iterator draws its workers' base
+        # seed from the global RNG, with or without workers, so dropout and the other global
+        # draws (and hence the weights) do not depend on ``num_workers``. Persistent workers
+        # would draw it once per run. Forked workers start in well under a second.
         rank, world = self._rank_world()
         if self.train_groups is not None:
             bs = GroupedBatchSampler(self.train_groups, self.batch_size, self.seed, rank, world)
             return DataLoader(self.train_ds, batch_sampler=bs, collate_fn=self.collate,
-                              num_workers=self.num_workers,
-                              persistent_workers=self.num_workers > 0)
+                              num_workers=self.num_workers)
         sampler = EpochShuffleSampler(len(self.train_ds), self.seed, True, rank, world)
         return DataLoader(self.train_ds, batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=self.collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          collate_fn=self.collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_ds is None or len(self.val_ds) == 0:
