@@ -167,6 +167,36 @@ def test_modified_file_misses(tmp_path, count_reads, fresh_memo):
     assert cache.get(p).equal(b) and cache.hits == 1
 
 
+def test_repeated_reads_reuse_the_key_until_the_file_or_settings_change(tmp_path, fresh_memo,
+                                                                       monkeypatch):
+    """Every epoch reads the same entries: the key (content hash, settings, JSON) is derived
+    once per file and reused while the file's stat stamp and the settings stay the same."""
+    p = write_nii(tmp_path / "a.nii.gz", seed=0)
+    cache = VolumeCache(tmp_path / "cache", pre())
+    derived = []
+    real = VolumeCache.key_payload
+
+    def counting(self, *a, **kw):
+        derived.append(a[0])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(VolumeCache, "key_payload", counting)
+    a = cache.get(p, "T1WI")
+    for _ in range(3):
+        assert cache.get(p, "T1WI").equal(a)
+    assert len(derived) == 1 and cache.hits == 3
+    cache.get(p, "T2WI")                                # another modality: its own key
+    assert len(derived) == 2
+    write_nii(p, seed=1)                                # the file changes: a new key
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    b = cache.get(p, "T1WI")
+    assert len(derived) == 3 and not b.equal(a) and cache.misses == 2
+    cache.preprocessor.cfg.percentiles = (1.0, 99.0)    # settings mutated in place: a new key
+    c = cache.get(p, "T1WI")
+    assert len(derived) == 4 and cache.misses == 3 and not c.equal(b)
+
+
 def test_no_cache_dir_and_float16_and_corrupt_entry(tmp_path, count_reads, fresh_memo):
     p = write_nii(tmp_path / "a.nii.gz")
     nocache = VolumeCache(None, pre())

@@ -27,9 +27,11 @@ cache is named in a warning.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import stat
 import uuid
 import warnings
 from pathlib import Path
@@ -87,6 +89,27 @@ def _hash_files(root: Path, files: list[Path]) -> str:
     return outer.hexdigest()
 
 
+def _stamps(paths) -> tuple | None:
+    """``(absolute path, size, mtime_ns, inode)`` of each file in ``paths`` (None entries
+    kept as None); None when one is a folder, a DICOM series or cannot be stat-ed."""
+    out = []
+    for p in paths:
+        if p is None:
+            out.append(None)
+            continue
+        s = str(p)
+        if "#" in s:
+            return None
+        try:
+            st = os.stat(s)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        out.append((os.path.abspath(s), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
@@ -129,6 +152,10 @@ class VolumeCache:
         self.rebuilt = 0
         self._warned_write = False
         self._warned_rebuilt = False
+        # (path, modality, kind, reference, roi) -> (file stamps, payload JSON, key): an
+        # entry's key is reused while its files' stat stamps and the settings are unchanged
+        self._key_memo: dict[tuple, tuple] = {}
+        self._memo_cfg = None          # the settings the memo was built with (a copy)
 
     @property
     def cfg(self):
@@ -236,9 +263,7 @@ class VolumeCache:
             return 0
         todo = []
         for r in dict.fromkeys(tuple(r) for r in requests):
-            payload = json.dumps(self.key_payload(r[0], r[1], kind=r[2], reference=r[3],
-                                                  roi=r[4]), sort_keys=True)
-            if not self.entry_path(hashlib.sha256(payload.encode()).hexdigest()).exists():
+            if not self.entry_path(self._entry_key(*r)[1]).exists():
                 todo.append(r)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
             (os.cpu_count() or 1)
@@ -283,12 +308,32 @@ class VolumeCache:
             return self.preprocessor.preprocess_mask(path, reference=reference, roi=roi)
         return self.preprocessor(path, modality=modality, roi=roi)
 
+    def _entry_key(self, path, modality, kind, reference, roi) -> tuple[str, str]:
+        """``(payload JSON, sha256 key)`` of an entry (see :meth:`key_payload`). Memoised per
+        cache: while every file of the entry keeps its stat stamp (size, mtime, inode) and the
+        preprocessing settings are equal, a read skips re-deriving the payload (content hashes,
+        settings dict, JSON: most of a cache hit's time). DICOM folders are not memoised here
+        (their content hashes still are, by :func:`_stat_signature`)."""
+        if self._memo_cfg != self.cfg:           # settings changed in place: start over
+            self._key_memo.clear()
+            self._memo_cfg = copy.deepcopy(self.cfg)
+        memo_key = (str(path), modality, kind, str(reference), str(roi))
+        stamps = _stamps((path, reference, roi))
+        hit = self._key_memo.get(memo_key) if stamps is not None else None
+        if hit is not None and hit[0] == stamps:
+            return hit[1], hit[2]
+        payload_json = json.dumps(self.key_payload(path, modality, kind=kind,
+                                                   reference=reference, roi=roi),
+                                  sort_keys=True)
+        key = hashlib.sha256(payload_json.encode()).hexdigest()
+        if stamps is not None:
+            self._key_memo[memo_key] = (stamps, payload_json, key)
+        return payload_json, key
+
     def _get(self, path, modality, kind, reference, roi) -> torch.Tensor:
         if self.cache_dir is None:
             return self._compute(path, modality, kind, reference, roi)
-        payload = self.key_payload(path, modality, kind=kind, reference=reference, roi=roi)
-        payload_json = json.dumps(payload, sort_keys=True)
-        key = hashlib.sha256(payload_json.encode()).hexdigest()
+        payload_json, key = self._entry_key(path, modality, kind, reference, roi)
         entry = self.entry_path(key)
         expected = (1, *self.cfg.size)
         if entry.exists():
