@@ -266,3 +266,20 @@ def test_stage_clock_counts_running_worker_processes():
 def _spin(stop):
     while not stop.is_set():
         pass
+
+
+def test_the_demos_workers_are_forked_with_one_torch_thread_each():
+    """The demo's shared pool: on Linux its workers are forked (they inherit the imports
+    instead of importing torch and MONAI again), each with one torch thread."""
+    import sys
+
+    import torch
+
+    from medmap.demo import _shared_workers
+
+    with _shared_workers() as pool:
+        if pool is None:                      # one core: no pool at all
+            return
+        assert {pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
+        method = pool._mp_context.get_start_method()
+        assert method == ("fork" if sys.platform.startswith("linux") else "spawn")

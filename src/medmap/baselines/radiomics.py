@@ -258,7 +258,7 @@ def extract_features(cases: Sequence[Case], modalities: Sequence[str],
     """Feature matrix (N, F) of resolved ``cases`` (NaN where a modality is missing) and the F
     feature names, in a stable order; ``workers`` processes (None: one per CPU core, but only
     as many as have :data:`MIN_CASES_PER_WORKER` cases each, half as many with ``pool``: a
-    ``ProcessPoolExecutor`` (spawn) shared with the run's other jobs, whose workers start
+    ``ProcessPoolExecutor`` shared with the run's other jobs, whose workers start
     once)."""
     from tqdm.auto import tqdm
 

@@ -255,7 +255,7 @@ class VolumeCache:
         :func:`medmap.data.datasets.cache_requests`). ``workers`` processes (None: one per
         CPU core, but only as many as have :data:`MIN_VOLUMES_PER_WORKER` volumes each, so a
         small job stays in this process; 1: in this process). ``pool``: a
-        ``ProcessPoolExecutor`` (spawn context) shared with other jobs of the run, so that its
+        ``ProcessPoolExecutor`` shared with other jobs of the run, so that its
         workers start once (a quarter of those volumes per worker then suffices). Returns
         how many entries were computed. Without a cache folder this does nothing.
         """
