@@ -134,6 +134,41 @@ def test_warm_runs_in_a_shared_pool(tmp_path, fresh_memo, monkeypatch):
     assert all(torch.equal(shared.get(p, "T1WI"), serial.get(p, "T1WI")) for p in paths)
 
 
+@pytest.mark.parametrize("shared_pool", [False, True])
+def test_warm_hands_the_files_it_read_to_validation(tmp_path, fresh_memo, monkeypatch,
+                                                     shared_pool):
+    """Warming reads every file it preprocesses; validation in the same process then reuses
+    those reads (same problem, shape and affine as reading again) instead of decoding every
+    volume a second time, and reads again a file that changed since."""
+    import concurrent.futures as cf
+
+    from medmap.data import validate
+
+    monkeypatch.setattr(validate, "_CHECKED", {})
+    paths = [write_nii(tmp_path / f"v{i}.nii.gz", seed=i) for i in range(10)]
+    reqs = [(str(p), "T1WI", "image", None, None) for p in paths]
+    cache = VolumeCache(tmp_path / "cache", pre())
+    if shared_pool:
+        monkeypatch.setattr(cf, "ProcessPoolExecutor", None)
+        assert cache.warm(reqs, workers=2, pool=InlinePool()) == 10
+    else:
+        assert cache.warm(reqs) == 10
+    assert cache._checks is None                     # only while warming
+    expected = {str(p): validate._read_check(str(p)) for p in paths}
+    reads = []
+    real = validate._read_check
+    monkeypatch.setattr(validate, "_read_check", lambda path: reads.append(path) or real(path))
+    for p in paths:
+        problem, shape, affine = validate._check_volume(str(p))
+        e = expected[str(p)]
+        assert problem == e[0] and shape == e[1] and np.array_equal(affine, e[2])
+    assert reads == []
+    write_nii(paths[0], seed=0, shape=(22, 22, 22))  # changed after warming: read again
+    st = paths[0].stat()
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert validate._check_volume(str(paths[0]))[1] == (22, 22, 22) and reads == [str(paths[0])]
+
+
 def test_settings_change_the_key(tmp_path, fresh_memo):
     p = write_nii(tmp_path / "a.nii.gz")
     base = VolumeCache(tmp_path / "cache", pre())

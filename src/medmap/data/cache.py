@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from medmap.data import io as mio
+from medmap.data import validate
 from medmap.data.preprocess import Preprocessor
 
 CACHE_FORMAT_VERSION = 1
@@ -156,6 +157,8 @@ class VolumeCache:
         # entry's key is reused while its files' stat stamps and the settings are unchanged
         self._key_memo: dict[tuple, tuple] = {}
         self._memo_cfg = None          # the settings the memo was built with (a copy)
+        # while warming: {path: (signature, validation check)} of the files read (see warm)
+        self._checks: dict[str, tuple] | None = None
 
     @property
     def cfg(self):
@@ -275,8 +278,13 @@ class VolumeCache:
             workers = min(cores, len(todo) // per_worker)
         workers = max(1, min(int(workers), len(todo)))
         if workers == 1 or len(todo) < 8:
-            for r in todo:
-                self._get(*r)
+            self._checks = {}
+            try:
+                for r in todo:
+                    self._get(*r)
+                validate.remember_checks(self._checks)
+            finally:
+                self._checks = None
             return len(todo)
         from concurrent.futures import ProcessPoolExecutor
         from concurrent.futures.process import BrokenProcessPool
@@ -287,11 +295,13 @@ class VolumeCache:
                 for c in chunks]
         try:
             if pool is not None:
-                list(pool.map(_warm_chunk, args))
+                checks = list(pool.map(_warm_chunk, args))
             else:
                 with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as own:
-                    list(own.map(_warm_chunk, args))
+                    checks = list(own.map(_warm_chunk, args))
             self.misses += len(todo)
+            for c in checks:          # the workers read every file: validation need not
+                validate.remember_checks(c)
         except BrokenProcessPool:
             # a script without an `if __name__ == "__main__":` guard re-runs itself in
             # every spawned worker, which then dies: do the work here instead
@@ -304,9 +314,14 @@ class VolumeCache:
 
     def _compute(self, path, modality, kind, reference, roi) -> torch.Tensor:
         self.misses += 1
+        src = path
+        if self._checks is not None and "#" not in str(path) and Path(path).is_file():
+            # warm: the file is read here anyway; keep its validation check for the caller
+            src = mio.read_volume(path)
+            self._checks[str(path)] = validate.checked_elsewhere(str(path), src)
         if kind == "mask":
-            return self.preprocessor.preprocess_mask(path, reference=reference, roi=roi)
-        return self.preprocessor(path, modality=modality, roi=roi)
+            return self.preprocessor.preprocess_mask(src, reference=reference, roi=roi)
+        return self.preprocessor(src, modality=modality, roi=roi)
 
     def _entry_key(self, path, modality, kind, reference, roi) -> tuple[str, str]:
         """``(payload JSON, sha256 key)`` of an entry (see :meth:`key_payload`). Memoised per
@@ -392,16 +407,19 @@ class VolumeCache:
             tmp.unlink(missing_ok=True)
 
 
-def _warm_chunk(args) -> None:
-    """Worker of :meth:`VolumeCache.warm`: compute and store one share of the requests."""
+def _warm_chunk(args) -> dict[str, tuple]:
+    """Worker of :meth:`VolumeCache.warm`: compute and store one share of the requests;
+    returns the validation checks of the files it read (``{path: (signature, check)}``)."""
     from medmap.data.preprocess import PreprocessConfig
 
     cache_dir, cfg, dtype, requests = args
     torch.set_num_threads(1)
     cache = VolumeCache(cache_dir, Preprocessor(PreprocessConfig.from_dict(cfg)),
                         storage_dtype=dtype)
+    cache._checks = {}
     for r in requests:
         cache._get(*r)
+    return cache._checks
 
 
 __all__ = ["CACHE_FORMAT_VERSION", "VolumeCache"]

@@ -84,7 +84,31 @@ def _read_check(path: str) -> _Check:
         if msg.startswith(f"{path}: "):
             msg = msg[len(path) + 2:]
         return msg, None, None
+    return volume_check(vol)
+
+
+def volume_check(vol) -> _Check:
+    """(problem or None, shape, affine) of a volume already read (a :class:`~medmap.data.io.Volume`):
+    what validation records for its file."""
     return volume_problem(vol.array), vol.array.shape, np.asarray(vol.affine, dtype=np.float64)
+
+
+def checked_elsewhere(path: str, vol) -> tuple[tuple | None, _Check]:
+    """``(file signature, check)`` of ``path`` read as ``vol`` by other code (the volume
+    cache's workers read every file they preprocess), for :func:`remember_checks`."""
+    return _signature(path.split("#")[0]), volume_check(vol)
+
+
+def remember_checks(checks: dict[str, tuple[tuple | None, _Check]]) -> int:
+    """Adopt ``{path: (signature, check)}`` from :func:`checked_elsewhere`, so that validating
+    those files in this process does not read them again; an entry whose file has changed
+    since (another signature) is dropped. Returns how many were adopted."""
+    n = 0
+    for path, (sig, out) in checks.items():
+        if sig is not None and sig == _signature(path.split("#")[0]):
+            _CHECKED[(sig, path)] = out
+            n += 1
+    return n
 
 
 def _world_box(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
