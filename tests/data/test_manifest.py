@@ -206,3 +206,40 @@ def test_region_mask_needs_one_volume_grid_not_all(tmp_path):
         in cut and "resample the mask" in cut
     own = next(ln for ln in problems if "'own'" in ln)
     assert "masks.C+V" in own and "does not match C+V (32, 32, 14)" in own
+
+
+def test_validation_keeps_healthy_checks_for_a_later_process(tmp_path, monkeypatch):
+    """With ``memo_dir`` a later process validating the same unchanged files reads none of the
+    healthy ones again and reports the same problems; files with a problem, a file changed
+    since and an unreadable kept check are read again."""
+    import os
+
+    from medmap.data import validate
+
+    p = _write_bad_dataset(tmp_path)
+    memo = tmp_path / "cache" / "checks"
+    monkeypatch.setattr(validate, "_CHECKED", {})
+    first = validate_manifest(Manifest.load(p), memo_dir=memo)
+    kept = sorted(memo.rglob("*.json"))
+    assert kept and not list(memo.rglob("*.tmp"))
+    reads = []
+    real = validate._read_check
+    monkeypatch.setattr(validate, "_read_check", lambda path: reads.append(path) or real(path))
+    monkeypatch.setattr(validate, "_CHECKED", {})                 # as in a fresh process
+    assert validate_manifest(Manifest.load(p), memo_dir=memo) == first
+    names = {os.path.basename(r) for r in reads}
+    assert names == {"nope.nii.gz", "cut.nii.gz", "flat.nii.gz", "frames.nii.gz",  # problems only
+                     "fived.nii.gz", "nan.nii.gz", "zero.nii.gz", "mask_bad.nii.gz",
+                     "mask_ok.nii.gz"}
+    assert len(kept) == 2                                         # good and oneframe
+    _nii(tmp_path / "good.nii.gz", _good_volume(np.random.default_rng(5), (8, 8, 7)))
+    st = (tmp_path / "good.nii.gz").stat()
+    os.utime(tmp_path / "good.nii.gz", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    for f in kept:
+        f.write_text("{not json")                                 # unreadable: read again
+    reads.clear()
+    monkeypatch.setattr(validate, "_CHECKED", {})
+    again = validate_manifest(Manifest.load(p), memo_dir=memo)
+    assert "good.nii.gz" in {os.path.basename(r) for r in reads}
+    assert "oneframe.nii.gz" in {os.path.basename(r) for r in reads}
+    assert any("mask shape (8, 8, 5) does not match T2WI (8, 8, 7)" in ln for ln in again)

@@ -81,7 +81,8 @@ def test_dataloader_worker_count_never_changes_the_trained_weights(tiny_experime
     weights = []
     for workers in (0, 1):
         cfg.finetune.num_workers = workers
-        weights.append(load_file(str(finetune(cfg, tmp_path / f"w{workers}") / "model.safetensors")))
+        model = finetune(cfg, tmp_path / f"w{workers}")
+        weights.append(load_file(str(model / "model.safetensors")))
     a, b = weights
     assert a.keys() == b.keys()
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) == 0.0

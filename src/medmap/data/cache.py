@@ -18,7 +18,9 @@ Cache key (sha256 hex of the canonical JSON, ``sort_keys=True``) of::
 Entries live at ``<cache_dir>/v<CACHE_FORMAT_VERSION>/<key[:2]>/<key>.safetensors`` (one tensor,
 ``"data"``, plus the key JSON as metadata). Content hashes are memoised per
 ``(abs path, size, mtime_ns, inode)`` in memory and under ``<cache_dir>/hashes/`` so a later
-epoch, DataLoader worker or process does not re-read the raw file.
+epoch, DataLoader worker or process does not re-read the raw file. Training and evaluation
+keep manifest validation's checks of healthy files under ``<cache_dir>/checks/`` (see
+:func:`medmap.data.validate.validate_cases`).
 
 An entry that cannot be read back (truncated, foreign, written for another key) is recomputed
 and rewritten; :meth:`VolumeCache.stats` counts these as ``rebuilt`` and the first one of a

@@ -12,9 +12,14 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +52,11 @@ def volume_problem(array: np.ndarray) -> str | None:
 
 
 _CHECKED: dict[tuple, _Check] = {}      # stat signature -> result: each file read once
+CHECK_MEMO_VERSION = 1                   # of the checks kept on disk (``memo_dir``)
 
 
 def _signature(path: str) -> tuple | None:
     """(path, size, mtime) of a file, or of every file of a DICOM folder; None if missing."""
-    import os
-
     try:
         st = os.stat(path)
         if os.path.isdir(path):
@@ -63,17 +67,65 @@ def _signature(path: str) -> tuple | None:
         return None
 
 
-def _check_volume(path: str) -> _Check:
+def _check_volume(path: str, memo_dir: str | Path | None = None) -> _Check:
     """(problem or None, shape or None, affine or None) for one volume file; a file whose
     size and modification time have not changed is not read again in this process (the demo
-    and the ablation validate the same manifest at every stage)."""
+    and the ablation validate the same manifest at every stage), nor, with ``memo_dir``, by a
+    later process: a healthy file's check is kept there (one small JSON per file, keyed by its
+    path, size, modification time and inode). Problems are not kept: such files are read
+    again until they are fixed."""
     sig = _signature(path.split("#")[0])
     if sig is not None and (sig, path) in _CHECKED:
         return _CHECKED[(sig, path)]
-    out = _read_check(path)
+    memo = _memo_file(Path(memo_dir), sig, path) if memo_dir is not None else None
+    out = _load_memo(memo) if memo is not None else None
+    if out is None:
+        out = _read_check(path)
+        if memo is not None and out[0] is None:
+            _store_memo(memo, out)
     if sig is not None:
         _CHECKED[(sig, path)] = out
     return out
+
+
+def _memo_file(memo_dir: Path, sig: tuple | None, path: str) -> Path | None:
+    if sig is None:
+        return None
+    try:
+        inode = os.stat(path.split("#")[0]).st_ino
+    except OSError:
+        return None
+    key = json.dumps([CHECK_MEMO_VERSION, path, inode, sig])
+    h = hashlib.sha256(key.encode()).hexdigest()
+    return memo_dir / h[:2] / f"{h}.json"
+
+
+def _load_memo(file: Path) -> _Check | None:
+    """A kept check, or None when there is none or it is unreadable (then the file is read)."""
+    try:
+        d = json.loads(file.read_text(encoding="utf-8"))
+        shape = tuple(int(x) for x in d["shape"])
+        affine = np.asarray(d["affine"], dtype=np.float64)
+        if d["problem"] is not None or affine.shape != (4, 4):
+            return None
+        return None, shape, affine
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store_memo(file: Path, out: _Check) -> None:
+    problem, shape, affine = out
+    doc = {"problem": problem, "shape": list(shape or ()),
+           "affine": None if affine is None else np.asarray(affine).tolist()}
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, file)
+    except OSError:            # a read-only cache folder: validate without keeping checks
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_check(path: str) -> _Check:
@@ -88,8 +140,8 @@ def _read_check(path: str) -> _Check:
 
 
 def volume_check(vol) -> _Check:
-    """(problem or None, shape, affine) of a volume already read (a :class:`~medmap.data.io.Volume`):
-    what validation records for its file."""
+    """(problem or None, shape, affine) of a volume already read (a
+    :class:`~medmap.data.io.Volume`): what validation records for its file."""
     return volume_problem(vol.array), vol.array.shape, np.asarray(vol.affine, dtype=np.float64)
 
 
@@ -149,8 +201,13 @@ def _grid_note(own: bool, fits: dict[str, str]) -> str:
 
 
 def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int = 2,
-                   required_masks: Sequence[str] = (), check_reports: bool = True) -> list[str]:
+                   required_masks: Sequence[str] = (), check_reports: bool = True,
+                   memo_dir: str | Path | None = None) -> list[str]:
     """All problems of ``cases`` (paths already absolute), one line each.
+
+    ``memo_dir``: a folder where the checks of healthy volume files are kept, so that a later
+    process validating the same unchanged files does not decode them again (training and
+    evaluation use ``<cache_dir>/checks``).
 
     ``required_masks``: ``masks`` keys every case must have (e.g. the ROI of
     ``PreprocessConfig.roi_mask``). ``check_reports=False`` skips the report checks, for uses
@@ -220,7 +277,8 @@ def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int
     if not check_files:
         return problems
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = dict(zip(vol_jobs, pool.map(_check_volume, vol_jobs)))
+        results = dict(zip(vol_jobs, pool.map(partial(_check_volume, memo_dir=memo_dir),
+                                              vol_jobs)))
     for c in cases:
         grids: dict[str, tuple[tuple[int, ...], np.ndarray | None]] = {}
         for m, p in c.modalities.items():
@@ -253,22 +311,26 @@ def validate_cases(cases: Iterable[Case], check_files: bool = True, workers: int
 
 
 def validate_manifest(manifest: Manifest, check_files: bool = True,
-                      required_masks: Sequence[str] = (), check_reports: bool = True) -> list[str]:
+                      required_masks: Sequence[str] = (), check_reports: bool = True,
+                      memo_dir: str | Path | None = None) -> list[str]:
     """Every problem in ``manifest`` (schema, vocabulary, files), one line each."""
     return validate_cases(manifest.resolved(), check_files=check_files,
-                          required_masks=required_masks, check_reports=check_reports)
+                          required_masks=required_masks, check_reports=check_reports,
+                          memo_dir=memo_dir)
 
 
 def require_valid(manifest: Manifest, source: str | Path | None = None,
-                  required_masks: Sequence[str] = (), check_reports: bool = True) -> Manifest:
+                  required_masks: Sequence[str] = (), check_reports: bool = True,
+                  memo_dir: str | Path | None = None) -> Manifest:
     """Raise :class:`ManifestError` listing every problem, or return ``manifest``.
 
     ``required_masks``: ``masks`` keys every case must have (pass
     ``[cfg.roi_mask]`` when preprocessing crops to an organ mask). ``check_reports=False``:
-    ignore the reports (prediction and evaluation never read them).
+    ignore the reports (prediction and evaluation never read them). ``memo_dir``: see
+    :func:`validate_cases`.
     """
     problems = validate_manifest(manifest, required_masks=required_masks,
-                                 check_reports=check_reports)
+                                 check_reports=check_reports, memo_dir=memo_dir)
     if problems:
         raise ManifestError(problems, source)
     return manifest

@@ -127,7 +127,8 @@ def evaluate(model_dir: str | Path, manifest_path: str | Path | None = None, spl
     # only the model organ's cases are read and checked (the ROI mask is that organ's)
     manifest = require_valid(Manifest.load(manifest_path).select(organ=organ), manifest_path,
                              required_masks=[] if pcfg.roi_mask is None else [pcfg.roi_mask],
-                             check_reports=False)                 # reports: never read here
+                             check_reports=False,                 # reports: never read here
+                             memo_dir=Path(cache_dir) / "checks" if cache_dir else None)
     chosen = manifest.select(split=split, organ=organ)
     if not chosen.cases:
         have = sorted({c.split for c in manifest.cases if organ is None or c.organ == organ})

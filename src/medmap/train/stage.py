@@ -47,7 +47,8 @@ def load_cases(cfg: DataConfig) -> tuple[Manifest, list[str]]:
     if cfg.validate:
         require_valid(manifest, cfg.manifest,
                       required_masks=[] if cfg.preprocess.roi_mask is None
-                      else [cfg.preprocess.roi_mask])
+                      else [cfg.preprocess.roi_mask],
+                      memo_dir=Path(cfg.cache_dir) / "checks" if cfg.cache_dir else None)
     present = {m for c in manifest for m in c.modalities}
     mods = list(cfg.modalities) or [m for m in spec.modalities if m in present]
     unknown = [m for m in mods if m not in spec.modalities]
