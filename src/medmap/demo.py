@@ -208,8 +208,8 @@ def _one_thread() -> None:
 
 def _worker_context():
     """``fork`` on Linux (the workers inherit this process's imports instead of paying ~5 s
-    each to import torch and MONAI again; the demo starts them before anything in it has
-    started a thread), ``spawn`` elsewhere."""
+    each to import torch and MONAI again; the demo starts them before it trains anything),
+    ``spawn`` elsewhere."""
     import sys
     from multiprocessing import get_all_start_methods, get_context
 
@@ -221,7 +221,7 @@ def _worker_context():
 @contextlib.contextmanager
 def _shared_workers():
     """A process pool with one worker per core, one torch thread each (None on one core); its
-    workers start on first use and stop when the block ends."""
+    workers start when the block begins and stop when it ends."""
     from concurrent.futures import ProcessPoolExecutor
 
     from medmap.train.engine import available_cpus
@@ -231,6 +231,7 @@ def _shared_workers():
         yield None
         return
     pool = ProcessPoolExecutor(cores, mp_context=_worker_context(), initializer=_one_thread)
+    pool.submit(int).result()       # a forking pool starts every worker now, before training
     try:
         yield pool
     finally:

@@ -98,8 +98,13 @@ def test_warm_fills_the_cache_in_process_when_small_and_with_workers_when_asked(
         serial = VolumeCache(tmp_path / "serial", pre())
         assert len(reqs) < 2 * dcache.MIN_VOLUMES_PER_WORKER
         assert serial.warm(reqs) == 10 and serial.warm(reqs) == 0     # the second: all there
+    from medmap.data import validate
+
+    monkeypatch.setattr(validate, "_CHECKED", {})
     parallel = VolumeCache(tmp_path / "parallel", pre())
     assert parallel.warm(reqs, workers=2) == 10
+    # the spawned workers' checks came back through the pool, for validation to reuse
+    assert {k[1] for k in validate._CHECKED} == {str(p) for p in paths}
     for p in paths:
         a, b = serial.get(p, "T1WI"), parallel.get(p, "T1WI")
         assert torch.equal(a, b)

@@ -243,3 +243,39 @@ def test_validation_keeps_healthy_checks_for_a_later_process(tmp_path, monkeypat
     assert "good.nii.gz" in {os.path.basename(r) for r in reads}
     assert "oneframe.nii.gz" in {os.path.basename(r) for r in reads}
     assert any("mask shape (8, 8, 5) does not match T2WI (8, 8, 7)" in ln for ln in again)
+
+
+def test_kept_checks_follow_the_file_and_the_readers(tmp_path, monkeypatch):
+    """A kept check is keyed by the file itself, also in a folder whose name holds a ``#``
+    next to a folder named like its prefix (not a DICOM series), and by the reader versions:
+    another medmap, MONAI, nibabel, pydicom or pynrrd reads the file again."""
+    import os
+
+    from medmap.data import validate
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run#2").mkdir()
+    f = tmp_path / "run#2" / "a.nii.gz"
+    _nii(f, _good_volume(np.random.default_rng(0)))
+    memo = tmp_path / "checks"
+    monkeypatch.setattr(validate, "_CHECKED", {})
+    assert validate._check_volume(str(f), memo)[0] is None
+    bad = _good_volume(np.random.default_rng(1))
+    bad[0, 0, 0] = np.nan
+    _nii(f, bad)
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    monkeypatch.setattr(validate, "_CHECKED", {})                 # a later process
+    assert "NaN" in validate._check_volume(str(f), memo)[0]
+    _nii(f, _good_volume(np.random.default_rng(2)))
+    validate._check_volume(str(f), memo)                          # kept (healthy)
+    reads = []
+    real = validate._read_check
+    monkeypatch.setattr(validate, "_read_check", lambda path: reads.append(path) or real(path))
+    monkeypatch.setattr(validate, "_CHECKED", {})
+    validate._check_volume(str(f), memo)
+    assert reads == []
+    monkeypatch.setattr(validate, "_reader_versions", lambda: ("another medmap",))
+    monkeypatch.setattr(validate, "_CHECKED", {})
+    validate._check_volume(str(f), memo)
+    assert reads == [str(f)]

@@ -105,7 +105,7 @@ def _stamps(paths) -> tuple | None:
             return None
         try:
             st = os.stat(s)
-        except OSError:
+        except (OSError, ValueError):      # missing, unreadable or a NUL in the path
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
@@ -319,8 +319,9 @@ class VolumeCache:
         src = path
         if self._checks is not None and "#" not in str(path) and Path(path).is_file():
             # warm: the file is read here anyway; keep its validation check for the caller
+            sig = validate.file_signature(str(path))          # before the read (see there)
             src = mio.read_volume(path)
-            self._checks[str(path)] = validate.checked_elsewhere(str(path), src)
+            self._checks[str(path)] = (sig, validate.volume_check(src))
         if kind == "mask":
             return self.preprocessor.preprocess_mask(src, reference=reference, roi=roi)
         return self.preprocessor(src, modality=modality, roi=roi)

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ def _check_volume(path: str, memo_dir: str | Path | None = None) -> _Check:
     later process: a healthy file's check is kept there (one small JSON per file, keyed by its
     path, size, modification time and inode). Problems are not kept: such files are read
     again until they are fixed."""
-    sig = _signature(path.split("#")[0])
+    sig = file_signature(path)
     if sig is not None and (sig, path) in _CHECKED:
         return _CHECKED[(sig, path)]
     memo = _memo_file(Path(memo_dir), sig, path) if memo_dir is not None else None
@@ -92,10 +92,10 @@ def _memo_file(memo_dir: Path, sig: tuple | None, path: str) -> Path | None:
     if sig is None:
         return None
     try:
-        inode = os.stat(path.split("#")[0]).st_ino
-    except OSError:
+        inode = os.stat(_file_of(path)).st_ino
+    except (OSError, ValueError):
         return None
-    key = json.dumps([CHECK_MEMO_VERSION, path, inode, sig])
+    key = json.dumps([CHECK_MEMO_VERSION, _reader_versions(), path, inode, sig])
     h = hashlib.sha256(key.encode()).hexdigest()
     return memo_dir / h[:2] / f"{h}.json"
 
@@ -145,19 +145,44 @@ def volume_check(vol) -> _Check:
     return volume_problem(vol.array), vol.array.shape, np.asarray(vol.affine, dtype=np.float64)
 
 
-def checked_elsewhere(path: str, vol) -> tuple[tuple | None, _Check]:
-    """``(file signature, check)`` of ``path`` read as ``vol`` by other code (the volume
-    cache's workers read every file they preprocess), for :func:`remember_checks`."""
-    return _signature(path.split("#")[0]), volume_check(vol)
+def file_signature(path: str) -> tuple | None:
+    """The stat signature validation keys its checks by (of the folder for a
+    ``folder#<SeriesInstanceUID>`` path); None when the file is missing. Take it *before*
+    reading a file whose check goes to :func:`remember_checks`: a file replaced after that
+    then no longer matches and is read again."""
+    return _signature(_file_of(path))
+
+
+def _file_of(path: str) -> str:
+    from medmap.data.io import split_series
+
+    return str(split_series(path)[0])
+
+
+@cache
+def _reader_versions() -> tuple[str, ...]:
+    """medmap and the readers behind ``read_volume``: a kept check is valid for these only."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import medmap
+
+    out = [medmap.__version__]
+    for pkg in ("monai", "nibabel", "pydicom", "pynrrd"):
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            out.append(f"{pkg} absent")
+    return tuple(out)
 
 
 def remember_checks(checks: dict[str, tuple[tuple | None, _Check]]) -> int:
-    """Adopt ``{path: (signature, check)}`` from :func:`checked_elsewhere`, so that validating
+    """Adopt ``{path: (signature, check)}`` (the signature from :func:`file_signature`, taken
+    before the file was read; the check from :func:`volume_check`), so that validating
     those files in this process does not read them again; an entry whose file has changed
     since (another signature) is dropped. Returns how many were adopted."""
     n = 0
     for path, (sig, out) in checks.items():
-        if sig is not None and sig == _signature(path.split("#")[0]):
+        if sig is not None and sig == file_signature(path):
             _CHECKED[(sig, path)] = out
             n += 1
     return n
