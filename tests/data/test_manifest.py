@@ -243,6 +243,10 @@ def test_validation_keeps_healthy_checks_for_a_later_process(tmp_path, monkeypat
     assert "good.nii.gz" in {os.path.basename(r) for r in reads}
     assert "oneframe.nii.gz" in {os.path.basename(r) for r in reads}
     assert any("mask shape (8, 8, 5) does not match T2WI (8, 8, 7)" in ln for ln in again)
+    blocked = tmp_path / "not-a-folder"                            # checks cannot be kept:
+    blocked.write_text("a file where the memo folder would go")   # validation still works
+    monkeypatch.setattr(validate, "_CHECKED", {})
+    assert validate_manifest(Manifest.load(p), memo_dir=blocked / "checks") == again
 
 
 def test_kept_checks_follow_the_file_and_the_readers(tmp_path, monkeypatch):

@@ -122,10 +122,11 @@ def _store_memo(file: Path, out: _Check) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(doc), encoding="utf-8")
         os.replace(tmp, file)
-    except OSError:            # a read-only cache folder: validate without keeping checks
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
+    except OSError:            # a read-only or blocked cache folder: keep no check
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _read_check(path: str) -> _Check:
