@@ -63,9 +63,10 @@ def test_shared_encoder_switch():
     assert out["image_features"].shape == (2, 32)
 
 
-def test_missing_modalities_are_ignored_not_zero_filled():
+@pytest.mark.parametrize("pool", ["mean", "concat"])
+def test_missing_modalities_are_ignored_not_zero_filled(pool):
     torch.manual_seed(0)
-    model = MedMAPClassifier(_cfg(), torch.randn(3, 2, 32)).eval()
+    model = MedMAPClassifier(_cfg(modality_pool=pool), torch.randn(3, 2, 32)).eval()
     images = torch.randn(2, 3, 1, 32, 32, 32)
     present = torch.tensor([[True, False, True], [True, True, True]])
     a = model(images, present)["probs"]
@@ -79,6 +80,17 @@ def test_missing_modalities_are_ignored_not_zero_filled():
     assert not torch.allclose(model(images3, present)["probs"][0], a[0])
     with pytest.raises(ValueError, match="no modality present"):
         model(images, torch.tensor([[False, False, False], [True, True, True]]))
+
+
+def test_concat_pool_fills_an_absent_modality_with_its_learned_slot():
+    torch.manual_seed(0)
+    model = MedMAPClassifier(_cfg(modality_pool="concat"), torch.randn(3, 2, 32))
+    present = torch.tensor([[True, False, True], [True, False, True]])
+    model(torch.randn(2, 3, 1, 32, 32, 32), present)["logits"].sum().backward()
+    grad = model.missing_embed.grad                       # (M, d): only the absent slot learns
+    assert grad[1].abs().sum() > 0 and grad[0].abs().sum() == 0 and grad[2].abs().sum() == 0
+    assert model.concat_proj.in_features == 3 * model.cfg.embed_dim
+    assert not hasattr(MedMAPClassifier(_cfg(), torch.randn(3, 2, 32)), "missing_embed")
 
 
 @pytest.mark.parametrize("row", ["baseline", "+CCT", "+CSA", "modality", "report"])

@@ -143,6 +143,10 @@ class MedMAPConfig:
     # values per modality, standardised per modality by batch norm), added beside the region-
     # pooled features: the lesion's signal relative to its surroundings, read directly
     region_intensity: bool = False
+    # how the present modalities' features become the case's: "mean" (a Transformer layer
+    # over them, then their mean) or "concat" (the same layer, then every modality's slot in
+    # a fixed order, absent ones a learned vector, projected to d: cross-phase contrasts)
+    modality_pool: Literal["mean", "concat"] = "mean"
     losses: MedMAPLossConfig = field(default_factory=MedMAPLossConfig)
 
     @classmethod
@@ -298,6 +302,9 @@ class MedMAPClassifier(nn.Module):
                                                  activation="gelu", batch_first=True,
                                                  norm_first=True)
         self.norm = nn.LayerNorm(d)
+        if cfg.modality_pool == "concat":
+            self.missing_embed = nn.Parameter(torch.zeros(M, d))
+            self.concat_proj = nn.Linear(M * d, d)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, C))
         if cfg.losses.modality_weight > 0:
             self.modality_heads = nn.ModuleDict({m: nn.Linear(d, C) for m in cfg.modalities})
@@ -438,7 +445,11 @@ class MedMAPClassifier(nn.Module):
         feats = feats + self.modality_embed                      # (B, M, d)
         feats = self.fusion(feats, src_key_padding_mask=~present)  # absent tokens never attended
         w = present.unsqueeze(-1).to(feats.dtype)                # (B, M, 1)
-        fusion = self.norm((feats * w).sum(1) / w.sum(1))        # (B, d) mean over present
+        if self.cfg.modality_pool == "concat":                   # (B, M, d) -> (B, M*d) -> (B, d)
+            slots = torch.where(present.unsqueeze(-1), feats, self.missing_embed.to(feats.dtype))
+            fusion = self.norm(self.concat_proj(slots.flatten(1)))
+        else:
+            fusion = self.norm((feats * w).sum(1) / w.sum(1))    # (B, d) mean over present
         logits = self.head(fusion)                               # (B, K)
         out = {"logits": logits, "probs": logits.softmax(-1), "fusion": fusion}
         if per_modality is not None:
