@@ -116,3 +116,21 @@ def test_sequence_dropout_alone_leaves_the_voxels_untouched():
     mask = torch.zeros(images.shape[0], 1, *images.shape[3:])
     out, m = aug.cases_with_mask(images, present, mask)
     assert out is images and m is mask
+
+
+def test_rotate90_turns_volumes_and_mask_together_in_the_axial_plane():
+    aug = BatchAugmenter(AugmentConfig(rotate90_prob=1.0))
+    images = torch.zeros(4, 2, 1, 8, 8, 8)
+    images[:, :, :, :2, :3, :4] = 1.0                 # an asymmetric corner block
+    mask = (images[:, :1, 0] > 0).float()
+    out, m = aug.cases_with_mask(images, torch.ones(4, 2, dtype=torch.bool), mask,
+                                 torch.Generator().manual_seed(0))
+    turns = {k: torch.rot90(mask[0, 0], k, dims=(0, 1)) for k in (1, 2, 3)}
+    for b in range(4):
+        assert torch.equal(out[b, 0, 0] > 0, m[b, 0] > 0)          # mask follows the volume
+        assert torch.equal(out[b, 1], out[b, 0])                   # one draw per case
+        # always turned (prob 1) by a quarter, half or three quarters, never along the 3rd axis
+        assert any(torch.equal(m[b, 0], t) for t in turns.values())
+        assert (m[b, 0].sum(dim=(0, 1)) == mask[b, 0].sum(dim=(0, 1))).all()
+    with pytest.raises(ValueError, match="rotate90_prob must be in"):
+        AugmentConfig(rotate90_prob=-0.1)

@@ -32,6 +32,9 @@ class AugmentConfig:
         flip_prob: probability of flipping each spatial axis (independently), per case.
         intensity_scale: multiply intensities by ``1 + u``, ``u ~ U(-s, s)``, per case.
         intensity_shift: add ``u ~ U(-s, s)`` (z-score units), per case.
+        rotate90_prob: probability of rotating a case by 90, 180 or 270 degrees (one of the
+            three at random) in the axial plane (the first two spatial axes); needs crops whose
+            first two sides are equal (``preprocess.size``).
         modality_drop: probability of hiding each present sequence of a case from the model
             for one training step (at least one is always kept). The fusion already handles
             missing sequences; dropping them makes every sequence's features carry the class
@@ -40,6 +43,7 @@ class AugmentConfig:
     """
 
     flip_prob: float = 0.0
+    rotate90_prob: float = 0.0
     intensity_scale: float = 0.0
     intensity_shift: float = 0.0
     modality_drop: float = 0.0
@@ -47,6 +51,8 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.flip_prob) <= 1.0:
             raise ValueError(f"augment.flip_prob must be in [0, 1], got {self.flip_prob}")
+        if not 0.0 <= float(self.rotate90_prob) <= 1.0:
+            raise ValueError(f"augment.rotate90_prob must be in [0, 1], got {self.rotate90_prob}")
         if not 0.0 <= float(self.modality_drop) < 1.0:
             raise ValueError(f"augment.modality_drop must be in [0, 1), got {self.modality_drop}")
         for name in ("intensity_scale", "intensity_shift"):
@@ -56,7 +62,8 @@ class AugmentConfig:
     @property
     def volume_ops(self) -> bool:
         """Whether any flip or intensity change touches the volumes."""
-        return bool(self.flip_prob or self.intensity_scale or self.intensity_shift)
+        return bool(self.flip_prob or self.rotate90_prob or self.intensity_scale
+                    or self.intensity_shift)
 
     @property
     def enabled(self) -> bool:
@@ -75,11 +82,14 @@ class BatchAugmenter:
     """Applies :class:`AugmentConfig` to collated batches (see the module doc)."""
 
     def __init__(self, cfg: AugmentConfig):
-        from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
+        from monai.transforms import (Compose, RandFlip, RandRotate90, RandScaleIntensity,
+                                      RandShiftIntensity)
 
         self.cfg = cfg
         spatial = ([RandFlip(prob=cfg.flip_prob, spatial_axis=a) for a in range(3)]
                    if cfg.flip_prob > 0 else [])
+        if cfg.rotate90_prob > 0:
+            spatial.append(RandRotate90(prob=cfg.rotate90_prob, max_k=3, spatial_axes=(0, 1)))
         intensity: list = []
         if cfg.intensity_scale > 0:
             intensity.append(RandScaleIntensity(factors=cfg.intensity_scale, prob=1.0))
