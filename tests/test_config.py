@@ -59,3 +59,13 @@ def test_a_negative_per_sequence_loss_weight_is_refused_naming_the_field_and_the
         from_dict(ExperimentConfig, {"model": {"losses": {"modality_weight": -0.5}}})
     with pytest.raises(ConfigError, match=r"augment.modality_drop must be in \[0, 1\)"):
         from_dict(ExperimentConfig, {"data": {"augment": {"modality_drop": 1.0}}})
+
+
+def test_right_angle_turns_need_a_square_axial_size_and_say_which_to_set():
+    with pytest.raises(ConfigError, match=r"needs preprocess.size with two equal first sides "
+                                          r"\(got \[32, 48, 32\]\); set e.g. preprocess.size"):
+        from_dict(ExperimentConfig, {"data": {"augment": {"rotate90_prob": 0.5},
+                                              "preprocess": {"size": [32, 48, 32]}}})
+    ok = from_dict(ExperimentConfig, {"data": {"augment": {"rotate90_prob": 0.5},
+                                               "preprocess": {"size": [32, 32, 16]}}})
+    assert ok.data.augment.rotate90_prob == 0.5
