@@ -45,7 +45,8 @@ def sim(tmp_path_factory):
     from medmap.data.sim import simulate
 
     root = tmp_path_factory.mktemp("pred_sim")
-    simulate(root, cases=7, size=32, seed=0, organs=("liver",), workers=1)
+    # gzipped volumes (simulate's compress option): these tests feed .nii.gz files to predict
+    simulate(root, cases=7, size=32, seed=0, organs=("liver",), workers=1, compress=True)
     return root
 
 

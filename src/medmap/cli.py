@@ -34,7 +34,7 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     from medmap.data.sim import simulate
 
     m = simulate(a.out, cases=a.cases, size=a.size, seed=a.seed, organs=a.organs,
-                 workers=a.workers, progress=True)
+                 workers=a.workers, progress=True, compress=a.compress)
     print(f"wrote {len(m)} cases to {Path(a.out) / 'manifest.jsonl'} "
           f"(datasheet: {Path(a.out) / 'DATASHEET.md'})")
     return 0
@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="organs to simulate (default: liver brain)")
     s.add_argument("--workers", type=int, default=None,
                    help="parallel worker processes (default: one per CPU core)")
+    s.add_argument("--compress", action="store_true",
+                   help="write the volumes as .nii.gz (default: .nii, faster to write and read)")
     s.set_defaults(func=_cmd_simulate)
 
     lld = dsub.add_parser("import-lld-mmri", help="LLD-MMRI layout to a manifest")

@@ -194,7 +194,8 @@ def test_the_worker_count_does_not_change_the_simulated_data(tmp_path):
         simulate(tmp_path / f"w{w}", cases=4, size=24, seed=3, organs=("liver",), workers=w)
     files = sorted(p.relative_to(tmp_path / "w1") for p in (tmp_path / "w1").rglob("*")
                    if p.is_file())
-    assert any(str(f).endswith(".nii.gz") for f in files)
+    assert any(str(f).endswith("mask.nii.gz") for f in files)       # masks gzipped
+    assert any(str(f).endswith("T2WI.nii") for f in files)          # volumes not
     assert files == sorted(p.relative_to(tmp_path / "w2") for p in (tmp_path / "w2").rglob("*")
                            if p.is_file())
     for f in files:
@@ -204,3 +205,25 @@ def test_the_worker_count_does_not_change_the_simulated_data(tmp_path):
 
             a, b = gzip.decompress(a), gzip.decompress(b)
         assert a == b, f
+
+
+def test_compressed_volumes_hold_the_same_voxels(tmp_path):
+    """``compress=True`` writes the sequences as .nii.gz; the data is the same voxel for voxel."""
+    import nibabel as nib
+    import numpy as np
+
+    from medmap.data.manifest import Manifest
+    from medmap.data.sim import simulate
+
+    plain = simulate(tmp_path / "nii", cases=2, size=24, seed=4, organs=("liver",), workers=1)
+    gz = simulate(tmp_path / "gz", cases=2, size=24, seed=4, organs=("liver",), workers=1,
+                  compress=True)
+    for a, b in zip(Manifest.load(tmp_path / "nii" / "manifest.jsonl").resolved(),
+                    Manifest.load(tmp_path / "gz" / "manifest.jsonl").resolved()):
+        assert a.modalities.keys() == b.modalities.keys()
+        assert all(v.endswith(".nii.gz") for v in [*a.masks.values(), *b.masks.values()])
+        for m in a.modalities:
+            assert a.modalities[m].endswith(".nii") and b.modalities[m].endswith(".nii.gz")
+            assert np.array_equal(np.asarray(nib.load(a.modalities[m]).dataobj),
+                                  np.asarray(nib.load(b.modalities[m]).dataobj))
+    assert len(plain) == len(gz) == 2

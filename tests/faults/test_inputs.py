@@ -21,6 +21,7 @@ from medmap.data.manifest import Case, Manifest
 KINDS = {
     "unreadable": ("unreadable or truncated", "re-export or re-copy the file"),
     "truncated": ("unreadable or truncated", "re-export or re-copy the file"),
+    "truncated_gz": ("unreadable or truncated", "re-export or re-copy the file"),
     "nan": ("NaN", "re-export"),
     "constant": ("constant volume", "re-export it or remove the modality from the case"),
     "frames4d": ("expected a 3D volume", "split multi-frame series into one 3D file per volume"),
@@ -32,8 +33,8 @@ def _write_bad(kind: str, path: Path, good: Path) -> None:
     rng = np.random.default_rng(0)
     if kind == "unreadable":
         path.write_bytes(gzip.compress(b"this is not a NIfTI header" * 20))
-    elif kind == "truncated":
-        raw = good.read_bytes()
+    elif kind in ("truncated", "truncated_gz"):   # half of a .nii, or of a .nii.gz
+        raw = good.read_bytes() if kind == "truncated" else gzip.compress(good.read_bytes())
         path.write_bytes(raw[: len(raw) // 2])
     else:
         arr = {"nan": None, "constant": np.full((24, 24, 24), 7.0),
@@ -51,14 +52,16 @@ def bad_cases(tiny_sim, tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     src = next(c for c in Manifest.load(tiny_sim).resolved()
                if c.organ == "liver" and {"T2WI", "C+A"} <= set(c.modalities))
     folders, cases = {}, []
+    ext = "".join(Path(src.modalities["T2WI"]).suffixes)    # the simulator's: .nii
     for kind in KINDS:
         d = root / kind
         d.mkdir()
-        shutil.copy(src.modalities["C+A"], d / "C+A.nii.gz")
-        _write_bad(kind, d / "T2WI.nii.gz", Path(src.modalities["T2WI"]))
+        shutil.copy(src.modalities["C+A"], d / f"C+A{ext}")
+        bad = f"T2WI{'.nii.gz' if kind == 'truncated_gz' else ext}"
+        _write_bad(kind, d / bad, Path(src.modalities["T2WI"]))
         folders[kind] = d
         cases.append(Case(kind, "liver", "test", src.label,
-                          {"T2WI": f"{kind}/T2WI.nii.gz", "C+A": f"{kind}/C+A.nii.gz"}))
+                          {"T2WI": f"{kind}/{bad}", "C+A": f"{kind}/C+A{ext}"}))
     return Manifest(cases).save(root / "bad.jsonl"), folders
 
 
