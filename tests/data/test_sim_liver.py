@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,3 +228,18 @@ def test_compressed_volumes_hold_the_same_voxels(tmp_path):
             assert np.array_equal(np.asarray(nib.load(a.modalities[m]).dataobj),
                                   np.asarray(nib.load(b.modalities[m]).dataobj))
     assert len(plain) == len(gz) == 2
+
+
+def test_cli_simulate_writes_plain_volumes_and_gzipped_ones_when_asked(tmp_path, capsys):
+    from medmap.cli import main
+    from medmap.data.manifest import Manifest
+
+    for flag, ext in (([], ".nii"), (["--compress"], ".nii.gz")):
+        out = tmp_path / (ext.strip(".") or "x")
+        assert main(["data", "simulate", "--out", str(out), "--cases", "1", "--size", "24",
+                     "--organs", "liver", "--workers", "1", *flag]) == 0
+        (case,) = Manifest.load(out / "manifest.jsonl").resolved()
+        assert case.modalities and all(p.endswith(ext) and Path(p).is_file()
+                                       for p in case.modalities.values())
+        assert case.masks["lesion"].endswith("lesion_mask.nii.gz")
+    assert "wrote 1 cases" in capsys.readouterr().out
