@@ -50,3 +50,32 @@ def test_the_rng_callback_pickles_for_ddp_spawn():
     back = pickle.loads(pickle.dumps(cb))
     assert type(back) is type(cb) and type(cb).__name__ == "RNGStateCallback"
     assert back._pending == {"python": 1}
+
+
+def test_checkpoints_are_written_straight_to_the_file_atomically(tmp_path, monkeypatch):
+    import torch
+
+    from medmap.train.engine import OptimConfig, build_trainer, direct_checkpoint_io
+
+    io = direct_checkpoint_io()
+    ckpt = {"epoch": 3, "state_dict": {"w": torch.arange(6.0)}}
+    target = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    io.save_checkpoint(ckpt, target)
+    back = io.load_checkpoint(target)
+    assert back["epoch"] == 3 and torch.equal(back["state_dict"]["w"], ckpt["state_dict"]["w"])
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]     # no temp file left
+
+    def interrupted(obj, f, *a, **k):     # a save that dies half-way keeps the old checkpoint
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 4}, target)
+    monkeypatch.undo()
+    assert io.load_checkpoint(target)["epoch"] == 3
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+    with pytest.raises(TypeError, match="storage_options"):          # Lightning's own rules
+        io.save_checkpoint(ckpt, target, storage_options={"x": 1})
+    trainer = build_trainer(tmp_path / "t", OptimConfig(epochs=1))
+    assert type(trainer.strategy.checkpoint_io).__name__ == "DirectCheckpointIO"
