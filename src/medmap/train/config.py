@@ -41,8 +41,8 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        size = tuple(getattr(self.preprocess, "size", ()) or ())
-        if getattr(self.augment, "rotate90_prob", 0) and len(size) == 3 and size[0] != size[1]:
+        size = tuple(self.preprocess.size)
+        if self.augment.rotate90_prob and size[0] != size[1]:
             raise ValueError(f"augment.rotate90_prob turns the volumes in the plane of their "
                              f"first two axes, which needs preprocess.size with two equal first "
                              f"sides (got {list(size)}); set e.g. preprocess.size: "

@@ -1,9 +1,10 @@
 """MedMoM-Sim: the embedded multi-organ, multi-sequence MRI benchmark.
 
 ``simulate(out_dir, cases=N, size=S, seed=K)`` writes, per organ, ``N`` studies as NIfTI volumes
-(one per MRI sequence; uncompressed ``.nii`` unless ``compress=True``), a lesion mask (manifest ``masks.lesion``), for the liver an organ mask
-(``masks.liver``, usable as ``PreprocessConfig.roi_mask``), one report per sequence plus a global impression, a
-stratified train/val/test split, ``manifest.jsonl`` and ``DATASHEET.md``.
+(one per MRI sequence; uncompressed ``.nii`` unless ``compress=True``), a lesion mask (manifest
+``masks.lesion``), for the liver an organ mask (``masks.liver``, usable as
+``PreprocessConfig.roi_mask``), one report per sequence plus a global impression, a stratified
+train/val/test split, ``manifest.jsonl`` and ``DATASHEET.md``.
 
 Example:
     >>> from medmap.data.sim import simulate
