@@ -95,6 +95,28 @@ def test_outputs_and_metrics(result, run_dir, sim):
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
+def test_batch_size_changes_no_result(result, run_dir, sim, tmp_path):
+    """The demo evaluates 16 cases per pass instead of 4: predictions, metrics, localisation
+    and the cases picked for CAM overlays must not depend on how the cases are batched."""
+    other = evaluate(run_dir, sim / "manifest.jsonl", split="train", n_boot=100, n_cam_cases=1,
+                     batch_size=3, out_dir=tmp_path / "bs3")
+    a, b = result["metrics"], other["metrics"]
+    for k in ("accuracy", "auc", "balanced_accuracy", "confusion_matrix"):
+        assert np.allclose(np.asarray(a[k], float), np.asarray(b[k], float), atol=1e-6), k
+    assert a["ci"].keys() == b["ci"].keys()
+    assert all(np.allclose(a["ci"][k], b["ci"][k], atol=1e-6) for k in a["ci"])
+    assert [c["case_id"] for c in result["cases"]] == [c["case_id"] for c in other["cases"]]
+    for x, y in zip(result["cases"], other["cases"]):
+        px = [v for k, v in x.items() if k.startswith("prob_")]
+        py = [v for k, v in y.items() if k.startswith("prob_")]
+        assert x["predicted"] == y["predicted"] and np.allclose(px, py, atol=1e-5)
+    la, lb = result["localisation"]["overall"], other["localisation"]["overall"]
+    assert la["n"] == lb["n"] and abs(la["pointing_game"] - lb["pointing_game"]) < 1e-6
+    shown = [re.findall(r"Grad-CAM of case ([^\"]+)\"", Path(r["files"]["report"]).read_text(
+        encoding="utf-8")) for r in (result, other)]
+    assert shown[0] and shown[0] == shown[1]
+
+
 def test_report_is_self_contained(result):
     page = Path(result["files"]["report"]).read_text(encoding="utf-8")
     imgs = re.findall(r"<img [^>]*src=\"([^\"]+)\"", page)
