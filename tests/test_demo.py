@@ -182,6 +182,21 @@ def test_demo_config_fits_the_encoder():
         demo_config("liver", "m.jsonl", Path("c"), DemoSettings(expert="vit"))
 
 
+def test_demo_keeps_the_liver_phases_apart_and_pools_the_brain_sequences():
+    """The liver's phases keep fixed slots and bring their own region statistics (its classes
+    differ in how a lesion changes from phase to phase); the brain's sequences are averaged;
+    without a lesion mask there are no region statistics to read."""
+    from pathlib import Path
+
+    liver = demo_config("liver", "m.jsonl", Path("c"), DemoSettings()).model
+    brain = demo_config("brain", "m.jsonl", Path("c"), DemoSettings()).model
+    assert (liver.modality_pool, liver.region_intensity) == ("concat", True)
+    assert (brain.modality_pool, brain.region_intensity) == ("mean", False)
+    whole = DemoSettings(roi_mask={"liver": None, "brain": None},
+                         intensity={"liver": "mri", "brain": "mri"})
+    assert not demo_config("liver", "m.jsonl", Path("c"), whole).model.region_intensity
+
+
 def test_shipped_demo_config_is_the_demo_for_both_organs():
     """configs/demo.yaml (for `medmap ablation --config`) is the demo's setting; the organ comes
     from data.organ=."""
@@ -194,7 +209,8 @@ def test_shipped_demo_config_is_the_demo_for_both_organs():
     for organ in ("liver", "brain"):
         cfg = demo_config(organ, Path("medmap-demo/data/manifest.jsonl"), Path("medmap-demo/cache"),
                           DemoSettings())
-        extra = ["data.preprocess.intensity=mri"] if organ == "brain" else []  # the header's
+        extra = (["data.preprocess.intensity=mri", "model.modality_pool=mean",   # the header's
+                  "model.region_intensity=false"] if organ == "brain" else [])
         shipped = load_config(ExperimentConfig, root / "configs" / "demo.yaml",
                               [f"data.organ={organ}", *extra])
         assert shipped == cfg, "configs/demo.yaml is out of date"

@@ -60,6 +60,16 @@ class DemoSettings:
     # z-score ("mri"). Chosen on the validation split (docs/method.md).
     intensity: dict[str, str] = field(default_factory=lambda: {"liver": "mri_reference",
                                                                "brain": "mri"})
+    # per organ, how the sequences' features become the case's: the liver's classes differ in
+    # how a lesion changes from phase to phase (arterial enhancement, then washout), so each
+    # phase keeps a fixed slot ("concat") and brings its own intensity statistics in the
+    # lesion, core, rim and shell (region_intensity, with a lesion mask only); the brain keeps
+    # the mean over sequences, where both were worse (measured on 9 liver and 5 brain seeds,
+    # docs/method.md)
+    modality_pool: dict[str, str] = field(default_factory=lambda: {"liver": "concat",
+                                                                   "brain": "mean"})
+    region_intensity: dict[str, bool] = field(default_factory=lambda: {"liver": True,
+                                                                       "brain": False})
     # modality experts: "cnn" (small 3D CNNs, fast on a CPU) or "swin" (the paper's)
     expert: str = "cnn"
     # pre-training stops when validation retrieval has not improved for `pretrain_patience`
@@ -127,7 +137,9 @@ def demo_config(organ: str, manifest: Path, cache: Path, s: DemoSettings,
                              conv_stream=CNNConfig(channels=(8, 16, 32, 64), norm="batch"),
                              embed_dim=96, cct_heads=4, dropout=0.1,
                              pooling="mask" if masked else "mean_max",
-                             region_scales=[0, 1] if masked else [])
+                             region_scales=[0, 1] if masked else [],
+                             modality_pool=s.modality_pool.get(organ, "mean"),
+                             region_intensity=masked and s.region_intensity.get(organ, False))
     if s.augment:
         cfg.data.augment = AugmentConfig(flip_prob=0.5, intensity_scale=0.1, intensity_shift=0.1)
     # 2e-4: at 1e-3 the Swin experts collapsed to a constant prediction (measured)
