@@ -64,7 +64,7 @@ class DemoSettings:
     # how a lesion changes from phase to phase (arterial enhancement, then washout), so each
     # phase keeps a fixed slot ("concat") and brings its own intensity statistics in the
     # lesion, core, rim and shell (region_intensity, with a lesion mask only); the brain keeps
-    # the mean over sequences, where both were worse (measured on 9 liver and 5 brain seeds,
+    # the mean over sequences, where both were worse (measured on 9 liver and 3 brain seeds,
     # docs/method.md)
     modality_pool: dict[str, str] = field(default_factory=lambda: {"liver": "concat",
                                                                    "brain": "mean"})
