@@ -108,6 +108,71 @@ def cv_accuracy(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 5) -> tupl
     return float(scores.mean()), float(scores.std())
 
 
+def manifest_dataset(manifest: str, organ: str):
+    """(features (n, sequences, 15), NaN where a case lacks a sequence; shape features (n, 2);
+    labels (n,); splits (n,)) of one organ's cases in a manifest with ``masks: {lesion: ...}``
+    (sequences: those present in any case)."""
+    import json
+    from pathlib import Path
+
+    import nibabel as nib
+
+    spec = get_organ(organ)
+    root = Path(manifest).parent
+    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("organ") == organ]
+    if not rows:
+        raise SystemExit(f"{manifest}: no {organ} cases")
+    present = [m for m in spec.modalities if any(m in r["modalities"] for r in rows)]
+    feats, shape, labels, splits = [], [], [], []
+    for r in rows:
+        if "lesion" not in r.get("masks", {}):
+            raise SystemExit(f"{manifest}: case {r['case_id']} has no masks.lesion; this "
+                             "benchmark reads lesion statistics from the lesion mask")
+        mask = np.asarray(nib.load(root / r["masks"]["lesion"]).dataobj)
+        regions = region_masks(mask)
+        feats.append([phase_features(np.asarray(nib.load(root / r["modalities"][m]).dataobj,
+                                                np.float32), regions)
+                      if m in r["modalities"] else [np.nan] * len(PHASE_FEATURES)
+                      for m in present])
+        shape.append(shape_features(mask))
+        labels.append(spec.class_index(r["label"]))
+        splits.append(r["split"])
+    return (np.asarray(feats, np.float64), np.asarray(shape), np.asarray(labels),
+            np.asarray(splits))
+
+
+def split_accuracy(manifest: str, organ: str) -> dict[str, float]:
+    """Test accuracy of a standardised logistic regression fitted on the manifest's train + val
+    cases, per feature set (missing sequences imputed by the training mean)."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    feats, shape, y, split = manifest_dataset(manifest, organ)
+    fit, test = split != "test", split == "test"
+    if not test.any() or len(np.unique(y[fit])) < 2:
+        raise SystemExit(f"{manifest}: needs test cases and two classes among train + val")
+    absolute = list(range(PHASE_FEATURES.index("mean/bg")))
+    ratios = list(range(PHASE_FEATURES.index("mean/bg"), len(PHASE_FEATURES)))
+    sets = {"absolute intensities": absolute, "tissue-referenced ratios": ratios,
+            "both": absolute + ratios}
+    out = {}
+    for name, idx in sets.items():
+        x = np.hstack([feats[:, :, idx].reshape(len(y), -1), shape])   # (n, modalities * f + 2)
+        model = make_pipeline(SimpleImputer(), StandardScaler(),
+                              LogisticRegression(max_iter=5000))
+        model.fit(x[fit], y[fit])
+        out[name] = float((model.predict(x[test]) == y[test]).mean())
+    print(f"organ={organ} manifest={manifest} fit on {int(fit.sum())} train + val cases, "
+          f"scored on {int(test.sum())} test cases")
+    print("| features (+ lesion count and volume) | test accuracy |\n|---|---|")
+    for name, acc in out.items():
+        print(f"| {name} | {acc:.3f} |")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--organ", default="liver")
@@ -115,7 +180,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--manifest", default=None,
+                    help="score on this manifest's test split instead of generated cases")
     args = ap.parse_args(argv)
+    if args.manifest:
+        return split_accuracy(args.manifest, args.organ)
 
     spec = get_organ(args.organ)
     feats, shape, y, dt = build_dataset(args.organ, args.cases, args.size, args.seed, not args.quiet)

@@ -202,3 +202,19 @@ def test_mg3d_downstream_merge_of_an_unfinished_run_names_the_folder_and_the_fix
     err = capsys.readouterr().err
     assert code == 2 and str(tmp_path / "s0") in err and "--resume" in err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_sim_separability_scores_a_manifest_s_test_split(tiny_sim, capsys, tmp_path):
+    """``--manifest``: lesion statistics read from a manifest's files, fitted on train + val and
+    scored on its test split, per feature set; a case without a lesion mask is named."""
+    acc = _load("sim_separability").main(["--organ", "brain", "--manifest", str(tiny_sim)])
+    assert set(acc) == {"absolute intensities", "tissue-referenced ratios", "both"}
+    assert all(0.0 <= a <= 1.0 for a in acc.values())
+    _assert_table(capsys.readouterr().out, "| features")
+    rows = [json.loads(line) for line in tiny_sim.read_text().splitlines() if line.strip()]
+    no_mask = tmp_path / "no_mask.jsonl"
+    mods = [{k: str(tiny_sim.parent / v) for k, v in r["modalities"].items()} for r in rows]
+    no_mask.write_text("\n".join(json.dumps({**r, "modalities": m, "masks": {}})
+                                 for r, m in zip(rows, mods)) + "\n")
+    with pytest.raises(SystemExit, match="has no masks.lesion"):
+        _load("sim_separability").main(["--organ", "brain", "--manifest", str(no_mask)])

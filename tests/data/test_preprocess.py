@@ -271,6 +271,25 @@ def test_roi_crop_equals_cropping_the_file_first(tmp_path):
     assert not torch.allclose(x, Preprocessor(PreprocessConfig(**cfg))(img_p), atol=1e-2)
 
 
+def test_volume_scope_z_scores_the_whole_scan_before_the_roi_crop(tmp_path):
+    img_p, organ_p, _, img, _ = _organ_case(tmp_path)
+    cfg = dict(spacing=None, size=S, roi_mask="organ", roi_margin_mm=2.0)
+    x = Preprocessor(PreprocessConfig(**cfg, intensity_scope="volume"))(img_p, roi=organ_p)
+    # by hand: the whole file z-scored (clipped at its own percentiles), then the same crop
+    whole = Preprocessor(PreprocessConfig(spacing=None, size=img.shape))(img_p)[0].numpy()
+    by_hand = torch.nn.functional.interpolate(
+        torch.from_numpy(whole[8:28, 6:32, 10:30])[None, None], size=S, mode="trilinear",
+        align_corners=False)[0]
+    assert x.shape == (1, *S)
+    assert torch.allclose(x, by_hand, atol=1e-4)
+    # the crop's own z-score (the default) gives other values: the ROI's level is divided out
+    crop_scope = Preprocessor(PreprocessConfig(**cfg))(img_p, roi=organ_p)
+    assert not torch.allclose(x, crop_scope, atol=1e-2)
+    assert x.mean() > crop_scope.mean() + 0.2   # the organ is brighter than the scan's mean
+    with pytest.raises(ValueError, match="intensity_scope"):
+        PreprocessConfig(intensity_scope="organ")
+
+
 def test_roi_crop_enlarges_lesion_and_inverts_to_native_grid(tmp_path):
     img_p, organ_p, les_p, _, lesion = _organ_case(tmp_path)
     plain = Preprocessor(PreprocessConfig(spacing=None, size=S))

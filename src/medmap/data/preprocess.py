@@ -6,6 +6,8 @@ The pipeline (image) is::
       -> Orientation(axcodes)                       # e.g. "RAS"
       -> Spacing(pixdim, mode="bilinear")           # skipped when spacing is None
       -> SpatialCrop(ROI bounding box + margin)     # only with roi_mask (an organ mask)
+                                                    # ("mri" with intensity_scope "volume":
+                                                    #  after the intensity step)
       -> intensity:  "mri": ClipIntensityPercentiles(p_lo, p_hi) + NormalizeIntensity(nonzero=True)
                      "mri_reference": divide by the mean signal of the reference tissue
                             (a shell around the ROI mask), clip at the high percentile
@@ -99,6 +101,11 @@ class PreprocessConfig:
         reference: the reference tissue of ``"mri_reference"``: ``"shell"`` around the ROI
             mask or ``"inside"`` it.
         reference_mm: thickness of the reference shell, mm.
+        intensity_scope: where the ``"mri"`` z-score (and its clipping percentiles) takes its
+            statistics: ``"crop"`` (the ROI crop, the default) or ``"volume"`` (the whole
+            resampled volume, before the ROI crop: the lesion keeps its level against the whole
+            scan, as brain-MRI pipelines z-score over the head). Without ``roi_mask`` the two
+            are the same; ``"mri_reference"`` and ``"ct"`` do not depend on it.
     """
 
     spacing: tuple[float, float, float] | None = (1.5, 1.5, 1.5)
@@ -113,6 +120,7 @@ class PreprocessConfig:
     roi_margin_mm: float = 10.0
     reference: Literal["shell", "inside"] = "shell"
     reference_mm: float = 10.0
+    intensity_scope: Literal["crop", "volume"] = "crop"
 
     def __post_init__(self) -> None:
         if self.spacing is not None:
@@ -170,6 +178,9 @@ class PreprocessConfig:
         if not (np.isfinite(self.reference_mm) and self.reference_mm > 0):
             raise ValueError(f"PreprocessConfig.reference_mm must be > 0 mm, got "
                              f"{self.reference_mm}")
+        if self.intensity_scope not in ("crop", "volume"):
+            raise ValueError(f"PreprocessConfig.intensity_scope must be 'crop' or 'volume', got "
+                             f"{self.intensity_scope!r}")
         self.modality_intensity = dict(self.modality_intensity or {})
         for mod, mode in self.modality_intensity.items():
             if mode not in _INTENSITY_MODES:
@@ -289,8 +300,11 @@ class Preprocessor:
         ``reference`` the reference-tissue mask on the cropped grid (``"mri_reference"``)."""
         from monai.transforms import Compose
 
-        mid = [] if mask else self._intensity(self.cfg.intensity_for(modality), reference)
+        mode = self.cfg.intensity_for(modality)
+        mid = [] if mask else self._intensity(mode, reference)
         roi = [] if crop is None else [crop]
+        if mode == "mri" and self.cfg.intensity_scope == "volume":   # z-score the whole scan
+            return Compose(self._spatial_pre(mask) + mid + roi + self._spatial_post(mask))
         return Compose(self._spatial_pre(mask) + roi + mid + self._spatial_post(mask))
 
     def spatial_transform(self, *, mask: bool = False, crop=None):
