@@ -111,33 +111,44 @@ def cv_accuracy(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 5) -> tupl
 def manifest_dataset(manifest: str, organ: str):
     """(features (n, sequences, 15), NaN where a case lacks a sequence; shape features (n, 2);
     labels (n,); splits (n,)) of one organ's cases in a manifest with ``masks: {lesion: ...}``
-    (sequences: those present in any case)."""
-    import json
-    from pathlib import Path
-
-    import nibabel as nib
+    (sequences: those present in any case). Read with medmap's own manifest and volume
+    readers, so NIfTI, NRRD and DICOM series all work; bad input exits naming the case."""
+    from medmap.config import UserError
+    from medmap.data.io import read_volume
+    from medmap.data.manifest import Manifest
 
     spec = get_organ(organ)
-    root = Path(manifest).parent
-    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("organ") == organ]
-    if not rows:
-        raise SystemExit(f"{manifest}: no {organ} cases")
-    present = [m for m in spec.modalities if any(m in r["modalities"] for r in rows)]
+    try:
+        cases = Manifest.load(manifest).select(organ=organ).resolved()
+    except UserError as e:
+        raise SystemExit(str(e)) from None
+    if not cases:
+        raise SystemExit(f"{manifest}: no {organ} cases; check --organ")
+    present = [m for m in spec.modalities if any(m in c.modalities for c in cases)]
     feats, shape, labels, splits = [], [], [], []
-    for r in rows:
-        if "lesion" not in r.get("masks", {}):
-            raise SystemExit(f"{manifest}: case {r['case_id']} has no masks.lesion; this "
-                             "benchmark reads lesion statistics from the lesion mask")
-        mask = np.asarray(nib.load(root / r["masks"]["lesion"]).dataobj)
-        regions = region_masks(mask)
-        feats.append([phase_features(np.asarray(nib.load(root / r["modalities"][m]).dataobj,
-                                                np.float32), regions)
-                      if m in r["modalities"] else [np.nan] * len(PHASE_FEATURES)
-                      for m in present])
+    for c in cases:
+        if "lesion" not in c.masks:
+            raise SystemExit(f"{manifest}: case {c.case_id} has no masks.lesion; this benchmark "
+                             "reads lesion statistics from the lesion mask: add the mask's path "
+                             "as masks.lesion, or leave the case out")
+        if c.label is None or c.label not in spec.classes:
+            raise SystemExit(f"{manifest}: case {c.case_id} has label {c.label!r}; use one of "
+                             f"{list(spec.classes)}")
+        try:
+            mask = np.asarray(read_volume(c.masks["lesion"]).array)
+            if not (mask > 0).any():
+                raise ValueError(f"masks.lesion {c.masks['lesion']} is empty (no voxel > 0); "
+                                 "fix the mask or leave the case out")
+            regions = region_masks(mask)
+            feats.append([phase_features(np.asarray(read_volume(c.modalities[m]).array,
+                                                    np.float32), regions)
+                          if m in c.modalities else [np.nan] * len(PHASE_FEATURES)
+                          for m in present])
+        except (UserError, ValueError) as e:
+            raise SystemExit(f"case {c.case_id}: {e}") from None
         shape.append(shape_features(mask))
-        labels.append(spec.class_index(r["label"]))
-        splits.append(r["split"])
+        labels.append(spec.class_index(c.label))
+        splits.append(c.split)
     return (np.asarray(feats, np.float64), np.asarray(shape), np.asarray(labels),
             np.asarray(splits))
 

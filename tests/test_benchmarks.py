@@ -206,7 +206,8 @@ def test_mg3d_downstream_merge_of_an_unfinished_run_names_the_folder_and_the_fix
 
 def test_sim_separability_scores_a_manifest_s_test_split(tiny_sim, capsys, tmp_path):
     """``--manifest``: lesion statistics read from a manifest's files, fitted on train + val and
-    scored on its test split, per feature set; a case without a lesion mask is named."""
+    scored on its test split, per feature set; a case without a lesion mask, or whose mask file
+    is missing, is named."""
     acc = _load("sim_separability").main(["--organ", "brain", "--manifest", str(tiny_sim)])
     assert set(acc) == {"absolute intensities", "tissue-referenced ratios", "both"}
     assert all(0.0 <= a <= 1.0 for a in acc.values())
@@ -218,3 +219,9 @@ def test_sim_separability_scores_a_manifest_s_test_split(tiny_sim, capsys, tmp_p
                                  for r, m in zip(rows, mods)) + "\n")
     with pytest.raises(SystemExit, match="has no masks.lesion"):
         _load("sim_separability").main(["--organ", "brain", "--manifest", str(no_mask)])
+    first_brain = next(r for r in rows if r["organ"] == "brain")
+    gone = tmp_path / "gone.jsonl"
+    gone.write_text(json.dumps({**first_brain, "masks": {"lesion": str(tmp_path / "nope.nii.gz")}})
+                    + "\n")
+    with pytest.raises(SystemExit, match=f"case {first_brain['case_id']}: .*nope.nii.gz"):
+        _load("sim_separability").main(["--organ", "brain", "--manifest", str(gone)])
