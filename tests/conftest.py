@@ -2,19 +2,25 @@ import os
 
 import pytest
 
-# MONAI replaces warnings.showwarning when first imported; imported inside a test's
-# pytest.warns block it would hide the warnings that block expects. Import it once, first.
-import monai  # noqa: E402,F401
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist: one worker per core, each with one torch thread (two threads per worker
-    # on two cores would oversubscribe them)
+    # on two cores would oversubscribe them); the processes a test starts inherit one thread
+    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    # MONAI replaces warnings.showwarning when first imported; imported inside a test's
+    # pytest.warns block it would hide the warnings that block expects. Import it once, first,
+    # in every process that runs tests (pytest-xdist's controller runs none: ~6 s of CPU)
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import monai  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,10 @@ def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypa
         cfg = real(*a, **kw)
         cfg.text.model = str(tiny_bert)
         cfg.pretrain.progress = cfg.finetune.progress = False
+        # the demo's model at a quarter of its widths: the pipeline, not the model, is tested
+        cfg.model.encoder.channels = (4, 8, 16)
+        cfg.model.conv_stream.channels = (4, 4, 8, 16)
+        cfg.model.embed_dim = 16
         return cfg
 
     monkeypatch.setattr(demo, "demo_config", tiny_text)
@@ -28,7 +32,7 @@ def test_demo_quick_runs_end_to_end_on_both_organs(tmp_path, tiny_bert, monkeypa
     real_quick = DemoSettings.quick()
     assert real_quick.organs == ("brain",) and real_quick.finetune_epochs["brain"] >= 10
     tiny = DemoSettings(cases={"liver": 28, "brain": 20}, sim_size={"liver": 32, "brain": 32},
-                        split_fractions=(0.5, 0.15, 0.35), pretrain_epochs=1,
+                        split_fractions=(0.5, 0.15, 0.35), size=16, pretrain_epochs=1,
                         pretrain_patience=0, finetune_epochs={"liver": 1, "brain": 1}, n_boot=50,
                         organs=("brain",))
     monkeypatch.setattr(DemoSettings, "quick", classmethod(lambda cls: copy.deepcopy(tiny)))
