@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from medmap.models.medmap import MedMAPClassifier, MedMAPConfig, _mask_pool
-from medmap.models.regions import (LesionGeometry, lesion_regions, region_pool, region_stats,
-                                   token_weights)
+from medmap.models.regions import (SHAPE_STATS, LesionGeometry, lesion_regions, region_pool,
+                                   region_stats, shape_stats, token_weights)
 
 
 def _cube_mask(lo=8, hi=24, n=32):
@@ -63,6 +63,45 @@ def test_region_stats_are_the_mean_and_sd_inside_each_region():
         assert torch.allclose(region_stats(img, regions), out)
 
 
+def test_shape_stats_of_a_box_and_of_two_boxes_by_hand():
+    m = torch.zeros(2, 1, 32, 32, 32)
+    m[0, :, 8:24, 8:24, 12:20] = 1                                  # one 16 x 16 x 8 box
+    m[1, :, 2:6, 2:6, 2:6] = 1                                      # two 4^3 cubes, apart
+    m[1, :, 26:30, 26:30, 26:30] = 1
+    r = lesion_regions(m, rim=2, shell=3)
+    out = shape_stats(r)                                            # (2, 8)
+    assert out.shape == (2, len(SHAPE_STATS)) and not out.requires_grad
+    n = 32 ** 3
+    sizes = r.flatten(2).sum(-1)                                    # voxels per region
+    assert torch.allclose(out[:, :4], (sizes / n).log())
+    assert out[0, 4:].tolist() == pytest.approx([0.5, 0.5, 0.25, 1.0])
+    # two small lesions at opposite corners: their box spans 28 of 32 voxels on every axis
+    # and they fill 2 * 64 of its 28^3 voxels
+    assert out[1, 4:7].tolist() == pytest.approx([28 / 32] * 3)
+    assert out[1, 7].item() == pytest.approx(128 / 28 ** 3)
+    # an empty mask gives finite values
+    assert torch.isfinite(shape_stats(lesion_regions(torch.zeros(1, 1, 8, 8, 8)))).all()
+
+
+def test_region_shape_sees_the_lesion_size_that_the_crop_hides():
+    """Two cases with identical images and lesions of different size: the shape features tell
+    them apart; the control, the same model without them, reads no mask and cannot."""
+    x = torch.randn(1, 1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = x.expand(2, -1, -1, -1, -1, -1)
+    masks = torch.cat([_cube_mask(4, 28), _cube_mask(12, 20)])     # a large and a small lesion
+    present = torch.ones(2, 1, dtype=torch.bool)
+    feats = LesionGeometry(masks).shape_features
+    assert feats[0, 0] > feats[1, 0]                               # the larger lesion's share
+    logits = {}
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = MedMAPClassifier(MedMAPConfig.tiny(["T2WI"], ["a", "b"], region_shape=on)).eval()
+        assert model.needs_mask == on and hasattr(model, "shape_norm") == on
+        logits[on] = model(x, present, lesion_mask=masks)["logits"]
+    assert not torch.allclose(logits[True][0], logits[True][1])
+    assert torch.allclose(logits[False][0], logits[False][1])
+
+
 def test_region_intensity_trains_with_one_case_of_a_modality():
     cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], region_intensity=True)
     model = MedMAPClassifier(cfg).train()
@@ -73,7 +112,8 @@ def test_region_intensity_trains_with_one_case_of_a_modality():
 
 
 @pytest.mark.parametrize("kw", [dict(pooling="mask"), dict(region_scales=[0, 1]),
-                                dict(mask_channel=True), dict(region_intensity=True)])
+                                dict(mask_channel=True), dict(region_intensity=True),
+                                dict(region_shape=True)])
 def test_mask_reading_models_use_the_mask_and_get_every_gradient(kw):
     torch.manual_seed(0)
     cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], **kw)

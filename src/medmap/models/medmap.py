@@ -52,7 +52,8 @@ from medmap.models.encoders import (CNNConfig, EncoderConfig, SwinConfig, build_
                                     tiny_encoder_config)
 from medmap.models.experts import ModalityExperts
 from medmap.models.hub import from_pretrained, register_model
-from medmap.models.regions import REGIONS, LesionGeometry, region_pool, region_stats
+from medmap.models.regions import (REGIONS, SHAPE_STATS, LesionGeometry, region_pool,
+                                   region_stats)
 
 CSAText = Literal["knowledge", "report", "modality", "none"]
 Pooling = Literal["mean_max", "mask"]
@@ -143,6 +144,11 @@ class MedMAPConfig:
     # values per modality, standardised per modality by batch norm), added beside the region-
     # pooled features: the lesion's signal relative to its surroundings, read directly
     region_intensity: bool = False
+    # the lesion mask's size and shape (medmap.models.regions.shape_stats: the lesion's, core's,
+    # rim's and shell's share of the crop, the lesion box's span per axis, how much of that box
+    # the lesion fills; 8 values per case, standardised by batch norm), added beside them:
+    # a lesion crop resized to a fixed grid loses its size otherwise
+    region_shape: bool = False
     # how the present modalities' features become the case's: "mean" (a Transformer layer
     # over them, then their mean) or "concat" (the same layer, then every modality's slot in
     # a fixed order, absent ones a learned vector, projected to d: cross-phase contrasts)
@@ -294,6 +300,9 @@ class MedMAPClassifier(nn.Module):
             n_stats = 2 * len(REGIONS)                           # mean and sd per region
             self.intensity_norm = nn.ModuleDict({k: nn.BatchNorm1d(n_stats) for k in keys})
             extra += n_stats
+        if cfg.region_shape:
+            self.shape_norm = nn.BatchNorm1d(len(SHAPE_STATS))     # one per case, shared
+            extra += len(SHAPE_STATS)
         self.merge = nn.Linear((4 if two_streams else 2) * d + extra, d)
         # Cross-modality fusion: a Transformer layer over the present modalities' tokens
         # (modality embeddings as positions, absent ones masked out), then a masked mean.
@@ -347,7 +356,7 @@ class MedMAPClassifier(nn.Module):
     def reads_mask(cfg: MedMAPConfig) -> bool:
         """Whether a model of ``cfg`` reads the lesion mask (``cfg.mask_key``) at inference."""
         return (cfg.pooling == "mask" or (cfg.mask_channel and cfg.use_conv)
-                or bool(cfg.region_scales) or cfg.region_intensity)
+                or bool(cfg.region_scales) or cfg.region_intensity or cfg.region_shape)
 
     @property
     def needs_mask(self) -> bool:
@@ -359,6 +368,14 @@ class MedMAPClassifier(nn.Module):
             raise UserError(f"this model reads the lesion mask (pooling 'mask' / mask_channel); "
                             f"pass lesion_mask=(B, 1, D, H, W), the case's "
                             f"'{self.cfg.mask_key}' mask preprocessed like its volumes")
+
+    def _standardise(self, norm: nn.BatchNorm1d, stats: torch.Tensor) -> torch.Tensor:
+        """``norm(stats)``; a training batch of one row uses the running statistics (batch
+        norm needs 2 rows to train)."""
+        if self.training and stats.shape[0] < 2:
+            return F.batch_norm(stats, norm.running_mean, norm.running_var, norm.weight,
+                                norm.bias, False, 0.0, norm.eps)
+        return norm(stats)
 
     def modality_feature(self, x: torch.Tensor, m: int, report: torch.Tensor | None = None,
                          report_mask: torch.Tensor | None = None,
@@ -401,12 +418,10 @@ class MedMAPClassifier(nn.Module):
             self._need_mask(lesion)
             stats = region_stats(x, lesion.regions)                      # (b, 8)
             norm = self.intensity_norm[self.experts.key(name)]
-            if self.training and stats.shape[0] < 2:       # batch norm needs 2 rows to train
-                stats = F.batch_norm(stats, norm.running_mean, norm.running_var, norm.weight,
-                                     norm.bias, False, 0.0, norm.eps)
-            else:
-                stats = norm(stats)
-            parts.append(stats.to(parts[0].dtype))
+            parts.append(self._standardise(norm, stats).to(parts[0].dtype))
+        if cfg.region_shape:
+            self._need_mask(lesion)
+            parts.append(self._standardise(self.shape_norm, lesion.shape_features).to(parts[0].dtype))
         return self.merge(torch.cat(parts, dim=-1))                      # (b, d)
 
     def forward(self, images: torch.Tensor, present: torch.Tensor,

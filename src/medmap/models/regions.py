@@ -31,10 +31,13 @@ import torch.nn.functional as F
 
 from medmap.config import UserError
 
-__all__ = ["REGIONS", "LesionGeometry", "lesion_regions", "region_pool", "region_stats",
-           "token_weights"]
+__all__ = ["REGIONS", "SHAPE_STATS", "LesionGeometry", "lesion_regions", "region_pool",
+           "region_stats", "shape_stats", "token_weights"]
 
 REGIONS = ("lesion", "core", "rim", "shell")
+# what :func:`shape_stats` returns per case, in order
+SHAPE_STATS = ("log_lesion_fraction", "log_core_fraction", "log_rim_fraction",
+               "log_shell_fraction", "extent_d", "extent_h", "extent_w", "box_fill")
 
 
 def _dilate(m: torch.Tensor, k: int) -> torch.Tensor:
@@ -92,6 +95,36 @@ def _region_stats(image: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     sq = torch.bmm(w, v * v).squeeze(-1) / n
     sd = (sq - mean * mean).clamp_min(0).sqrt()
     return torch.cat([mean, sd], dim=-1)
+
+
+def shape_stats(regions: torch.Tensor) -> torch.Tensor:
+    """What the lesion mask says about the lesion's size and shape, (b, 4, D, H, W) regions ->
+    (b, 8) in the order of :data:`SHAPE_STATS`: the log share of the crop in the lesion, its
+    core, its rim and the shell around it (with a fixed margin in mm around the lesion's box,
+    the lesion's share of the crop grows with its size; rim against core is its compactness),
+    the lesion box's share of each axis, and the share of that box the lesion fills (low for
+    several lesions or an irregular one). fp32, no gradient (the mask is an input).
+
+    Example:
+        >>> m = torch.zeros(1, 1, 8, 8, 8); m[:, :, 2:6, 2:6, 2:4] = 1
+        >>> [round(v, 3) for v in shape_stats(lesion_regions(m, rim=1, shell=1))[0, 4:].tolist()]
+        [0.5, 0.5, 0.25, 1.0]
+    """
+    r = regions.detach().float()
+    frac = r.flatten(2).mean(-1).clamp_min(1e-4).log()                              # (b, 4)
+    lesion = r[:, 0] > 0.5                                                          # (b, D, H, W)
+    extents = []
+    for axis in (1, 2, 3):                                   # D, H, W: the lesion's span per axis
+        others = tuple(a for a in (1, 2, 3) if a != axis)
+        on = lesion.any(dim=others).float()                                        # (b, n_axis)
+        idx = torch.arange(on.shape[1], dtype=torch.float32, device=on.device)
+        first = torch.where(on > 0, idx, torch.full_like(idx, float("inf"))).amin(-1)
+        last = torch.where(on > 0, idx, torch.full_like(idx, -1.0)).amax(-1)
+        extents.append(((last - first + 1) / on.shape[1]).clamp_min(0.0).nan_to_num(0.0))
+    ext = torch.stack(extents, dim=-1)                                               # (b, 3)
+    box = ext.prod(-1) * lesion[0].numel()
+    fill = lesion.flatten(1).float().sum(-1) / box.clamp_min(1.0)                    # (b,)
+    return torch.cat([frac, ext, fill[:, None]], dim=-1)
 
 
 def token_weights(mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
@@ -156,6 +189,11 @@ class LesionGeometry:
     def regions(self) -> torch.Tensor:
         """(b, 4, D, H, W): the rows' :func:`lesion_regions`."""
         return self._get(("regions",), self._regions_full)
+
+    @property
+    def shape_features(self) -> torch.Tensor:
+        """(b, 8): the rows' :func:`shape_stats`."""
+        return self._get(("shape",), lambda: shape_stats(self._regions_full()))
 
     def token_weights(self, n_tokens: int) -> torch.Tensor:
         """(b, N): :func:`token_weights` of an ``n_tokens`` grid."""
