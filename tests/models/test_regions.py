@@ -102,6 +102,36 @@ def test_region_shape_sees_the_lesion_size_that_the_crop_hides():
     assert torch.allclose(logits[False][0], logits[False][1])
 
 
+def test_stats_head_adds_a_linear_model_on_the_slotted_statistics():
+    """stats_head: the logits are the deep head's plus a linear map of every modality's
+    standardised region statistics in its own slot (zeros where absent), computed here by hand;
+    zero-initialised, so training starts from the deep head's logits."""
+    torch.manual_seed(0)
+    cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b", "c"], region_intensity=True,
+                            stats_head=True)
+    model = MedMAPClassifier(cfg).eval()
+    assert not model.stats_head.weight.any() and not model.stats_head.bias.any()
+    x = torch.randn(3, 2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    present = torch.tensor([[True, True], [True, False], [False, True]])
+    mask = _cube_mask().expand(3, -1, -1, -1, -1)
+    base = model(x, present, lesion_mask=mask)["logits"]
+    with torch.no_grad():
+        model.stats_head.weight.normal_(generator=torch.Generator().manual_seed(2))
+        model.stats_head.bias.fill_(0.5)
+    out = model(x, present, lesion_mask=mask)["logits"]
+    regions = lesion_regions(_cube_mask())
+    slots = torch.zeros(3, 2, 8)
+    for m, name in enumerate(cfg.modalities):
+        for b in range(3):
+            if present[b, m]:
+                raw = region_stats(x[b:b + 1, m], regions)                # (1, 8)
+                slots[b, m] = model.intensity_norm[name](raw)[0]          # eval: running stats
+    expected = base + slots.flatten(1) @ model.stats_head.weight.T + 0.5
+    assert torch.allclose(out, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="region_intensity"):
+        MedMAPClassifier(MedMAPConfig.tiny(["T2WI"], ["a", "b"], stats_head=True))
+
+
 def test_region_intensity_trains_with_one_case_of_a_modality():
     cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], region_intensity=True)
     model = MedMAPClassifier(cfg).train()
@@ -113,7 +143,8 @@ def test_region_intensity_trains_with_one_case_of_a_modality():
 
 @pytest.mark.parametrize("kw", [dict(pooling="mask"), dict(region_scales=[0, 1]),
                                 dict(mask_channel=True), dict(region_intensity=True),
-                                dict(region_shape=True)])
+                                dict(region_shape=True),
+                                dict(region_intensity=True, stats_head=True)])
 def test_mask_reading_models_use_the_mask_and_get_every_gradient(kw):
     torch.manual_seed(0)
     cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], **kw)

@@ -149,6 +149,12 @@ class MedMAPConfig:
     # the lesion fills; 8 values per case, standardised by batch norm), added beside them:
     # a lesion crop resized to a fixed grid loses its size otherwise
     region_shape: bool = False
+    # with region_intensity: every modality's standardised region statistics, each in its
+    # fixed slot (zeros where the modality is absent), also feed a linear classifier whose
+    # logits are added to the head's, so the statistics reach the decision without passing
+    # through the fusion (a wide-and-deep model; the linear part is what a radiomics baseline
+    # fits); zero-initialised, so training starts from the deep model's logits
+    stats_head: bool = False
     # how the present modalities' features become the case's: "mean" (a Transformer layer
     # over them, then their mean) or "concat" (the same layer, then every modality's slot in
     # a fixed order, absent ones a learned vector, projected to d: cross-phase contrasts)
@@ -315,6 +321,13 @@ class MedMAPClassifier(nn.Module):
             self.missing_embed = nn.Parameter(torch.zeros(M, d))
             self.concat_proj = nn.Linear(M * d, d)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, C))
+        if cfg.stats_head and not cfg.region_intensity:
+            raise ConfigError("model.stats_head reads the region statistics of "
+                              "model.region_intensity; set model.region_intensity: true too")
+        if cfg.stats_head:                                   # (B, M * 8) -> (B, C), from zero
+            self.stats_head = nn.Linear(M * 2 * len(REGIONS), C)
+            nn.init.zeros_(self.stats_head.weight)
+            nn.init.zeros_(self.stats_head.bias)
         if cfg.losses.modality_weight > 0:
             self.modality_heads = nn.ModuleDict({m: nn.Linear(d, C) for m in cfg.modalities})
         nn.init.normal_(self.modality_embed, std=0.02)
@@ -379,11 +392,14 @@ class MedMAPClassifier(nn.Module):
 
     def modality_feature(self, x: torch.Tensor, m: int, report: torch.Tensor | None = None,
                          report_mask: torch.Tensor | None = None,
-                         lesion: torch.Tensor | LesionGeometry | None = None
+                         lesion: torch.Tensor | LesionGeometry | None = None,
+                         stats_out: dict[int, torch.Tensor] | None = None
                          ) -> torch.Tensor:
         """Fused feature (b, d) of modality ``m``'s volumes ``x`` (b, 1, D, H, W); ``lesion``
         (b, 1, D, H, W): the lesion mask that mask and region pooling read (or its
-        :class:`~medmap.models.regions.LesionGeometry`, shared by the modalities)."""
+        :class:`~medmap.models.regions.LesionGeometry`, shared by the modalities).
+        ``stats_out``: receives ``{m: standardised region statistics (b, 8)}``
+        (``region_intensity`` models)."""
         cfg, name = self.cfg, self.cfg.modalities[m]
         if isinstance(lesion, torch.Tensor):
             lesion = LesionGeometry(lesion)
@@ -418,7 +434,10 @@ class MedMAPClassifier(nn.Module):
             self._need_mask(lesion)
             stats = region_stats(x, lesion.regions)                      # (b, 8)
             norm = self.intensity_norm[self.experts.key(name)]
-            parts.append(self._standardise(norm, stats).to(parts[0].dtype))
+            stats = self._standardise(norm, stats)
+            if stats_out is not None:
+                stats_out[m] = stats
+            parts.append(stats.to(parts[0].dtype))
         if cfg.region_shape:
             self._need_mask(lesion)
             parts.append(self._standardise(self.shape_norm, lesion.shape_features).to(parts[0].dtype))
@@ -445,14 +464,19 @@ class MedMAPClassifier(nn.Module):
             raise ValueError(f"batch rows {empty} have no modality present; every case needs one")
         feats = images.new_zeros(B, M, self.cfg.embed_dim)       # (B, M, d)
         geometry = None if lesion_mask is None else LesionGeometry(lesion_mask)  # once per batch
+        stats = images.new_zeros(B, M, 2 * len(REGIONS)) if self.cfg.stats_head else None
         for m in range(M):
             rows = present[:, m].nonzero(as_tuple=True)[0]
             if rows.numel():
                 rep = None if reports is None else reports[rows, m]
                 rmask = None if report_mask is None else report_mask[rows, m]
                 les = None if geometry is None else geometry.rows(rows)
-                f = self.modality_feature(images[rows, m], m, rep, rmask, les)  # (b, d)
+                got: dict[int, torch.Tensor] | None = {} if stats is not None else None
+                f = self.modality_feature(images[rows, m], m, rep, rmask, les, got)  # (b, d)
                 feats = feats.index_put((rows, torch.full_like(rows, m)), f.to(feats.dtype))
+                if got:                                          # (B, M, 8): this slot's rows
+                    stats = stats.index_put((rows, torch.full_like(rows, m)),
+                                            got[m].to(stats.dtype))
         per_modality = None
         if self.cfg.losses.modality_weight > 0:                   # (B, M, K), absent rows unused
             per_modality = torch.stack([self.modality_heads[name](feats[:, m])
@@ -466,6 +490,8 @@ class MedMAPClassifier(nn.Module):
         else:
             fusion = self.norm((feats * w).sum(1) / w.sum(1))    # (B, d) mean over present
         logits = self.head(fusion)                               # (B, K)
+        if stats is not None:                                    # (B, M * 8) -> (B, K)
+            logits = logits + self.stats_head(stats.flatten(1).to(logits.dtype))
         out = {"logits": logits, "probs": logits.softmax(-1), "fusion": fusion}
         if per_modality is not None:
             out["modality_logits"], out["present"] = per_modality, present
