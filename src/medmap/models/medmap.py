@@ -320,7 +320,8 @@ class MedMAPClassifier(nn.Module):
             parts.append(stats.to(parts[0].dtype))
         if cfg.region_shape:
             self._need_mask(lesion)
-            parts.append(self._standardise(self.shape_norm, lesion.shape_features).to(parts[0].dtype))
+            shape = self._standardise(self.shape_norm, lesion.shape_features)   # (b, 8)
+            parts.append(shape.to(parts[0].dtype))
         return self.merge(torch.cat(parts, dim=-1))                      # (b, d)
 
     def forward(self, images: torch.Tensor, present: torch.Tensor,
