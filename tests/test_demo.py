@@ -187,18 +187,21 @@ def test_demo_config_fits_the_encoder():
 
 
 def test_demo_keeps_the_liver_phases_apart_and_pools_the_brain_sequences():
-    """The liver's phases keep fixed slots and bring their own region statistics (its classes
-    differ in how a lesion changes from phase to phase); the brain's sequences are averaged;
-    without a lesion mask there are no region statistics to read."""
+    """The liver's phases keep fixed slots and bring their own region statistics, which a linear
+    head also reads (its classes differ in how a lesion changes from phase to phase); the
+    brain's sequences are averaged; without a lesion mask there are no statistics to read."""
     from pathlib import Path
 
     liver = demo_config("liver", "m.jsonl", Path("c"), DemoSettings()).model
     brain = demo_config("brain", "m.jsonl", Path("c"), DemoSettings()).model
-    assert (liver.modality_pool, liver.region_intensity) == ("concat", True)
-    assert (brain.modality_pool, brain.region_intensity) == ("mean", False)
+    assert (liver.modality_pool, liver.region_intensity, liver.stats_head) == ("concat", True,
+                                                                                True)
+    assert (brain.modality_pool, brain.region_intensity, brain.stats_head) == ("mean", False,
+                                                                                False)
     whole = DemoSettings(roi_mask={"liver": None, "brain": None},
                          intensity={"liver": "mri", "brain": "mri"})
     assert not demo_config("liver", "m.jsonl", Path("c"), whole).model.region_intensity
+    assert not demo_config("liver", "m.jsonl", Path("c"), whole).model.stats_head
 
 
 def test_shipped_demo_config_is_the_demo_for_both_organs():
@@ -214,7 +217,8 @@ def test_shipped_demo_config_is_the_demo_for_both_organs():
         cfg = demo_config(organ, Path("medmap-demo/data/manifest.jsonl"), Path("medmap-demo/cache"),
                           DemoSettings())
         extra = (["data.preprocess.intensity=mri", "model.modality_pool=mean",   # the header's
-                  "model.region_intensity=false"] if organ == "brain" else [])
+                  "model.region_intensity=false", "model.stats_head=false"]
+                 if organ == "brain" else [])
         shipped = load_config(ExperimentConfig, root / "configs" / "demo.yaml",
                               [f"data.organ={organ}", *extra])
         assert shipped == cfg, "configs/demo.yaml is out of date"

@@ -70,6 +70,11 @@ class DemoSettings:
                                                                    "brain": "mean"})
     region_intensity: dict[str, bool] = field(default_factory=lambda: {"liver": True,
                                                                        "brain": False})
+    # per organ, whether those region statistics also feed a linear classifier added to the
+    # head (stats_head, needs region_intensity): liver +0.021 accuracy over nine seeds, paired
+    # 95% CI [0.001, 0.041]; the brain, which reads no statistics, was lower with them
+    stats_head: dict[str, bool] = field(default_factory=lambda: {"liver": True,
+                                                                 "brain": False})
     # modality experts: "cnn" (small 3D CNNs, fast on a CPU) or "swin" (the paper's)
     expert: str = "cnn"
     # pre-training stops when validation retrieval has not improved for `pretrain_patience`
@@ -139,7 +144,9 @@ def demo_config(organ: str, manifest: Path, cache: Path, s: DemoSettings,
                              pooling="mask" if masked else "mean_max",
                              region_scales=[0, 1] if masked else [],
                              modality_pool=s.modality_pool.get(organ, "mean"),
-                             region_intensity=masked and s.region_intensity.get(organ, False))
+                             region_intensity=masked and s.region_intensity.get(organ, False),
+                             stats_head=(masked and s.region_intensity.get(organ, False)
+                                         and s.stats_head.get(organ, False)))
     if s.augment:
         cfg.data.augment = AugmentConfig(flip_prob=0.5, intensity_scale=0.1, intensity_shift=0.1)
     # 2e-4: at 1e-3 the Swin experts collapsed to a constant prediction (measured)
