@@ -128,8 +128,20 @@ def test_stats_head_adds_a_linear_model_on_the_slotted_statistics():
                 slots[b, m] = model.intensity_norm[name](raw)[0]          # eval: running stats
     expected = base + slots.flatten(1) @ model.stats_head.weight.T + 0.5
     assert torch.allclose(out, expected, atol=1e-4)
-    with pytest.raises(ValueError, match="region_intensity"):
+    with pytest.raises(ValueError, match="region_intensity: true too, or model.stats_head: false"):
         MedMAPClassifier(MedMAPConfig.tiny(["T2WI"], ["a", "b"], stats_head=True))
+
+
+def test_stats_head_without_region_intensity_is_refused_when_the_config_loads(tmp_path):
+    """The error comes from loading the config, before any data is read or model built."""
+    from medmap.config import ConfigError, load_config
+    from medmap.train.config import ExperimentConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {region_intensity: true, stats_head: true}\n")
+    assert load_config(ExperimentConfig, path, []).model.stats_head
+    with pytest.raises(ConfigError, match="or model.stats_head: false"):
+        load_config(ExperimentConfig, path, ["model.region_intensity=false"])
 
 
 def test_region_intensity_trains_with_one_case_of_a_modality():

@@ -48,7 +48,7 @@ from medmap.models.csa import CrossCognitionBlock, TextGuidance
 from medmap.models.encoders import build_encoder
 from medmap.models.experts import ModalityExperts
 from medmap.models.hub import from_pretrained, register_model
-from medmap.models.medmap_config import MedMAPConfig, MedMAPLossConfig
+from medmap.models.medmap_config import MedMAPConfig, MedMAPLossConfig, check_stats_head
 from medmap.models.regions import (REGIONS, SHAPE_STATS, LesionGeometry, region_pool,
                                    region_stats)
 
@@ -201,9 +201,7 @@ class MedMAPClassifier(nn.Module):
             self.missing_embed = nn.Parameter(torch.zeros(M, d))
             self.concat_proj = nn.Linear(M * d, d)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(d, C))
-        if cfg.stats_head and not cfg.region_intensity:
-            raise ConfigError("model.stats_head reads the region statistics of "
-                              "model.region_intensity; set model.region_intensity: true too")
+        check_stats_head(cfg)
         if cfg.stats_head:                                   # (B, M * 8) -> (B, C), from zero
             self.stats_head = nn.Linear(M * 2 * len(REGIONS), C)
             nn.init.zeros_(self.stats_head.weight)

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from medmap.config import ConfigError
 from medmap.models.encoders import CNNConfig, EncoderConfig, SwinConfig, tiny_encoder_config
 
 CSAText = Literal["knowledge", "report", "modality", "none"]
@@ -122,6 +123,9 @@ class MedMAPConfig:
     modality_pool: Literal["mean", "concat"] = "mean"
     losses: MedMAPLossConfig = field(default_factory=MedMAPLossConfig)
 
+    def __post_init__(self) -> None:
+        check_stats_head(self)
+
     @classmethod
     def tiny(cls, modalities: list[str], classes: list[str], **kw) -> MedMAPConfig:
         """A small config for tests at 32^3."""
@@ -134,3 +138,12 @@ class MedMAPConfig:
 
 
 __all__ = ["CSAText", "MedMAPConfig", "MedMAPLossConfig", "Pooling"]
+
+
+def check_stats_head(cfg: MedMAPConfig) -> None:
+    """ConfigError unless ``stats_head`` comes with the ``region_intensity`` it reads (checked
+    when a config is built or loaded, and again when a model is built from one edited since)."""
+    if cfg.stats_head and not cfg.region_intensity:
+        raise ConfigError("model.stats_head reads the region statistics of "
+                          "model.region_intensity; set model.region_intensity: true too, "
+                          "or model.stats_head: false")
