@@ -103,8 +103,11 @@ def _edit_config(folder, tmp_path, edit) -> object:
     (lambda d: d["config"].update(classes=["a", "b"]),
      r"differ in shape \(class_prompts: .*head\.1\.weight: weights \(3, 32\), config\.json "
      r"builds \(2, 32\)"),
+    (lambda d: d["config"].update(stats_head=True, region_intensity=False),
+     r"'config' does not fit a 'medmap_classifier' model \(model\.stats_head reads .*or "
+     r"model\.stats_head: false\)"),
 ], ids=["conv-width", "embed-dim", "modalities", "encoder", "bad-value", "type", "unknown-type",
-                            "classes"])
+                            "classes", "stats-head-alone"])
 def test_edited_config_is_a_model_folder_error(folder, tmp_path, edit, match):
     bad = _edit_config(folder, tmp_path, edit)
     expect = None if "unknown" in match else "medmap_classifier"

@@ -137,9 +137,6 @@ class MedMAPConfig:
         return cls(**base)
 
 
-__all__ = ["CSAText", "MedMAPConfig", "MedMAPLossConfig", "Pooling"]
-
-
 def check_stats_head(cfg: MedMAPConfig) -> None:
     """ConfigError unless ``stats_head`` comes with the ``region_intensity`` it reads (checked
     when a config is built or loaded, and again when a model is built from one edited since)."""
@@ -147,3 +144,6 @@ def check_stats_head(cfg: MedMAPConfig) -> None:
         raise ConfigError("model.stats_head reads the region statistics of "
                           "model.region_intensity; set model.region_intensity: true too, "
                           "or model.stats_head: false")
+
+
+__all__ = ["CSAText", "MedMAPConfig", "MedMAPLossConfig", "Pooling", "check_stats_head"]
