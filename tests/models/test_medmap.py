@@ -82,6 +82,48 @@ def test_missing_modalities_are_ignored_not_zero_filled(pool):
         model(images, torch.tensor([[False, False, False], [True, True, True]]))
 
 
+@pytest.mark.parametrize("csa_text, use_conv", [("knowledge", True), ("report", True),
+                                                ("modality", True), ("none", False)])
+def test_a_case_prediction_does_not_depend_on_its_batch(csa_text, use_conv):
+    """The shared modules (text guidance, CCT, pooling, merge) run once over every present
+    (case, sequence) pair stacked on the batch axis: each pair must still meet its own case's
+    mask, report and sequence. Alone or beside cases missing other sequences, same output."""
+    torch.manual_seed(0)
+    cfg = _cfg(encoder=CNNConfig(channels=(8, 16), norm="batch"), csa_text=csa_text,
+               pooling="mask", region_scales=[0, 1], region_intensity=True, stats_head=True,
+               region_shape=True, mask_channel=use_conv, modality_pool="concat",
+               use_conv=use_conv)        # without the conv stream CCT reads the class text
+    model = MedMAPClassifier(cfg, torch.randn(3, 2, 32), torch.randn(3, 32))
+    with torch.no_grad():                                  # non-trivial running statistics
+        for norm in [*model.intensity_norm.values(), model.shape_norm]:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+        model.stats_head.weight.normal_()
+        if csa_text in ("knowledge", "report"):            # the gate starts at identity
+            model.guidance.gate.weight.normal_(std=0.5)
+    model.eval()
+    images = torch.randn(3, 3, 1, 32, 32, 32)
+    present = torch.tensor([[True, False, True], [True, True, True], [False, True, True]])
+    mask = torch.zeros(3, 1, 32, 32, 32)
+    for b, (lo, hi) in enumerate([(4, 12), (10, 26), (16, 30)]):
+        mask[b, :, lo:hi, lo:hi, lo:hi] = 1
+    reports, rmask = torch.randn(3, 3, 32), present.clone()
+    rmask[1, 2] = False                                    # a sequence without its report
+    kw = dict(reports=reports, report_mask=rmask) if csa_text == "report" else {}
+    batch = model(images, present, lesion_mask=mask, **kw)["logits"]
+    for b in range(3):
+        one = {k: v[b:b + 1] for k, v in kw.items()}
+        alone = model(images[b:b + 1], present[b:b + 1], lesion_mask=mask[b:b + 1], **one)
+        assert torch.allclose(batch[b], alone["logits"][0], atol=1e-5), (csa_text, b)
+    # and what each pair meets is its own: another case's mask changes only that case
+    mask2 = mask.clone()
+    mask2[2] = 0
+    mask2[2, :, 2:8, 2:8, 2:8] = 1
+    moved = model(images, present, lesion_mask=mask2, **kw)["logits"]
+    assert torch.allclose(moved[:2], batch[:2], atol=1e-5)
+    assert not torch.allclose(moved[2], batch[2], atol=1e-3)
+
+
 def test_concat_pool_fills_an_absent_modality_with_its_learned_slot():
     torch.manual_seed(0)
     model = MedMAPClassifier(_cfg(modality_pool="concat"), torch.randn(3, 2, 32))

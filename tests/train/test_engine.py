@@ -79,3 +79,47 @@ def test_checkpoints_are_written_straight_to_the_file_atomically(tmp_path, monke
         io.save_checkpoint(ckpt, target, storage_options={"x": 1})
     trainer = build_trainer(tmp_path / "t", OptimConfig(epochs=1))
     assert type(trainer.strategy.checkpoint_io).__name__ == "DirectCheckpointIO"
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_gradients_are_clipped_to_the_global_norm_under_a_fused_adamw(precision):
+    """fp32 and bf16-mixed (no loss scaler) train with the fused AdamW, which Lightning's own
+    clipping refuses under mixed precision; the module clips itself: gradients larger than
+    ``gradient_clip`` leave with exactly that global norm, as ``clip_grad_norm_`` gives."""
+    import lightning as L
+    import torch
+
+    from medmap.train.engine import OptimConfig
+    from medmap.train.modules import TrainModule
+
+    seen = []
+
+    def norm(params):
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+
+    class Tiny(TrainModule):
+        def training_step(self, batch, batch_idx):
+            return 1e3 * (self.model(batch[0]) ** 2).mean()          # large gradients
+
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                        gradient_clip_algorithm=None):
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            before = norm(params)
+            ref = [p.grad.clone() for p in params]
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)
+            scale = gradient_clip_val / (before + 1e-6)
+            same = all(torch.allclose(p.grad, r * scale, rtol=1e-5) for p, r in zip(params, ref))
+            seen.append((before, norm(params), optimizer.defaults["fused"], same))
+
+    torch.manual_seed(0)
+    module = Tiny(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16),
+                                      torch.nn.Linear(16, 4)), None, OptimConfig(lr=1e-3))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 8)),
+                                       batch_size=4)
+    L.Trainer(accelerator="cpu", precision=precision, max_epochs=1, gradient_clip_val=0.5,
+              logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(module, data)
+    assert len(seen) == 2
+    for before, after, fused, same in seen:
+        assert before > 0.5 and after == pytest.approx(0.5, rel=1e-4) and fused and same

@@ -83,10 +83,28 @@ class TrainModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
-        full = str(self.trainer.precision) in ("32-true", "32", "64-true", "64")
+        # fp16 with a loss scaler: Lightning unscales the gradients before clipping them, which
+        # a fused optimizer would do inside its step; fp32 and bf16 (no scaler) take the fused one
+        scaled = str(self.trainer.precision) in ("16-mixed", "16", "16-true")
         opt, sched = build_adamw(self.param_groups(), self.optim, total, per_epoch,
-                                 allow_fused=full)
+                                 allow_fused=not scaled)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip to ``optim.gradient_clip`` by the global norm of every gradient, computed with
+        torch's multi-tensor kernels: Lightning's default loops over MedMAP's ~900 tensors one
+        at a time on a CPU and refuses a fused optimizer under bf16 mixed precision, which has
+        no loss scaler and so nothing to unscale. Same norm, same clipping rule."""
+        if not gradient_clip_val:
+            return
+        if (gradient_clip_algorithm or "norm") != "norm":     # a str enum in Lightning
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)
+            return
+        grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val, foreach=True)
 
     def _gather_val(self) -> tuple[torch.Tensor, ...] | None:
         """Concatenate the epoch's stored validation tuples (all ranks under DDP) and reset."""
