@@ -50,7 +50,7 @@ from medmap.models.experts import ModalityExperts
 from medmap.models.hub import from_pretrained, register_model
 from medmap.models.medmap_config import MedMAPConfig, MedMAPLossConfig, check_stats_head
 from medmap.models.regions import (REGIONS, SHAPE_STATS, LesionGeometry, region_pool,
-                                   region_stats)
+                                   region_stats_per_channel)
 
 @register_model("medmap_clip", MedMAPConfig)
 class ModalityAwareCLIP(nn.Module):
@@ -292,7 +292,7 @@ class MedMAPClassifier(nn.Module):
         all pairs stacked on the batch axis: the same computation as one call per modality,
         in about M times fewer (small) kernels."""
         cfg = self.cfg
-        rows_, mods, swin, conv, maps, xs = [], [], [], [], [], []
+        rows_, mods, swin, conv, maps = [], [], [], [], []
         for m, name in enumerate(cfg.modalities):
             rows = present[:, m].nonzero(as_tuple=True)[0]
             if not rows.numel():
@@ -312,7 +312,6 @@ class MedMAPClassifier(nn.Module):
                 conv.append(self.conv_proj[k](self.conv_stream[k](xin).tokens))  # (b, N', d) f_v
             rows_.append(rows)
             mods.append(torch.full_like(rows, m))
-            xs.append(x)
         rows, mod = torch.cat(rows_), torch.cat(mods)                    # (P,), (P,)
         rep = None if reports is None else reports[rows, mod]            # (P, text_dim)
         rmask = None if report_mask is None else report_mask[rows, mod]  # (P,)
@@ -341,7 +340,8 @@ class MedMAPClassifier(nn.Module):
         stats = None
         if cfg.region_intensity:
             self._need_mask(les)
-            raw = region_stats(torch.cat(xs), les.regions).split(sizes)  # (b, 8) per modality
+            every = region_stats_per_channel(images[:, :, 0], lesion.regions)  # (B, M, 8)
+            raw = every[rows, mod].split(sizes)                          # (b, 8) per modality
             stats = torch.cat([self._standardise(self.intensity_norm[self.experts.key(
                 cfg.modalities[int(m[0])])], r) for m, r in zip(mods, raw)])
             parts.append(stats.to(parts[0].dtype))

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from medmap.config import UserError
 
 __all__ = ["REGIONS", "SHAPE_STATS", "LesionGeometry", "lesion_regions", "region_pool",
-           "region_stats", "shape_stats", "token_weights"]
+           "region_stats", "region_stats_per_channel", "shape_stats", "token_weights"]
 
 REGIONS = ("lesion", "core", "rim", "shell")
 # what :func:`shape_stats` returns per case, in order
@@ -83,18 +83,24 @@ def region_stats(image: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """The mean and standard deviation of ``image`` (b, 1, D, H, W) inside every region of
     ``regions`` (b, R, D, H, W) at the image's resolution: (b, 2R), means first; in fp32
     outside autocast (a variance as E[x^2] - E[x]^2 in bf16 would be noise)."""
-    with torch.autocast(image.device.type, enabled=False):
-        return _region_stats(image.float(), regions.float())
+    return region_stats_per_channel(image, regions)[:, 0]
 
 
-def _region_stats(image: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+def region_stats_per_channel(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """:func:`region_stats` of every channel of ``images`` (b, C, D, H, W), e.g. every
+    sequence of a case, against the case's one set of ``regions``: (b, C, 2R)."""
+    with torch.autocast(images.device.type, enabled=False):
+        return _region_stats(images.float(), regions.float())
+
+
+def _region_stats(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     w = regions.flatten(2)                                                          # (b, R, n)
-    v = image.flatten(1).unsqueeze(-1)                                              # (b, n, 1)
-    n = w.sum(-1).clamp_min(1e-6)                                                   # (b, R)
-    mean = torch.bmm(w, v).squeeze(-1) / n
-    sq = torch.bmm(w, v * v).squeeze(-1) / n
+    v = images.flatten(2).transpose(1, 2)                                           # (b, n, C)
+    n = w.sum(-1, keepdim=True).clamp_min(1e-6)                                     # (b, R, 1)
+    mean = torch.bmm(w, v) / n                                                      # (b, R, C)
+    sq = torch.bmm(w, v * v) / n
     sd = (sq - mean * mean).clamp_min(0).sqrt()
-    return torch.cat([mean, sd], dim=-1)
+    return torch.cat([mean, sd], dim=1).transpose(1, 2)                             # (b, C, 2R)
 
 
 def shape_stats(regions: torch.Tensor) -> torch.Tensor:
