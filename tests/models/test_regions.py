@@ -6,7 +6,8 @@ import torch
 
 from medmap.models.medmap import MedMAPClassifier, MedMAPConfig, _mask_pool
 from medmap.models.regions import (SHAPE_STATS, LesionGeometry, lesion_regions, region_pool,
-                                   region_stats, shape_stats, token_weights)
+                                   region_stats, region_stats_per_channel, shape_stats,
+                                   token_weights)
 
 
 def _cube_mask(lo=8, hi=24, n=32):
@@ -61,6 +62,12 @@ def test_region_stats_are_the_mean_and_sd_inside_each_region():
         assert out[0, 4 + r].item() == pytest.approx(vals.std(unbiased=False).item(), rel=1e-3)
     with torch.autocast("cpu", dtype=torch.bfloat16):            # fp32 inside autocast
         assert torch.allclose(region_stats(img, regions), out)
+    # every sequence of a case in one pass: the same as one call per sequence
+    img2 = torch.cat([img, img.flip(2) * 3.0 - 1.0], dim=1)      # (1, 2, D, H, W)
+    both = region_stats_per_channel(img2, regions)                # (1, 2, 8)
+    assert both.shape == (1, 2, 8)
+    for c in range(2):
+        assert torch.allclose(both[:, c], region_stats(img2[:, c:c + 1], regions), atol=1e-5)
 
 
 def test_shape_stats_of_a_box_and_of_two_boxes_by_hand():

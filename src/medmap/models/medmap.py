@@ -288,51 +288,64 @@ class MedMAPClassifier(nn.Module):
         :class:`~medmap.models.regions.LesionGeometry` (mask-reading models).
 
         What has weights per modality (expert, conv stream, the statistics' batch norms) runs
-        once per modality; what is shared (text guidance, CCT, pooling, merge) runs once over
-        all pairs stacked on the batch axis: the same computation as one call per modality,
-        in about M times fewer (small) kernels."""
-        cfg = self.cfg
-        rows_, mods, swin, conv, maps = [], [], [], [], []
+        once per modality on its present cases; what is shared (text guidance, CCT, pooling,
+        merge: row-wise modules without batch statistics) runs once over all M * B slots
+        stacked on the batch axis, absent pairs as zero rows that are dropped at the end: the
+        same computation as one call per modality in about M times fewer (small) kernels, and
+        one shape per batch size whatever is missing (a shape per count of present pairs
+        filled oneDNN's primitive cache, ~50 MB per epoch)."""
+        cfg, (B, M) = self.cfg, present.shape
+        swin, conv, maps = [None] * M, [None] * M, [None] * M
         for m, name in enumerate(cfg.modalities):
             rows = present[:, m].nonzero(as_tuple=True)[0]
             if not rows.numel():
                 continue
-            x = images[rows, m]                                          # (b, 1, D, H, W)
+            full = rows.numel() == B
+
+            def slots(t: torch.Tensor) -> torch.Tensor:                 # (b, ...) -> (B, ...)
+                return t if full else t.new_zeros((B, *t.shape[1:])).index_copy(0, rows, t)
+
+            x = images[:, m] if full else images[rows, m]               # (b, 1, D, H, W)
             if cfg.region_scales:
                 f, fmaps = self.experts.encode(x, name, maps=True)
-                maps.append([fmaps[s] for s in cfg.region_scales])
+                maps[m] = [slots(fmaps[s]) for s in cfg.region_scales]
             else:
                 f = self.experts.encode(x, name)                         # (b, N, d) f_swin
-            swin.append(f)
+            swin[m] = slots(f)
             if cfg.use_conv:
                 k, xin = self.experts.key(name), x
                 if cfg.mask_channel:
                     self._need_mask(lesion)
                     xin = torch.cat([x, lesion.rows(rows).mask.to(x.dtype)], 1)  # (b, 2, ...)
-                conv.append(self.conv_proj[k](self.conv_stream[k](xin).tokens))  # (b, N', d) f_v
-            rows_.append(rows)
-            mods.append(torch.full_like(rows, m))
-        rows, mod = torch.cat(rows_), torch.cat(mods)                    # (P,), (P,)
-        rep = None if reports is None else reports[rows, mod]            # (P, text_dim)
-        rmask = None if report_mask is None else report_mask[rows, mod]  # (P,)
-        les = None if lesion is None else lesion.rows(rows)
-        f_swin = self._guide(torch.cat(swin), mod, rep, rmask)[0]        # (P, N, d) f_vt
+                conv[m] = slots(self.conv_proj[k](self.conv_stream[k](xin).tokens))  # f_v
+        some = next(m for m in range(M) if swin[m] is not None)
+        for lst in (swin, conv, maps):                                   # absent everywhere
+            for m in range(M):
+                if lst[m] is None and lst[some] is not None:
+                    lst[m] = ([torch.zeros_like(t) for t in lst[some]] if lst is maps
+                              else torch.zeros_like(lst[some]))
+        mod = torch.arange(M, device=present.device).repeat_interleave(B)   # (M*B,) slot m*B+b
+        case = torch.arange(B, device=present.device).repeat(M)             # (M*B,)
+        keep = present.t().reshape(-1)                                      # (M*B,)
+        rep = None if reports is None else reports[case, mod]               # (M*B, text_dim)
+        rmask = None if report_mask is None else report_mask[case, mod] & keep
+        les = None if lesion is None else lesion.rows(case)
+        f_swin = self._guide(torch.cat(swin), mod, rep, rmask)[0]        # (M*B, N, d) f_vt
         other = None
         if cfg.use_conv:
-            other = torch.cat(conv)                                      # (P, N', d)
+            other = torch.cat(conv)                                      # (M*B, N', d)
         elif cfg.use_cct:
-            other = self.text_proj(self.class_prompts)[mod]              # (P, C, d) class text
+            other = self.text_proj(self.class_prompts)[mod]              # (M*B, C, d) class text
         if cfg.use_cct:
             for blk in self.cct:
                 other, f_swin = blk(other, f_swin)
-        parts = [self._pool_tokens(f_swin, les)]                         # (P, 2d)
+        parts = [self._pool_tokens(f_swin, les)]                         # (M*B, 2d)
         if other is not None:
             parts.insert(0, self._pool_tokens(other, les, spatial=cfg.use_conv))
-        sizes = [len(r) for r in rows_]                                  # pairs per modality
         if cfg.region_scales:
             self._need_mask(les)
             pooled = []
-            for i in range(len(cfg.region_scales)):                      # (P, 4 * C_s)
+            for i in range(len(cfg.region_scales)):                      # (M*B, 4 * C_s)
                 fmap = torch.cat([mp[i] for mp in maps])
                 pooled.append(region_pool(fmap, weights=les.region_weights(
                     fmap.shape[2:], fmap.dtype)).flatten(1))
@@ -341,16 +354,29 @@ class MedMAPClassifier(nn.Module):
         if cfg.region_intensity:
             self._need_mask(les)
             every = region_stats_per_channel(images[:, :, 0], lesion.regions)  # (B, M, 8)
-            raw = every[rows, mod].split(sizes)                          # (b, 8) per modality
-            stats = torch.cat([self._standardise(self.intensity_norm[self.experts.key(
-                cfg.modalities[int(m[0])])], r) for m, r in zip(mods, raw)])
+            stats = self._per_modality_norm(
+                every.transpose(0, 1), present,                          # (M, B, 8)
+                [self.intensity_norm[self.experts.key(n)] for n in cfg.modalities])
             parts.append(stats.to(parts[0].dtype))
-        if cfg.region_shape:                                             # (P, 8)
+        if cfg.region_shape:
             self._need_mask(les)
-            shape = torch.cat([self._standardise(self.shape_norm, s)     # per modality, as
-                               for s in les.shape_features.split(sizes)])  # one call each
+            shape = self._per_modality_norm(lesion.shape_features.expand(M, -1, -1),
+                                            present, [self.shape_norm] * M)
             parts.append(shape.to(parts[0].dtype))
-        return rows, mod, self.merge(torch.cat(parts, dim=-1)), stats    # (P, d)
+        idx = keep.nonzero(as_tuple=True)[0]                             # present slots
+        f = self.merge(torch.cat(parts, dim=-1))[idx]                    # (P, d)
+        return case[idx], mod[idx], f, None if stats is None else stats[idx]
+
+    def _per_modality_norm(self, values: torch.Tensor, present: torch.Tensor,
+                           norms: list[nn.BatchNorm1d]) -> torch.Tensor:
+        """values (M, B, k) -> (M*B, k): each modality's present rows through its own batch
+        norm (batch statistics of those rows only, as one call per modality), absent ones 0."""
+        out = values.new_zeros(values.shape)
+        for m, norm in enumerate(norms):
+            rows = present[:, m].nonzero(as_tuple=True)[0]
+            if rows.numel():
+                out[m, rows] = self._standardise(norm, values[m, rows])
+        return out.flatten(0, 1)
 
     def forward(self, images: torch.Tensor, present: torch.Tensor,
                 text: torch.Tensor | None = None, reports: torch.Tensor | None = None,
