@@ -212,9 +212,9 @@ class MedMAPClassifier(nn.Module):
         if cfg.csa_text in ("knowledge", "report"):
             self.guidance = TextGuidance(d, cfg.cct_heads, cfg.dropout)
 
-    def class_text(self, m: int) -> torch.Tensor:
-        """The projected class descriptions of modality ``m``: (C, d)."""
-        return self.text_proj(self.class_prompts[m])
+    def class_texts(self) -> torch.Tensor:
+        """The projected class descriptions of every modality: (M, C, d)."""
+        return self.text_proj(self.class_prompts)
 
     def text_guidance(self, f_swin: torch.Tensor, m: int, report: torch.Tensor | None = None,
                       report_mask: torch.Tensor | None = None
@@ -231,7 +231,7 @@ class MedMAPClassifier(nn.Module):
         index, ``report`` (P, text_dim) / ``report_mask`` (P,) each row's report."""
         mode = self.cfg.csa_text
         if mode == "knowledge":                              # (M, C, d) -> (P, C, d)
-            return self.guidance(f_swin, self.text_proj(self.class_prompts)[mod])
+            return self.guidance(f_swin, self.class_texts()[mod])
         if mode == "report":
             if report is None:
                 raise UserError("csa_text 'report' needs each case's report embeddings "
@@ -335,7 +335,7 @@ class MedMAPClassifier(nn.Module):
         if cfg.use_conv:
             other = torch.cat(conv)                                      # (M*B, N', d)
         elif cfg.use_cct:
-            other = self.text_proj(self.class_prompts)[mod]              # (M*B, C, d) class text
+            other = self.class_texts()[mod]                          # (M*B, C, d) class text
         if cfg.use_cct:
             for blk in self.cct:
                 other, f_swin = blk(other, f_swin)
