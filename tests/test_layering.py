@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 LAYERS: list[tuple[str, ...]] = [
-    ("medmap", "medmap._lazy", "medmap.config", "medmap.metrics"),
+    ("medmap", "medmap._lazy", "medmap.config", "medmap.metrics", "medmap.linear"),
     ("medmap.data",),
     ("medmap.text",),
     ("medmap.models", "medmap.losses"),

@@ -88,3 +88,45 @@ def test_finetuning_keeps_the_linear_probe_accuracy(tmp_path, tiny_bert):
                    n_cam_cases=0, cache_dir=cfg.data.cache_dir)["metrics"]["accuracy"]
     assert acc >= probe_acc, (acc, probe_acc)
     assert acc >= 0.8            # the three patterns are plain in the volumes
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_stats_head_fit_starts_fine_tuning_from_the_statistics_logistic_regression(
+        tmp_path, tiny_bert):
+    """``model.stats_head_init: fit`` on the toy set, at learning rate 0 so the weights stay
+    where they start: the fitted head alone classifies the test cases (the three patterns are
+    plain in the lesion statistics), and the run's model card records the fit; the control,
+    the zero-initialised head, leaves the untrained deep model near chance."""
+    from medmap.eval.evaluate import evaluate
+    from medmap.train.medmap import finetune
+
+    manifest = _toy_manifest(tmp_path / "data")
+    acc = {}
+    for init in ("fit", "zero"):
+        cfg = ExperimentConfig()
+        cfg.data.manifest = str(manifest)
+        cfg.data.organ = "liver"
+        cfg.data.cache_dir = str(tmp_path / "cache")
+        cfg.data.preprocess = PreprocessConfig(spacing=None, size=(16, 16, 16),
+                                               roi_mask="lesion", intensity="mri_reference")
+        cfg.text.model = str(tiny_bert)
+        cfg.model = MedMAPConfig(encoder=CNNConfig(channels=(8, 16), norm="batch"),
+                                 conv_stream=CNNConfig(channels=(8, 16), norm="batch"),
+                                 embed_dim=32, cct_heads=2, pooling="mask",
+                                 region_intensity=True, stats_head=True,
+                                 stats_head_init=init)
+        cfg.finetune = OptimConfig(epochs=1, batch_size=6, lr=0.0, progress=False)
+        run = tmp_path / f"ft-{init}"
+        finetune(cfg, run)
+        meta = json.loads((run / "model" / "config.json").read_text())
+        assert ("stats_prior" in meta) == (init == "fit")
+        acc[init] = evaluate(run, manifest, split="test", n_boot=0, localise=False,
+                             n_cam_cases=0, cache_dir=cfg.data.cache_dir)["metrics"]["accuracy"]
+    assert meta_fit_ok(tmp_path / "ft-fit")
+    assert acc["fit"] >= 0.9, acc
+    assert acc["zero"] <= 0.6, acc
+
+
+def meta_fit_ok(run) -> bool:
+    prior = json.loads((run / "model" / "config.json").read_text())["stats_prior"]
+    return prior["n_cases"] == 30 and prior["train_accuracy"] == 1.0 and prior["C"] > 0

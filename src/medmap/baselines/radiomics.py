@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medmap.config import ConfigError, UserError, to_dict
+from medmap.linear import chosen_c, logistic_cv
 from medmap.data.manifest import Case, Manifest, ManifestError
 
 __all__ = ["RadiomicsConfig", "region_masks", "sequence_features", "case_features",
@@ -297,24 +298,13 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, cfg: RadiomicsConfig | None = Non
     """A fitted scikit-learn pipeline: median imputation, standardisation and a multinomial
     logistic regression whose ``C`` is chosen by stratified cross-validation on (X, y)."""
     from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     cfg = cfg or RadiomicsConfig()
     if np.unique(y).size < 2:
         raise UserError("the radiomics baseline needs training cases of at least two classes")
-    folds = int(min(cfg.cv_folds, np.bincount(y)[np.unique(y)].min()))
-    if folds >= 2:
-        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        clf = LogisticRegressionCV(Cs=list(cfg.Cs), cv=cv, scoring="neg_log_loss",
-                                   max_iter=cfg.max_iter, l1_ratios=(0.0,),  # L2
-                                   use_legacy_attributes=False)
-    else:       # a class with a single training case: no cross-validation possible
-        warnings.warn("radiomics baseline: a class has fewer than 2 training cases, so C "
-                      "cannot be cross-validated; using C=1", stacklevel=2)
-        clf = LogisticRegression(C=1.0, max_iter=cfg.max_iter)
+    clf = logistic_cv(y, cfg.Cs, cfg.cv_folds, seed, cfg.max_iter, "radiomics baseline")
     X = np.where(np.isfinite(X), X, np.nan)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
@@ -324,8 +314,7 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, cfg: RadiomicsConfig | None = Non
 
 
 def _chosen_c(pipe) -> float:
-    clf = pipe[-1]
-    return float(np.ravel(clf.C_)[0]) if hasattr(clf, "C_") else float(clf.C)
+    return chosen_c(pipe[-1])
 
 
 def run_radiomics(manifest_path: str | Path, organ: str, out_dir: str | Path | None = None,

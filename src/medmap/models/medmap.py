@@ -212,6 +212,34 @@ class MedMAPClassifier(nn.Module):
         if cfg.csa_text in ("knowledge", "report"):
             self.guidance = TextGuidance(d, cfg.cct_heads, cfg.dropout)
 
+    @torch.no_grad()
+    def set_stats_prior(self, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
+                        bias: torch.Tensor) -> None:
+        """Start the stats head from a linear model fitted outside (``stats_head_init: fit``):
+        every modality's statistics batch norm gets the running ``mean`` / ``var`` (M, 8) of
+        that modality's training statistics (scale 1, shift 0), and ``stats_head`` the
+        ``weight`` (C, M * 8) and ``bias`` (C,) of a linear classifier on the statistics so
+        standardised (absent modalities 0), slot m * 8 + k being modality m's statistic k."""
+        if not self.cfg.stats_head:
+            raise ValueError("set_stats_prior needs model.stats_head: true")
+        M, C, k = len(self.cfg.modalities), len(self.cfg.classes), 2 * len(REGIONS)
+        if mean.shape != (M, k) or var.shape != (M, k) or weight.shape != (C, M * k) \
+                or bias.shape != (C,):
+            raise ValueError(f"set_stats_prior: expected mean / var ({M}, {k}), weight "
+                             f"({C}, {M * k}), bias ({C},); got {tuple(mean.shape)}, "
+                             f"{tuple(var.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
+        if self.cfg.shared_encoder:
+            raise ValueError("set_stats_prior: a shared encoder has one statistics norm for "
+                             "every modality; fit per-modality norms instead")
+        for m, name in enumerate(self.cfg.modalities):
+            norm = self.intensity_norm[self.experts.key(name)]
+            norm.running_mean.copy_(mean[m])
+            norm.running_var.copy_(var[m])
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+        self.stats_head.weight.copy_(weight)
+        self.stats_head.bias.copy_(bias)
+
     def class_texts(self) -> torch.Tensor:
         """The projected class descriptions of every modality: (M, C, d)."""
         return self.text_proj(self.class_prompts)

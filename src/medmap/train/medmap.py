@@ -316,6 +316,14 @@ class FinetuneStage(Stage):
         model = MedMAPClassifier(self.mcfg, self.class_prompts, self.modality_prompts)
         if self.init:
             load_pretrained_experts(model, str(self.init))
+        self.stats_prior = None
+        if self.mcfg.stats_head and self.mcfg.stats_head_init == "fit":
+            from medmap.train.stats_prior import fit_stats_prior
+
+            m = self.mcfg
+            collate = CaseCollator(None, m.organ, m.classes, data.modalities,
+                                   with_case_text=False)
+            self.stats_prior = fit_stats_prior(model, data.train, collate, cfg.finetune.seed)
         return model
 
     def module(self, cfg: ExperimentConfig, model: MedMAPClassifier) -> FinetuneModule:
@@ -340,7 +348,10 @@ class FinetuneStage(Stage):
                                                         with_case_text=False))
 
     def save_meta(self) -> dict[str, Any]:
-        return {"init": str(self.init) if self.init else None}
+        meta: dict[str, Any] = {"init": str(self.init) if self.init else None}
+        if getattr(self, "stats_prior", None) is not None:
+            meta["stats_prior"] = self.stats_prior
+        return meta
 
 
 def pretrain(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,

@@ -1,0 +1,104 @@
+"""stats_head_init: fit -- the stats head and the statistics' batch norms start from a logistic
+regression fitted on the training cases' standardised lesion statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medmap.models.medmap import MedMAPClassifier, MedMAPConfig
+from medmap.models.regions import lesion_regions, region_stats
+from medmap.train.stats_prior import fit_stats_prior, standardise, training_statistics
+
+
+def _cube_mask(lo=8, hi=24, n=32):
+    m = torch.zeros(1, 1, n, n, n)
+    m[:, :, lo:hi, lo:hi, lo:hi] = 1
+    return m
+
+
+def _cases(labels, seed=0):
+    """One item per label: two sequences, the lesion's brightness in the first = its class."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for y in labels:
+        x = torch.randn(2, 1, 32, 32, 32, generator=g)
+        x[0, :, 8:24, 8:24, 8:24] += 1.5 * y
+        items.append({"images": x, "mask": _cube_mask()[0], "label": int(y)})
+    return items
+
+
+def _collate(items):
+    return {"images": torch.stack([i["images"] for i in items]),
+            "mask": torch.stack([i["mask"] for i in items]),
+            "present": torch.ones(len(items), 2, dtype=torch.bool),
+            "label": torch.tensor([i["label"] for i in items])}
+
+
+def test_standardise_matches_a_hand_computation():
+    stats = np.arange(3 * 2 * 8, dtype=float).reshape(3, 2, 8) ** 1.5
+    present = np.array([[True, True], [True, False], [False, True]])
+    X, mean, var = standardise(stats, present, eps=0.0)
+    a, b = stats[[0, 1], 0], stats[[0, 2], 1]          # the cases that have each sequence
+    assert np.allclose(mean, [a.mean(0), b.mean(0)])
+    assert np.allclose(var, [a.var(0, ddof=1), b.var(0, ddof=1)])
+    assert np.allclose(X[0, :8], (stats[0, 0] - a.mean(0)) / a.std(0, ddof=1))
+    assert np.allclose(X[2, 8:], (stats[2, 1] - b.mean(0)) / b.std(0, ddof=1))
+    assert not X[1, 8:].any() and not X[2, :8].any()                  # absent: 0
+
+
+@pytest.mark.parametrize("labels, classes", [([0, 1, 2] * 5, ["a", "b", "c"]),
+                                             ([0, 2] * 6, ["a", "b", "c"])])
+def test_the_fit_starts_the_head_and_the_norms_and_the_model_reads_them(labels, classes):
+    """After the fit the model's own forward pass (eval) adds exactly the fitted linear model's
+    logits on the statistics standardised by their training moments, and those logits
+    separate the training cases; a class without a training case is never predicted."""
+    torch.manual_seed(0)
+    cfg = MedMAPConfig.tiny(["T2WI", "C+A"], classes, region_intensity=True, stats_head=True,
+                            stats_head_init="fit")
+    model = MedMAPClassifier(cfg)
+    items = _cases(labels)
+    summary = fit_stats_prior(model, items, _collate, seed=0)
+    assert summary["train_accuracy"] == 1.0 and summary["n_cases"] == len(labels)
+    stats, present, y = training_statistics(items, _collate)
+    X, mean, var = standardise(stats, present)
+    for m, name in enumerate(cfg.modalities):
+        assert torch.allclose(model.intensity_norm[name].running_mean.double(),
+                              torch.as_tensor(mean[m]))
+    batch = _collate(items)
+    model.eval()
+    with torch.no_grad():
+        full = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
+        w, b = model.stats_head.weight.clone(), model.stats_head.bias.clone()
+        model.stats_head.weight.zero_(), model.stats_head.bias.zero_()
+        deep = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
+    prior = torch.as_tensor(X, dtype=torch.float32) @ w.T + b
+    assert torch.allclose(full - deep, prior, atol=1e-3)
+    assert (prior.argmax(1) == torch.as_tensor(y)).all()
+    unseen = sorted(set(range(len(classes))) - set(labels))
+    for c in unseen:
+        assert not w[c].any() and b[c] < b.max() - 9
+
+
+def test_region_stats_of_the_fit_are_the_models():
+    """training_statistics reads the same numbers as the model's region statistics."""
+    items = _cases([0, 1])
+    stats, present, _ = training_statistics(items, _collate)
+    regions = lesion_regions(_cube_mask())
+    assert np.allclose(stats[1, 0], region_stats(items[1]["images"][0:1], regions)[0].numpy(),
+                       atol=1e-5)
+    assert present.all()
+
+
+def test_config_errors_name_the_fix():
+    from medmap.config import ConfigError
+
+    assert MedMAPConfig().stats_head_init == "fit"          # read only with a stats head
+    with pytest.raises(ConfigError, match="stats_head_init must be 'zero' or 'fit'"):
+        MedMAPConfig(region_intensity=True, stats_head=True, stats_head_init="lr")
+    model = MedMAPClassifier(MedMAPConfig.tiny(["T2WI"], ["a", "b"], region_intensity=True,
+                                               stats_head=True))
+    with pytest.raises(ValueError, match=r"expected mean / var \(1, 8\)"):
+        model.set_stats_prior(torch.zeros(2, 8), torch.ones(2, 8), torch.zeros(2, 8),
+                              torch.zeros(2))
