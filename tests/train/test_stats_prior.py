@@ -102,3 +102,28 @@ def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match=r"expected mean / var \(1, 8\)"):
         model.set_stats_prior(torch.zeros(2, 8), torch.ones(2, 8), torch.zeros(2, 8),
                               torch.zeros(2))
+
+
+def test_a_shared_encoder_gets_moments_pooled_over_its_sequences():
+    """One statistics norm for every sequence (the global-CLIP row's shared encoder): the fit
+    standardises by the pooled moments, and the model's forward pass adds its logits exactly."""
+    torch.manual_seed(0)
+    cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], region_intensity=True,
+                            stats_head=True, shared_encoder=True)
+    model = MedMAPClassifier(cfg)
+    items = _cases([0, 1] * 6)
+    fit_stats_prior(model, items, _collate, seed=0)
+    stats, present, _ = training_statistics(items, _collate)
+    X, mean, _ = standardise(stats, present, pooled=True)
+    assert np.allclose(mean[0], stats.reshape(-1, 8).mean(0))
+    batch = _collate(items)
+    model.eval()
+    with torch.no_grad():
+        full = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
+        w, b = model.stats_head.weight.clone(), model.stats_head.bias.clone()
+        model.stats_head.weight.zero_(), model.stats_head.bias.zero_()
+        deep = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
+    assert torch.allclose(full - deep, torch.as_tensor(X, dtype=torch.float32) @ w.T + b,
+                          atol=1e-3)
+    with pytest.raises(ValueError, match="pass moments pooled over the modalities"):
+        model.set_stats_prior(torch.randn(2, 8), torch.ones(2, 8), w, b)

@@ -228,9 +228,10 @@ class MedMAPClassifier(nn.Module):
             raise ValueError(f"set_stats_prior: expected mean / var ({M}, {k}), weight "
                              f"({C}, {M * k}), bias ({C},); got {tuple(mean.shape)}, "
                              f"{tuple(var.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
-        if self.cfg.shared_encoder:
+        if self.cfg.shared_encoder and not (torch.allclose(mean, mean[:1].expand_as(mean))
+                                            and torch.allclose(var, var[:1].expand_as(var))):
             raise ValueError("set_stats_prior: a shared encoder has one statistics norm for "
-                             "every modality; fit per-modality norms instead")
+                             "every modality; pass moments pooled over the modalities")
         for m, name in enumerate(self.cfg.modalities):
             norm = self.intensity_norm[self.experts.key(name)]
             norm.running_mean.copy_(mean[m])

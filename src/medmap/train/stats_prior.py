@@ -48,15 +48,17 @@ def training_statistics(dataset: Sequence, collate: Callable[[list], dict],
             torch.cat(labels).numpy())
 
 
-def standardise(stats: np.ndarray, present: np.ndarray, eps: float = 1e-5
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def standardise(stats: np.ndarray, present: np.ndarray, eps: float = 1e-5,
+                pooled: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(X (N, M * 8), mean (M, 8), var (M, 8))``: each sequence's statistics standardised by
     the moments of the cases that have it (unbiased variance, as batch norm's running
-    estimate), absent ones 0, as the model's statistics batch norms do."""
+    estimate), absent ones 0, as the model's statistics batch norms do; ``pooled``: by the
+    moments of every present (case, sequence) pair, one norm for all sequences (a shared
+    encoder's)."""
     N, M, k = stats.shape
     mean, var = np.zeros((M, k)), np.ones((M, k))
     for m in range(M):
-        rows = stats[present[:, m], m]
+        rows = stats[present] if pooled else stats[present[:, m], m]
         if len(rows):
             mean[m] = rows.mean(0)
         if len(rows) > 1:
@@ -73,7 +75,7 @@ def fit_stats_prior(model: MedMAPClassifier, dataset: Sequence, collate: Callabl
     (:meth:`MedMAPClassifier.set_stats_prior`). Classes without a training case get a bias
     10 below the lowest fitted one. Returns ``{"C", "train_accuracy", "n_cases"}``."""
     stats, present, y = training_statistics(dataset, collate)
-    X, mean, var = standardise(stats, present)
+    X, mean, var = standardise(stats, present, pooled=model.cfg.shared_encoder)
     C = len(model.cfg.classes)
     seen = np.unique(y)
     if seen.size < 2:
