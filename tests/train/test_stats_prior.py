@@ -36,6 +36,18 @@ def _collate(items):
             "label": torch.tensor([i["label"] for i in items])}
 
 
+def _stats_head_share(model, batch):
+    """(the logits the stats head adds in the model's eval forward pass, its weight, bias);
+    leaves the head zeroed."""
+    model.eval()
+    with torch.no_grad():
+        full = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
+        w, b = model.stats_head.weight.clone(), model.stats_head.bias.clone()
+        model.stats_head.weight.zero_(), model.stats_head.bias.zero_()
+        deep = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
+    return full - deep, w, b
+
+
 def test_standardise_matches_a_hand_computation():
     stats = np.arange(3 * 2 * 8, dtype=float).reshape(3, 2, 8) ** 1.5
     present = np.array([[True, True], [True, False], [False, True]])
@@ -66,15 +78,9 @@ def test_the_fit_starts_the_head_and_the_norms_and_the_model_reads_them(labels, 
     for m, name in enumerate(cfg.modalities):
         assert torch.allclose(model.intensity_norm[name].running_mean.double(),
                               torch.as_tensor(mean[m]))
-    batch = _collate(items)
-    model.eval()
-    with torch.no_grad():
-        full = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
-        w, b = model.stats_head.weight.clone(), model.stats_head.bias.clone()
-        model.stats_head.weight.zero_(), model.stats_head.bias.zero_()
-        deep = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
+    added, w, b = _stats_head_share(model, _collate(items))
     prior = torch.as_tensor(X, dtype=torch.float32) @ w.T + b
-    assert torch.allclose(full - deep, prior, atol=1e-3)
+    assert torch.allclose(added, prior, atol=1e-3)
     assert (prior.argmax(1) == torch.as_tensor(y)).all()
     unseen = sorted(set(range(len(classes))) - set(labels))
     for c in unseen:
@@ -116,14 +122,7 @@ def test_a_shared_encoder_gets_moments_pooled_over_its_sequences():
     stats, present, _ = training_statistics(items, _collate)
     X, mean, _ = standardise(stats, present, pooled=True)
     assert np.allclose(mean[0], stats.reshape(-1, 8).mean(0))
-    batch = _collate(items)
-    model.eval()
-    with torch.no_grad():
-        full = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
-        w, b = model.stats_head.weight.clone(), model.stats_head.bias.clone()
-        model.stats_head.weight.zero_(), model.stats_head.bias.zero_()
-        deep = model(batch["images"], batch["present"], lesion_mask=batch["mask"])["logits"]
-    assert torch.allclose(full - deep, torch.as_tensor(X, dtype=torch.float32) @ w.T + b,
-                          atol=1e-3)
+    added, w, b = _stats_head_share(model, _collate(items))
+    assert torch.allclose(added, torch.as_tensor(X, dtype=torch.float32) @ w.T + b, atol=1e-3)
     with pytest.raises(ValueError, match="pass moments pooled over the modalities"):
         model.set_stats_prior(torch.randn(2, 8), torch.ones(2, 8), w, b)
