@@ -4,6 +4,7 @@ config.json no longer fits its weights refused with a clear ModelFolderError."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -130,6 +131,26 @@ def test_damaged_files_are_model_folder_errors(folder, tmp_path):
     (bad / "model.safetensors").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ModelFolderError, match=r"model\.safetensors: unreadable.*re-copy"):
         from_pretrained(bad)
+
+
+def test_weights_holding_nan_are_refused_with_the_cause(folder, tmp_path):
+    """A model folder written by a run that diverged (NaN weights: the demo's liver model on a
+    CPU with broken bf16 kernels) is refused when loaded, naming the tensor and the fix, instead
+    of predicting NaN probabilities that failed later inside scikit-learn."""
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan"
+    shutil.copytree(folder, bad)
+    state = load_file(str(bad / "model.safetensors"))
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[3]
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(ModelFolderError, match=rf"1 weight tensor\(s\) hold NaN or inf "
+                                               rf"\(first: {re.escape(name)}\).*diverged.*"
+                                               r"precision 32-true"):
+        from_pretrained(bad)
+    from_pretrained(folder)           # the intact folder still loads
 
 
 def test_a_builder_refusing_the_config_is_a_model_folder_error(tmp_path):

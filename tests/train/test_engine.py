@@ -18,24 +18,6 @@ def test_auto_num_workers():
         OptimConfig(num_workers=-1)
 
 
-def test_auto_precision_is_bf16_only_where_it_was_measured_to_pay(monkeypatch):
-    """``auto``: bf16-mixed on a CPU with native bf16 (1.23x per step), 32-true on a GPU (an
-    H100 ran bf16-mixed no faster) and on other CPUs; explicit values pass through."""
-    import medmap.train.engine as E
-
-    monkeypatch.setattr(E.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(E, "native_bf16_cpu", lambda: True)
-    assert E.resolve_precision("auto", "auto") == "32-true"        # a GPU
-    assert E.resolve_precision("auto", "gpu") == "32-true"
-    assert E.resolve_precision("auto", "cpu") == "bf16-mixed"      # the CPU asked for
-    assert E.resolve_precision("bf16-mixed", "gpu") == "bf16-mixed"
-    monkeypatch.setattr(E.torch.cuda, "is_available", lambda: False)
-    assert E.resolve_precision("auto", "auto") == "bf16-mixed"
-    monkeypatch.setattr(E, "native_bf16_cpu", lambda: False)
-    assert E.resolve_precision("auto", "auto") == "32-true"
-    assert E.resolve_precision("16-mixed", "cpu") == "16-mixed"
-
-
 def test_the_rng_callback_pickles_for_ddp_spawn():
     """``strategy: ddp_spawn`` pickles the trainer's callbacks into each process: the RNG-state
     callback (a module-level class in medmap.train.rng)
@@ -123,3 +105,34 @@ def test_gradients_are_clipped_to_the_global_norm_under_a_fused_adamw(precision)
     assert len(seen) == 2
     for before, after, fused, same in seen:
         assert before > 0.5 and after == pytest.approx(0.5, rel=1e-4) and fused and same
+
+
+@pytest.mark.parametrize("clip", [0.5, None])
+def test_a_non_finite_gradient_stops_training_before_the_weights_turn_nan(clip):
+    """A step whose gradient is inf (the demo's liver fine-tuning met one from a broken bf16
+    kernel, clipped the garbage, then trained on NaN for 19 epochs) stops the run with an error
+    naming the epoch, the step and the fix, with clipping on or off; the weights keep the last
+    good step's values."""
+    import lightning as L
+    import torch
+
+    from medmap.train.engine import OptimConfig
+    from medmap.train.modules import TrainingDivergedError, TrainModule
+
+    class Blows(TrainModule):
+        def training_step(self, batch, batch_idx):
+            out = (self.model(batch[0]) ** 2).mean()
+            return out * (1e39 if batch_idx == 2 else 1.0)     # inf in fp32 at the third step
+
+    torch.manual_seed(0)
+    module = Blows(torch.nn.Linear(8, 4), None, OptimConfig(lr=1e-3))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 8)),
+                                       batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", precision="32-true", max_epochs=2,
+                        gradient_clip_val=clip, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 0, step 2: the gradient norm is "
+                                                    r"(inf|nan).*precision=32-true"):
+        trainer.fit(module, data)
+    assert all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    assert trainer.global_step == 2                  # two good steps taken, the third refused

@@ -200,6 +200,13 @@ def from_pretrained(path: str | Path, map_location: str = "cpu",
     except Exception as e:  # safetensors raises its own error type for a damaged file
         raise ModelFolderError(f"{path}/{WEIGHTS_NAME}: unreadable ({type(e).__name__}: {e}); "
                                "re-copy the model folder") from None
+    nonfinite = [k for k, v in state.items()
+                 if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise ModelFolderError(f"{path}/{WEIGHTS_NAME}: {len(nonfinite)} weight tensor(s) hold "
+                               f"NaN or inf (first: {nonfinite[0]}); the training run that "
+                               "wrote them diverged. Retrain it (e.g. with precision 32-true "
+                               "or a lower learning rate)")
     try:
         model = builder(cfg, state)
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:

@@ -25,6 +25,8 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Sampler
 
+from medmap.train.precision import native_bf16_cpu, resolve_precision  # noqa: F401 (re-exported)
+
 
 @dataclass
 class OptimConfig:
@@ -38,8 +40,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
     accumulate_grad_batches: int = 1
     gradient_clip: float = 1.0
-    # auto: bf16-mixed on a CPU with native bf16 (AMX / AVX512-BF16; 1.23x per step), 32-true
-    # on a GPU (bf16-mixed measured 0.89-1.01x on an H100) and elsewhere (resolve_precision)
+    # auto: bf16-mixed on a CPU with native bf16 (AMX / AVX512-BF16; 1.23x per step) whose
+    # convolution gradients agree with fp32, 32-true on a GPU (bf16-mixed measured 0.89-1.01x
+    # on an H100) and elsewhere (medmap.train.precision.resolve_precision)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Any = 1                 # int, "auto" or a list of ids
@@ -115,42 +118,6 @@ def auto_num_workers(devices: Any = 1, cpus: int | None = None) -> int:
         procs = 1
     per_process = (available_cpus() if cpus is None else cpus) // procs
     return max(0, min(8, per_process - 2))
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 natively (Intel AMX tiles or AVX512-BF16), where bf16
-    autocast makes convolutions and matmuls several times faster; elsewhere it is emulated
-    and slower than fp32."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(cpu, probe, None)
-        try:
-            if fn is not None and fn():
-                return True
-        except Exception:      # noqa: BLE001 - a probe that cannot run means "no"
-            pass
-    return False
-
-
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """The Lightning precision of ``OptimConfig.precision``: ``auto`` is ``bf16-mixed`` on a
-    CPU with native bf16 (:func:`native_bf16_cpu`; 1.23x per fine-tuning step, metrics within
-    their CIs) and ``32-true`` elsewhere, a CUDA GPU included: there bf16-mixed was no faster
-    (0.89x per demo step, 1.01x per paper-size step on an H100; docs/benchmarks.md section 5),
-    so ``bf16-mixed`` is an explicit choice (about 10% less GPU memory). Any other value is
-    returned as given.
-
-    Example:
-        >>> resolve_precision("32-true")
-        '32-true'
-    """
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
-        return "32-true"
-    if accelerator in ("auto", "cpu") and native_bf16_cpu():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:

@@ -13,7 +13,13 @@ from typing import Any
 import lightning as L
 import torch
 
+from medmap.config import UserError
 from medmap.train.engine import OptimConfig, build_adamw
+
+
+class TrainingDivergedError(UserError):
+    """A training step produced a non-finite gradient (the message names the epoch, the step
+    and the fix)."""
 
 
 def per_modality_top1(v: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -85,9 +91,8 @@ class TrainModule(L.LightningModule):
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         # fp16 with a loss scaler: Lightning unscales the gradients before clipping them, which
         # a fused optimizer would do inside its step; fp32 and bf16 (no scaler) take the fused one
-        scaled = str(self.trainer.precision) in ("16-mixed", "16", "16-true")
         opt, sched = build_adamw(self.param_groups(), self.optim, total, per_epoch,
-                                 allow_fused=not scaled)
+                                 allow_fused=not self._loss_scaled())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
@@ -96,15 +101,32 @@ class TrainModule(L.LightningModule):
         """Clip to ``optim.gradient_clip`` by the global norm of every gradient, computed with
         torch's multi-tensor kernels: Lightning's default loops over MedMAP's ~900 tensors one
         at a time on a CPU and refuses a fused optimizer under bf16 mixed precision, which has
-        no loss scaler and so nothing to unscale. Same norm, same clipping rule."""
-        if not gradient_clip_val:
-            return
-        if (gradient_clip_algorithm or "norm") != "norm":     # a str enum in Lightning
+        no loss scaler and so nothing to unscale. Same norm, same clipping rule.
+
+        Without a loss scaler, a non-finite gradient norm stops the run with
+        :class:`TrainingDivergedError` before the optimiser writes NaN into the weights (fp16's
+        scaler skips such steps itself, so it is left to it)."""
+        if (gradient_clip_algorithm or "norm") != "norm" and gradient_clip_val:  # a str enum
             super().configure_gradient_clipping(optimizer, gradient_clip_val,
                                                 gradient_clip_algorithm)
             return
-        grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val, foreach=True)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if not self._loss_scaled() and not bool(torch.isfinite(norm)):
+            raise TrainingDivergedError(
+                f"training stopped at epoch {self.current_epoch}, step {self.global_step}: the "
+                f"gradient norm is {float(norm)} under precision {self.trainer.precision}, and "
+                "the next step would write NaN into the weights; checkpoints/last.ckpt keeps "
+                "the last finished epoch. Fix: rerun the stage with <stage>.precision=32-true "
+                "(if it ran in bf16) or a lower <stage>.lr")
+        if gradient_clip_val:
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm, foreach=True)
+
+    def _loss_scaled(self) -> bool:
+        """fp16 training, where a loss scaler unscales and skips non-finite steps."""
+        return str(self.trainer.precision) in ("16-mixed", "16", "16-true")
 
     def _gather_val(self) -> tuple[torch.Tensor, ...] | None:
         """Concatenate the epoch's stored validation tuples (all ranks under DDP) and reset."""
