@@ -107,12 +107,12 @@ def test_gradients_are_clipped_to_the_global_norm_under_a_fused_adamw(precision)
         assert before > 0.5 and after == pytest.approx(0.5, rel=1e-4) and fused and same
 
 
-@pytest.mark.parametrize("clip", [0.5, None])
-def test_a_non_finite_gradient_stops_training_before_the_weights_turn_nan(clip):
+@pytest.mark.parametrize("clip,algorithm", [(0.5, "norm"), (None, "norm"), (0.5, "value")])
+def test_a_non_finite_gradient_stops_training_before_the_weights_turn_nan(clip, algorithm):
     """A step whose gradient is inf (the demo's liver fine-tuning met one from a broken bf16
     kernel, clipped the garbage, then trained on NaN for 19 epochs) stops the run with an error
-    naming the epoch, the step and the fix, with clipping on or off; the weights keep the last
-    good step's values."""
+    naming the epoch, the step and the fix, with clipping by norm, by value or off; the weights
+    keep the last good step's values."""
     import lightning as L
     import torch
 
@@ -129,7 +129,8 @@ def test_a_non_finite_gradient_stops_training_before_the_weights_turn_nan(clip):
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 8)),
                                        batch_size=4)
     trainer = L.Trainer(accelerator="cpu", precision="32-true", max_epochs=2,
-                        gradient_clip_val=clip, logger=False, enable_checkpointing=False,
+                        gradient_clip_val=clip, gradient_clip_algorithm=algorithm,
+                        logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(TrainingDivergedError, match=r"epoch 0, step 2: the gradient norm is "
                                                     r"(inf|nan).*precision=32-true"):

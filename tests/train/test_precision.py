@@ -80,3 +80,23 @@ def test_the_bf16_gradient_probe_measures_against_fp32(monkeypatch):
         assert P.bf16_conv_grad_error() < 1e-5 <= P.BF16_GRAD_TOLERANCE
     finally:
         P.bf16_conv_grad_error.cache_clear()
+
+
+def test_the_probe_leaves_the_global_rng_alone():
+    """The probe runs after a stage has seeded and built its model; dropout and augmentation
+    draw from the global RNG afterwards, so a run must draw the same numbers with or without
+    it (the first version initialised its convolutions from that RNG and shifted every
+    seeded bf16-capable run)."""
+    import torch
+
+    import medmap.train.precision as P
+
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    P.bf16_conv_grad_error.cache_clear()
+    try:
+        P.bf16_conv_grad_error()
+    finally:
+        P.bf16_conv_grad_error.cache_clear()
+    assert torch.equal(torch.rand(4), expected)

@@ -106,27 +106,33 @@ class TrainModule(L.LightningModule):
         Without a loss scaler, a non-finite gradient norm stops the run with
         :class:`TrainingDivergedError` before the optimiser writes NaN into the weights (fp16's
         scaler skips such steps itself, so it is left to it)."""
-        if (gradient_clip_algorithm or "norm") != "norm" and gradient_clip_val:  # a str enum
-            super().configure_gradient_clipping(optimizer, gradient_clip_val,
-                                                gradient_clip_algorithm)
-            return
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not params:
             return
         norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        if not self._loss_scaled() and not bool(torch.isfinite(norm)):
-            raise TrainingDivergedError(
-                f"training stopped at epoch {self.current_epoch}, step {self.global_step}: the "
-                f"gradient norm is {float(norm)} under precision {self.trainer.precision}, and "
-                "the next step would write NaN into the weights; checkpoints/last.ckpt keeps "
-                "the last finished epoch. Fix: rerun the stage with <stage>.precision=32-true "
-                "(if it ran in bf16) or a lower <stage>.lr")
-        if gradient_clip_val:
-            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm, foreach=True)
+        if not self._loss_scaled():
+            bad = not bool(torch.isfinite(norm))
+            if self.trainer.world_size > 1:      # sharded gradients (FSDP): any rank's verdict
+                bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+            if bad:
+                raise TrainingDivergedError(
+                    f"training stopped at epoch {self.current_epoch}, step {self.global_step}: "
+                    f"the gradient norm is {float(norm)} under precision "
+                    f"{self.trainer.precision}, and the next step would write NaN into the "
+                    "weights; checkpoints/last.ckpt keeps the last finished epoch, if one "
+                    "finished. Fix: rerun the stage with <stage>.precision=32-true (if it ran "
+                    "in bf16) or a lower <stage>.lr")
+        if not gradient_clip_val:
+            return
+        if (gradient_clip_algorithm or "norm") != "norm":     # a str enum in Lightning
+            super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                gradient_clip_algorithm)
+            return
+        torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm, foreach=True)
 
     def _loss_scaled(self) -> bool:
-        """fp16 training, where a loss scaler unscales and skips non-finite steps."""
-        return str(self.trainer.precision) in ("16-mixed", "16", "16-true")
+        """fp16 mixed precision, whose loss scaler unscales and skips non-finite steps."""
+        return str(self.trainer.precision) in ("16-mixed", "16")
 
     def _gather_val(self) -> tuple[torch.Tensor, ...] | None:
         """Concatenate the epoch's stored validation tuples (all ranks under DDP) and reset."""
