@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medmap.models.medmap import MedMAPClassifier, MedMAPConfig
-from medmap.models.regions import lesion_regions, region_stats
+from medmap.models.regions import LesionGeometry, lesion_regions, region_stats
 from medmap.train.stats_prior import fit_stats_prior, standardise, training_statistics
 
 
@@ -126,3 +126,31 @@ def test_a_shared_encoder_gets_moments_pooled_over_its_sequences():
     assert torch.allclose(added, torch.as_tensor(X, dtype=torch.float32) @ w.T + b, atol=1e-3)
     with pytest.raises(ValueError, match="pass moments pooled over the modalities"):
         model.set_stats_prior(torch.randn(2, 8), torch.ones(2, 8), w, b)
+
+
+def test_a_shared_norm_trains_on_the_moments_it_evaluates_with():
+    """In training the shared encoder's statistics norm standardises every present (case,
+    sequence) pair by their pooled batch moments, as its running estimates (and the fit) do
+    in evaluation; per-sequence batch moments would train the stats head on other inputs."""
+    torch.manual_seed(0)
+    cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], region_intensity=True,
+                            stats_head=True, shared_encoder=True)
+    model = MedMAPClassifier(cfg).train()
+    items = _cases([0, 1] * 4)
+    for i, item in enumerate(items):                 # the sequences' brightness far apart
+        item["images"][1] += 5.0 + i % 2
+    batch = _collate(items)
+    batch["present"][0, 1] = False                   # one pair absent
+    norm = model.intensity_norm["shared"]
+    before = norm.running_mean.clone()
+    with torch.no_grad():
+        _, mod, _, got = model.modality_features(
+            batch["images"], batch["present"], lesion=LesionGeometry(batch["mask"]))
+    raw, present, _ = training_statistics(items, _collate)
+    present[0, 1] = False
+    rows = torch.as_tensor(np.stack([raw[b, m] for m, b in zip(*present.T.nonzero())]),
+                           dtype=torch.float32)                           # (P, 8), by modality
+    mean, var = rows.mean(0), rows.var(0, unbiased=False)
+    assert torch.allclose(got, (rows - mean) / torch.sqrt(var + norm.eps), atol=1e-4)
+    assert torch.allclose(norm.running_mean, 0.9 * before + 0.1 * mean, atol=1e-4)  # one update
+    assert got[mod == 1].mean(0).abs().max() > 0.5   # a sequence is not centred on its own

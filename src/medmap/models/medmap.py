@@ -385,7 +385,8 @@ class MedMAPClassifier(nn.Module):
             every = region_stats_per_channel(images[:, :, 0], lesion.regions)  # (B, M, 8)
             stats = self._per_modality_norm(
                 every.transpose(0, 1), present,                          # (M, B, 8)
-                [self.intensity_norm[self.experts.key(n)] for n in cfg.modalities])
+                [self.intensity_norm[self.experts.key(n)] for n in cfg.modalities],
+                pooled=cfg.shared_encoder)
             parts.append(stats.to(parts[0].dtype))
         if cfg.region_shape:
             self._need_mask(les)
@@ -397,10 +398,17 @@ class MedMAPClassifier(nn.Module):
         return case[idx], mod[idx], f, None if stats is None else stats[idx]
 
     def _per_modality_norm(self, values: torch.Tensor, present: torch.Tensor,
-                           norms: list[nn.BatchNorm1d]) -> torch.Tensor:
+                           norms: list[nn.BatchNorm1d], pooled: bool = False) -> torch.Tensor:
         """values (M, B, k) -> (M*B, k): each modality's present rows through its own batch
-        norm (batch statistics of those rows only, as one call per modality), absent ones 0."""
+        norm (batch statistics of those rows only), absent ones 0. ``pooled``: ``norms`` are
+        one shared module (a shared encoder's), called once on every present pair, so it trains
+        on the pooled moments it evaluates with and ``stats_head_init: fit`` standardises by."""
         out = values.new_zeros(values.shape)
+        if pooled:
+            assert all(n is norms[0] for n in norms), "pooled needs one shared norm"
+            keep = present.t()                                           # (M, B)
+            out[keep] = self._standardise(norms[0], values[keep])        # (P, k)
+            return out.flatten(0, 1)
         for m, norm in enumerate(norms):
             rows = present[:, m].nonzero(as_tuple=True)[0]
             if rows.numel():
