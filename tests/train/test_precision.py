@@ -12,7 +12,7 @@ def test_auto_precision_is_bf16_only_where_it_was_measured_to_pay(monkeypatch):
 
     monkeypatch.setattr(P.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(P, "native_bf16_cpu", lambda: True)
-    monkeypatch.setattr(P, "bf16_conv_grad_error", lambda: 0.004)
+    monkeypatch.setattr(P, "bf16_conv_grad_errors", lambda: ((2, 0.004), (4, 0.004)))
     assert P.resolve_precision("auto", "auto") == "32-true"        # a GPU
     assert P.resolve_precision("auto", "gpu") == "32-true"
     assert P.resolve_precision("auto", "cpu") == "bf16-mixed"      # the CPU asked for
@@ -33,15 +33,49 @@ def test_auto_precision_keeps_fp32_where_bf16_gradients_are_wrong(monkeypatch):
 
     monkeypatch.setattr(P.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(P, "native_bf16_cpu", lambda: True)
-    monkeypatch.setattr(P, "bf16_conv_grad_error", lambda: 1.3e36)
+    top = P.PROBE_EDGES[-1]
+    monkeypatch.setattr(P, "bf16_conv_grad_errors", lambda: ((2, 0.004), (top, 1.3e36)))
     with pytest.warns(RuntimeWarning, match=r"bf16 convolution gradients disagree with fp32 "
                                             r"\(relative error 1.3e\+36.*runs in 32-true"):
         assert P.resolve_precision("auto", "cpu") == "32-true"
     assert P.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(P, "bf16_conv_grad_error", lambda: P.BF16_GRAD_TOLERANCE / 2)
+    monkeypatch.setattr(P, "bf16_conv_grad_errors",
+                        lambda: ((2, P.BF16_GRAD_TOLERANCE / 2), (top, 0.004)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert P.resolve_precision("auto", "cpu") == "bf16-mixed"
+
+
+@pytest.mark.parametrize("errors, edge", [(((1, 0.004), (2, 0.005), (3, 0.004), (4, 0.004)), 0),
+                                          (((1, 9e9), (2, 1e36), (3, 0.004), (4, 0.004)), 2),
+                                          (((1, 0.004), (2, float("nan")), (3, 0.0), (4, 0.0)), 2),
+                                          (((1, 0.004), (2, 0.004), (3, 0.004), (4, 0.2)), None)])
+def test_bf16_stays_usable_where_only_the_smallest_maps_are_wrong(monkeypatch, errors, edge):
+    """The AMD EPYC's kernels are wrong on 1^3 and 2^3 maps and right from 3^3: bf16-mixed
+    stays the choice there, with those maps' convolutions in fp32 (the engine adds the guard
+    with a warning); wrong on the largest probed map too, fp32."""
+    import medmap.train.engine as E
+    import medmap.train.precision as P
+    from medmap.train.bf16_guard import SmallMapFP32
+
+    monkeypatch.setattr(P.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(P, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(E, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(P, "bf16_conv_grad_errors", lambda: errors)
+    assert P.bf16_fp32_map_edge() == edge
+    if edge is None:
+        with pytest.warns(RuntimeWarning, match="runs in 32-true"):
+            assert P.resolve_precision("auto", "cpu") == "32-true"
+        assert E.small_map_guard("bf16-mixed", "cpu") == []     # forced bf16: nothing to save
+        return
+    assert P.resolve_precision("auto", "cpu") == "bf16-mixed"
+    if edge:
+        with pytest.warns(RuntimeWarning, match=rf"up to {edge}\^3 voxels.*run in fp32"):
+            guard = E.small_map_guard("bf16-mixed", "cpu")
+        assert isinstance(guard[0], SmallMapFP32) and guard[0].max_edge == edge
+    else:
+        assert E.small_map_guard("bf16-mixed", "cpu") == []
+    assert E.small_map_guard("32-true", "cpu") == []
 
 
 def test_the_bf16_gradient_probe_measures_against_fp32(monkeypatch):
@@ -51,7 +85,7 @@ def test_the_bf16_gradient_probe_measures_against_fp32(monkeypatch):
 
     import medmap.train.precision as P
 
-    P.bf16_conv_grad_error.cache_clear()
+    P.bf16_conv_grad_errors.cache_clear()
     real_conv = torch.nn.Conv3d._conv_forward
 
     class Garbage(torch.autograd.Function):      # right values, gradients x 1e30
@@ -72,14 +106,23 @@ def test_the_bf16_gradient_probe_measures_against_fp32(monkeypatch):
             return real_conv(self, x.float(), weight.float(), None if bias is None
                              else bias.float())
 
+    def broken_small(self, x, weight, bias):     # garbage on maps up to 2^3 only
+        return (broken if min(x.shape[2:]) <= 2 else exact)(self, x, weight, bias)
+
     try:
         monkeypatch.setattr(torch.nn.Conv3d, "_conv_forward", broken)
-        assert P.bf16_conv_grad_error() > 1e20
-        P.bf16_conv_grad_error.cache_clear()
+        assert P.bf16_conv_grad_error() > 1e20 and P.bf16_fp32_map_edge() is None
+        P.bf16_conv_grad_errors.cache_clear()
         monkeypatch.setattr(torch.nn.Conv3d, "_conv_forward", exact)
         assert P.bf16_conv_grad_error() < 1e-5 <= P.BF16_GRAD_TOLERANCE
+        assert P.bf16_fp32_map_edge() == 0
+        P.bf16_conv_grad_errors.cache_clear()
+        monkeypatch.setattr(torch.nn.Conv3d, "_conv_forward", broken_small)
+        errors = dict(P.bf16_conv_grad_errors())
+        assert errors[1] > 1e20 and errors[2] > 1e20 and errors[3] < 1e-5
+        assert P.bf16_fp32_map_edge() == 2
     finally:
-        P.bf16_conv_grad_error.cache_clear()
+        P.bf16_conv_grad_errors.cache_clear()
 
 
 def test_the_probe_leaves_the_global_rng_alone():
@@ -94,9 +137,9 @@ def test_the_probe_leaves_the_global_rng_alone():
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    P.bf16_conv_grad_error.cache_clear()
+    P.bf16_conv_grad_errors.cache_clear()
     try:
-        P.bf16_conv_grad_error()
+        P.bf16_conv_grad_errors()
     finally:
-        P.bf16_conv_grad_error.cache_clear()
+        P.bf16_conv_grad_errors.cache_clear()
     assert torch.equal(torch.rand(4), expected)

@@ -25,7 +25,8 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Sampler
 
-from medmap.train.precision import native_bf16_cpu, resolve_precision  # noqa: F401 (re-exported)
+from medmap.train.precision import (  # noqa: F401 (re-exported)
+    bf16_fp32_map_edge, native_bf16_cpu, resolve_precision)
 
 
 @dataclass
@@ -307,6 +308,25 @@ def direct_checkpoint_io():
     return DirectCheckpointIO()
 
 
+def small_map_guard(precision: str, accelerator: str = "auto") -> list:
+    """``[SmallMapFP32(edge)]`` for bf16-mixed training on a CPU whose bf16 convolution
+    gradients are wrong on maps up to ``edge``^3 voxels and right above
+    (:func:`medmap.train.precision.bf16_fp32_map_edge`), with a warning; ``[]`` elsewhere."""
+    if precision != "bf16-mixed" or not native_bf16_cpu() or (
+            torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")):
+        return []
+    edge = bf16_fp32_map_edge()
+    if not edge:
+        return []
+    from medmap.train.bf16_guard import SmallMapFP32
+
+    warnings.warn(f"precision bf16-mixed: this CPU's bf16 convolution gradients are wrong on "
+                  f"feature maps of up to {edge}^3 voxels (torch {torch.__version__}); "
+                  "convolutions on those maps run in fp32, the rest in bf16", RuntimeWarning,
+                  stacklevel=3)
+    return [SmallMapFP32(edge)]
+
+
 def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = None,
                   mode: str = "max", extra_callbacks: list | None = None):
     """A Lightning ``Trainer`` writing logs and checkpoints under ``run_dir``:
@@ -333,6 +353,7 @@ def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = N
                                      auto_insert_metric_name=False, save_top_k=1,
                                      enable_version_counter=False, every_n_epochs=1)
     callbacks = [ckpt_every, make_rng_callback(), LearningRateMonitor("step")]
+    callbacks += small_map_guard(precision, cfg.accelerator)
     if monitor and cfg.early_stop_patience > 0:      # the best epoch is what gets saved
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                          monitor=monitor, mode=mode, save_top_k=1,
