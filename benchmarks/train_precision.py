@@ -75,9 +75,17 @@ def main(argv: list[str] | None = None) -> dict:
     dev = C.setup(a)
     steps, B = _steps(a.quick)
     repeats = 2 if a.quick else (a.repeats or 5)
+    # as the engine trains bf16-mixed: on a CPU whose bf16 kernels are wrong on the smallest
+    # maps, the convolutions on those maps in fp32 (medmap.train.bf16_guard)
+    from medmap.train.bf16_guard import guard_small_maps
+    from medmap.train.precision import bf16_fp32_map_edge, native_bf16_cpu
+
+    edge = bf16_fp32_map_edge() if dev.type == "cpu" and native_bf16_cpu() else 0
     rows = []
     for name, factory in steps:
         mod, opt, batch = factory()
+        if edge:
+            guard_small_maps(mod, edge)
         mod.to(dev)                          # parameters move in place: the optimiser keeps them
         batch = {k: v.to(dev) for k, v in batch.items()}
 
@@ -105,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
                   [[r["step"], r["batch"], f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}",
                     f"{r['speedup']:.2f}x"] for r in rows], a.json,
                   settings={"repeats": repeats, "quick": a.quick, "device": str(dev),
+                            "fp32_map_edge": edge,
                             "device_name": (torch.cuda.get_device_name(dev)
                                             if dev.type == "cuda" else "cpu")},
                   extra={"results": rows})
