@@ -69,6 +69,39 @@ def test_guarded_convolutions_compute_small_maps_in_fp32_and_keep_their_weights(
     assert type(copy.deepcopy(guarded)[2]) is Fp32SmallMapConv3d
 
 
+def test_the_guard_reads_the_last_three_axes_and_takes_bf16_weights():
+    """An unbatched (C, D, H, W) input is measured on D, H, W; a module whose weights were cast
+    to bf16 (sharded mixed precision, ``model.to(torch.bfloat16)``) still runs in fp32."""
+    net = _net()
+    guard_small_maps(net, max_edge=2)
+    conv = net[2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(torch.randn(8, 2, 2, 2)).dtype == torch.float32        # unbatched 2^3
+        assert conv(torch.randn(8, 4, 4, 4)).dtype == torch.bfloat16
+        conv.to(torch.bfloat16)
+        y = conv(torch.randn(1, 8, 2, 2, 2, dtype=torch.bfloat16))
+    assert y.dtype == torch.float32
+
+
+def test_run_info_records_the_guarded_edge(tmp_path):
+    """``run_info.json`` says when bf16-mixed ran the smallest maps' convolutions in fp32."""
+    import json
+    from types import SimpleNamespace
+
+    from medmap.train.bf16_guard import SmallMapFP32
+    from medmap.train.stage import record_hardware
+
+    class CPUAccelerator:
+        pass
+
+    for callbacks, expected in (([SmallMapFP32(2)], 2), ([], None)):
+        record_hardware(tmp_path, SimpleNamespace(accelerator=CPUAccelerator(),
+                                                  precision="bf16-mixed", callbacks=callbacks))
+        info = json.loads((tmp_path / "run_info.json").read_text())
+        assert info.get("fp32_conv_map_edge") == expected and info["precision"] == "bf16-mixed"
+        (tmp_path / "run_info.json").unlink()
+
+
 @pytest.mark.parametrize("guarded", [False, True])
 def test_bf16_training_on_such_a_cpu_trains_with_the_engines_guard(monkeypatch, guarded):
     """Lightning bf16-mixed training through the engine's guard finishes with finite weights on

@@ -154,3 +154,24 @@ def test_a_shared_norm_trains_on_the_moments_it_evaluates_with():
     assert torch.allclose(got, (rows - mean) / torch.sqrt(var + norm.eps), atol=1e-4)
     assert torch.allclose(norm.running_mean, 0.9 * before + 0.1 * mean, atol=1e-4)  # one update
     assert got[mod == 1].mean(0).abs().max() > 0.5   # a sequence is not centred on its own
+
+
+def test_a_one_case_training_batch_uses_the_shared_norms_running_moments():
+    """A last training batch of one case: its sequences are not a sample of cases, so the
+    shared norm uses (and keeps) its running moments, as a per-sequence norm does with one
+    row."""
+    torch.manual_seed(0)
+    cfg = MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"], region_intensity=True,
+                            stats_head=True, shared_encoder=True)
+    model = MedMAPClassifier(cfg).train()
+    norm = model.intensity_norm["shared"]
+    norm.running_mean.uniform_(), norm.running_var.uniform_(1.0, 2.0)
+    before = norm.running_mean.clone(), norm.running_var.clone()
+    batch = _collate(_cases([1]))
+    with torch.no_grad():
+        *_, got = model.modality_features(batch["images"], batch["present"],
+                                          lesion=LesionGeometry(batch["mask"]))
+    raw, _, _ = training_statistics(_cases([1]), _collate)
+    rows = torch.as_tensor(raw[0], dtype=torch.float32)                  # (2, 8)
+    assert torch.allclose(got, (rows - before[0]) / torch.sqrt(before[1] + norm.eps), atol=1e-4)
+    assert torch.equal(norm.running_mean, before[0]) and torch.equal(norm.running_var, before[1])

@@ -297,10 +297,11 @@ class MedMAPClassifier(nn.Module):
                             f"pass lesion_mask=(B, 1, D, H, W), the case's "
                             f"'{self.cfg.mask_key}' mask preprocessed like its volumes")
 
-    def _standardise(self, norm: nn.BatchNorm1d, stats: torch.Tensor) -> torch.Tensor:
-        """``norm(stats)``; a training batch of one row uses the running statistics (batch
-        norm needs 2 rows to train)."""
-        if self.training and stats.shape[0] < 2:
+    def _standardise(self, norm: nn.BatchNorm1d, stats: torch.Tensor,
+                     cases: int | None = None) -> torch.Tensor:
+        """``norm(stats)``; a training batch of one row, or of one case (``cases``), uses the
+        running statistics (batch norm needs 2 cases to train)."""
+        if self.training and (stats.shape[0] if cases is None else cases) < 2:
             return F.batch_norm(stats, norm.running_mean, norm.running_var, norm.weight,
                                 norm.bias, False, 0.0, norm.eps)
         return norm(stats)
@@ -317,7 +318,8 @@ class MedMAPClassifier(nn.Module):
         :class:`~medmap.models.regions.LesionGeometry` (mask-reading models).
 
         What has weights per modality (expert, conv stream, the statistics' batch norms) runs
-        once per modality on its present cases; what is shared (text guidance, CCT, pooling,
+        once per modality on its present cases (a shared encoder's one statistics norm once on
+        every present pair); what is shared (text guidance, CCT, pooling,
         merge: row-wise modules without batch statistics) runs once over all M * B slots
         stacked on the batch axis, absent pairs as zero rows that are dropped at the end: the
         same computation as one call per modality in about M times fewer (small) kernels, and
@@ -407,7 +409,8 @@ class MedMAPClassifier(nn.Module):
         if pooled:
             assert all(n is norms[0] for n in norms), "pooled needs one shared norm"
             keep = present.t()                                           # (M, B)
-            out[keep] = self._standardise(norms[0], values[keep])        # (P, k)
+            out[keep] = self._standardise(norms[0], values[keep],        # (P, k)
+                                          cases=int(present.any(1).sum()))
             return out.flatten(0, 1)
         for m, norm in enumerate(norms):
             rows = present[:, m].nonzero(as_tuple=True)[0]

@@ -4,9 +4,11 @@ On an AMD EPYC (AVX512-BF16, no AMX) torch 2.13's oneDNN returns garbage weight 
 bf16 3D convolutions on maps of 1^3 and 2^3 voxels and correct ones from 3^3 up
 (:func:`medmap.train.precision.bf16_fp32_map_edge` measures which, once per process). The
 demo's conv stream ends on a 2^3 map. Rather than train everything in fp32 there (1.26x slower
-per fine-tuning step, 1.44x per pre-training step on that CPU), every ``nn.Conv3d`` of the
+per fine-tuning step on that CPU), every ``nn.Conv3d`` of the
 trained module runs in fp32 on inputs whose smallest spatial edge is at most that size and in
-bf16 otherwise: those convolutions are a few thousand voxels, a negligible share of the work.
+bf16 otherwise: those convolutions are a few thousand voxels, a negligible share of the work
+(guarded bf16 there: 1.23x per fine-tuning step and 1.66x per pre-training step over fp32,
+``benchmarks/train_precision.py``).
 The engine installs it (:class:`SmallMapFP32`) only where the probe found such kernels; on a
 CPU whose kernels are right nothing changes.
 
@@ -38,9 +40,10 @@ class Fp32SmallMapConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-                and min(x.shape[2:]) <= self.fp32_max_edge):
+                and min(x.shape[-3:]) <= self.fp32_max_edge):              # (D, H, W)
+            bias = None if self.bias is None else self.bias.float()
             with torch.autocast("cpu", enabled=False):
-                return self._conv_forward(x.float(), self.weight, self.bias)   # fp32 output
+                return self._conv_forward(x.float(), self.weight.float(), bias)  # fp32 output
         return super().forward(x)
 
 

@@ -316,6 +316,11 @@ def small_map_guard(precision: str, accelerator: str = "auto") -> list:
             torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")):
         return []
     edge = bf16_fp32_map_edge()
+    if edge is None:
+        warnings.warn("precision bf16-mixed (forced): this CPU's bf16 convolution gradients are "
+                      "wrong on every probed feature-map size; training may diverge (it stops "
+                      "at the first non-finite gradient); precision: auto trains in 32-true",
+                      RuntimeWarning, stacklevel=3)
     if not edge:
         return []
     from medmap.train.bf16_guard import SmallMapFP32

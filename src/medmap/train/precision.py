@@ -51,9 +51,9 @@ PROBE_EDGES = (1, 2, 3, 4)
 @functools.lru_cache(maxsize=1)
 def bf16_conv_grad_errors() -> tuple[tuple[int, float], ...]:
     """``((edge, error), ...)`` for each edge of :data:`PROBE_EDGES`: the largest relative
-    error, against fp32, of the input and weight gradients of 3x3x3 convolutions (stride 1
-    and 2) on feature maps of ``edge``^3 voxels computed under CPU bf16 autocast (about 50 ms,
-    once per process).
+    error, against fp32, of the input and weight gradients of 3D convolutions (3x3x3 at
+    stride 1 and 2, 1x1x1 and 2x2x2 at stride 2) on feature maps of ``edge``^3 voxels computed
+    under CPU bf16 autocast (about 0.1 s, once per process).
     Working kernels give about 0.004; above :data:`BF16_GRAD_TOLERANCE` the kernels are wrong
     (the AMD EPYC above: wrong on 1^3 and 2^3 maps, right from 3^3)."""
     # the global RNG is left as it was: the probe runs after a stage has seeded and built its
@@ -81,14 +81,21 @@ def bf16_fp32_map_edge() -> int | None:
 
 def _conv_grad_error(gen: torch.Generator, size: int) -> float:
     worst = 0.0
-    for batch, ch, stride in ((8, 64, 1), (8, 16, 1), (2, 64, 1), (8, 32, 2)):
+    # 3x3x3 (padding 1) at stride 1 and 2; 1x1x1 and 2x2x2 at stride 2 (ResNet shortcuts,
+    # patch embeddings; measured right on that EPYC at every edge)
+    shapes = ((8, 64, 3, 1), (8, 16, 3, 1), (2, 64, 3, 1), (8, 32, 3, 2), (8, 32, 1, 2),
+              (8, 32, 2, 2))
+    for batch, ch, kernel, stride in shapes:
+        pad = 1 if kernel == 3 else 0
+        if size + 2 * pad < kernel:
+            continue                                   # no output at this size
         for _ in range(2):         # a broken kernel read stale memory: not every call was wrong
-            conv = torch.nn.Conv3d(ch, ch, 3, stride=stride, padding=1)
+            conv = torch.nn.Conv3d(ch, ch, kernel, stride=stride, padding=pad)
             with torch.no_grad():
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen) * 0.05)
             x = torch.randn(batch, ch, size, size, size, generator=gen, requires_grad=True)
-            out = (size - 1) // stride + 1
+            out = (size + 2 * pad - kernel) // stride + 1
             g = torch.randn(batch, ch, out, out, out, generator=gen)
             grads = []
             for bf16 in (False, True):
