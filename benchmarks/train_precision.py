@@ -5,12 +5,10 @@ pass and loss under ``torch.autocast(dtype=torch.bfloat16)``, fp32 weights and o
 
     python benchmarks/train_precision.py                 # pre-training and fine-tuning steps
     python benchmarks/train_precision.py --quick         # smoke test (seconds)
-    python benchmarks/train_precision.py --memory-format contiguous   # one layout only
 
 ``--device cuda`` (the default where a GPU is available) times the same steps on the GPU.
-Prints seconds per step (median over ``--repeats``, the precisions and weight layouts
-interleaved so a machine's drift hits all) and the speed-ups: bf16 over fp32, and the
-convolutions' weights channels-last (what training uses on a CPU) over contiguous. Whether bf16 keeps the accuracy is a training
+Prints seconds per step (median over ``--repeats``, the two precisions interleaved so a
+machine's drift hits both) and the speed-up. Whether bf16 keeps the accuracy is a training
 question, measured with full runs (docs/benchmarks.md).
 """
 
@@ -73,9 +71,6 @@ def _steps(quick: bool):
 
 def main(argv: list[str] | None = None) -> dict:
     ap = C.base_parser(__doc__)
-    ap.add_argument("--memory-format", default="both",
-                    choices=["both", "contiguous", "channels_last_3d"],
-                    help="the convolutions' weight layout (both: each, interleaved)")
     a = ap.parse_args(argv)
     dev = C.setup(a)
     steps, B = _steps(a.quick)
@@ -83,27 +78,18 @@ def main(argv: list[str] | None = None) -> dict:
     # as the engine trains bf16-mixed: on a CPU whose bf16 kernels are wrong on the smallest
     # maps, the convolutions on those maps in fp32 (medmap.train.bf16_guard)
     from medmap.train.bf16_guard import guard_small_maps
-    from medmap.train.memory_format import channels_last_convs
     from medmap.train.precision import bf16_fp32_map_edge, native_bf16_cpu
 
     edge = bf16_fp32_map_edge() if dev.type == "cpu" and native_bf16_cpu() else 0
-    formats = (["contiguous", "channels_last_3d"] if a.memory_format == "both"
-               else [a.memory_format])
     rows = []
     for name, factory in steps:
-        runs = {}
-        for fmt in formats:                  # one model per layout, the same initial weights
-            torch.manual_seed(0)
-            mod, opt, batch = factory()
-            if edge:
-                guard_small_maps(mod, edge)
-            if fmt == "channels_last_3d":
-                channels_last_convs(mod)     # as the engine does on a CPU (memory_format: auto)
-            mod.to(dev)                      # parameters move in place: the optimiser keeps them
-            runs[fmt] = (mod, opt, {k: v.to(dev) for k, v in batch.items()})
+        mod, opt, batch = factory()
+        if edge:
+            guard_small_maps(mod, edge)
+        mod.to(dev)                          # parameters move in place: the optimiser keeps them
+        batch = {k: v.to(dev) for k, v in batch.items()}
 
-        def step(fmt: str, bf16: bool):
-            mod, opt, batch = runs[fmt]
+        def step(bf16: bool):
             ctx = (torch.autocast(dev.type, dtype=torch.bfloat16) if bf16
                    else contextlib.nullcontext())
             with ctx:
@@ -112,33 +98,22 @@ def main(argv: list[str] | None = None) -> dict:
             loss.backward()
             opt.step()
 
-        combos = [(f, b) for f in formats for b in (False, True)]
-        times: dict[tuple, list[float]] = {c: [] for c in combos}
-        for c in combos:                     # warm-up each
-            step(*c)
-        for _ in range(repeats):             # interleaved, so a machine's drift hits all
-            for c in combos:
-                times[c].append(C.time_fn(lambda: step(*c), repeats=1, warmup=0,
-                                          device=dev)["mean"])
-        med = {c: statistics.median(v) for c, v in times.items()}
-        for fmt in formats:
-            fp32, bf = med[(fmt, False)], med[(fmt, True)]
-            base = (med[("contiguous", False)], med[("contiguous", True)]) \
-                if "contiguous" in formats else (fp32, bf)
-            rows.append({"step": name, "memory_format": fmt, "batch": B, "fp32_s": fp32,
-                         "bf16_s": bf, "speedup": fp32 / bf,
-                         "layout_speedup_fp32": base[0] / fp32,
-                         "layout_speedup_bf16": base[1] / bf})
-    return C.emit("Training step: fp32 against bf16-mixed, contiguous against channels-last "
-                  "convolutions (the demo's liver model)",
-                  ["step", "layout", "batch", "fp32 s", "bf16-mixed s", "bf16 speed-up",
-                   "layout speed-up fp32 / bf16"],
-                  [[r["step"], r["memory_format"], r["batch"], f"{r['fp32_s']:.3f}",
-                    f"{r['bf16_s']:.3f}", f"{r['speedup']:.2f}x",
-                    f"{r['layout_speedup_fp32']:.2f}x / {r['layout_speedup_bf16']:.2f}x"]
-                   for r in rows], a.json,
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for bf16 in (False, True):          # warm-up both
+            step(bf16)
+        for _ in range(repeats):             # interleaved
+            for bf16 in (False, True):
+                times[bf16].append(C.time_fn(lambda: step(bf16), repeats=1, warmup=0,
+                                                   device=dev)["mean"])
+        fp32, bf = statistics.median(times[False]), statistics.median(times[True])
+        rows.append({"step": name, "batch": B, "fp32_s": fp32, "bf16_s": bf,
+                     "speedup": fp32 / bf})
+    return C.emit("Training step: fp32 against bf16-mixed (the demo's liver model)",
+                  ["step", "batch", "fp32 s", "bf16-mixed s", "speed-up"],
+                  [[r["step"], r["batch"], f"{r['fp32_s']:.3f}", f"{r['bf16_s']:.3f}",
+                    f"{r['speedup']:.2f}x"] for r in rows], a.json,
                   settings={"repeats": repeats, "quick": a.quick, "device": str(dev),
-                            "fp32_map_edge": edge, "memory_formats": formats,
+                            "fp32_map_edge": edge,
                             "device_name": (torch.cuda.get_device_name(dev)
                                             if dev.type == "cuda" else "cpu")},
                   extra={"results": rows})

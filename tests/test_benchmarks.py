@@ -162,10 +162,7 @@ def test_peak_table():
 def test_train_precision_quick(capsys, tmp_path):
     text, js = _run("train_precision", ["--quick"], capsys, tmp_path)
     _assert_table(text, "| step |")
-    rows = js["results"]           # 2 steps x (contiguous, channels_last_3d)
-    assert len(rows) == 4 and all(r["speedup"] > 0 for r in rows)
-    assert [r["memory_format"] for r in rows] == ["contiguous", "channels_last_3d"] * 2
-    assert all(r["layout_speedup_bf16"] == 1.0 for r in rows if r["memory_format"] == "contiguous")
+    assert len(js["results"]) == 2 and all(r["speedup"] > 0 for r in js["results"])
 
 
 def test_mg3d_epoch_quick(capsys, tmp_path):

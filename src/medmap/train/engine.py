@@ -46,10 +46,6 @@ class OptimConfig:
     # on an H100) and elsewhere (medmap.train.precision.resolve_precision)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    # the 3D convolutions' weights (and so their activations) channels-last: auto is
-    # channels_last_3d on a CPU (1.15-1.2x per training step, oneDNN), contiguous on a GPU
-    # (not measured there); only the layout changes (medmap.train.memory_format)
-    memory_format: Literal["auto", "contiguous", "channels_last_3d"] = "auto"
     devices: Any = 1                 # int, "auto" or a list of ids
     num_nodes: int = 1
     # auto: DDP (unused-parameter detection) when more than one process
@@ -79,9 +75,6 @@ class OptimConfig:
     log_every_n_steps: int = 10
 
     def __post_init__(self) -> None:
-        from medmap.train.memory_format import resolve_memory_format
-
-        resolve_memory_format(self.memory_format)            # ValueError naming the field
         if int(self.freeze_pretrained_epochs) < 0:
             raise ValueError(f"freeze_pretrained_epochs must be >= 0 (0: off), got "
                              f"{self.freeze_pretrained_epochs}")
@@ -349,8 +342,6 @@ def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = N
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from medmap.train.memory_format import ChannelsLast3d, resolve_memory_format
-
     quiet_third_party()
     run_dir = Path(run_dir)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
@@ -368,8 +359,6 @@ def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = N
                                      enable_version_counter=False, every_n_epochs=1)
     callbacks = [ckpt_every, make_rng_callback(), LearningRateMonitor("step")]
     callbacks += small_map_guard(precision, cfg.accelerator)
-    if resolve_memory_format(cfg.memory_format, cfg.accelerator) == "channels_last_3d":
-        callbacks.append(ChannelsLast3d())
     if monitor and cfg.early_stop_patience > 0:      # the best epoch is what gets saved
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
                                          monitor=monitor, mode=mode, save_top_k=1,

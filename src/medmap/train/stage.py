@@ -159,9 +159,8 @@ def prepare_run_dir(run_dir: str | Path, cfg: ExperimentConfig, stage: str,
 def record_hardware(run: Path, trainer) -> None:
     """Add what the run computes on to ``run_info.json``: the resolved Lightning precision
     (``auto``: ``bf16-mixed`` on a CPU with native bf16, ``32-true`` on a GPU), the accelerator,
-    on a GPU its name, ``fp32_conv_map_edge`` where bf16-mixed ran the convolutions on maps
-    up to that edge in fp32 (:mod:`medmap.train.bf16_guard`), and the convolutions'
-    ``memory_format`` (:mod:`medmap.train.memory_format`)."""
+    on a GPU its name, and ``fp32_conv_map_edge`` where bf16-mixed ran the convolutions on maps
+    up to that edge in fp32 (:mod:`medmap.train.bf16_guard`)."""
     path = run / "run_info.json"
     info = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     acc = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
@@ -169,13 +168,9 @@ def record_hardware(run: Path, trainer) -> None:
                 device=torch.cuda.get_device_name() if acc == "cuda" else "cpu")
     from medmap.train.bf16_guard import SmallMapFP32
 
-    from medmap.train.memory_format import ChannelsLast3d
-
     guard = [c.max_edge for c in trainer.callbacks if isinstance(c, SmallMapFP32)]
     if guard:               # bf16-mixed with the convolutions on maps up to this edge in fp32
         info["fp32_conv_map_edge"] = guard[0]
-    info["memory_format"] = ("channels_last_3d" if any(
-        isinstance(c, ChannelsLast3d) for c in trainer.callbacks) else "contiguous")
     path.write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
