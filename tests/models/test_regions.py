@@ -109,6 +109,24 @@ def test_region_shape_sees_the_lesion_size_that_the_crop_hides():
     assert torch.allclose(logits[False][0], logits[False][1])
 
 
+def test_region_shape_standardises_each_case_once_per_step():
+    """The shape features are one row per case: in training their batch norm sees each case
+    with any sequence once (batch moments over cases, one running-estimate update per step),
+    not once per sequence on the cases that have it."""
+    torch.manual_seed(0)
+    model = MedMAPClassifier(MedMAPConfig.tiny(["T2WI", "C+A"], ["a", "b"],
+                                               region_shape=True)).train()
+    masks = torch.cat([_cube_mask(4, 28), _cube_mask(12, 20), _cube_mask(8, 16)])
+    present = torch.tensor([[True, True], [True, False], [False, True]])
+    seen = []
+    model.shape_norm.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    with torch.no_grad():
+        model(torch.randn(3, 2, 1, 32, 32, 32), present, lesion_mask=masks)
+    per_case = LesionGeometry(masks).shape_features                    # (3, 8)
+    assert len(seen) == 1 and torch.allclose(seen[0], per_case)
+    assert torch.allclose(model.shape_norm.running_mean, 0.1 * per_case.mean(0), atol=1e-6)
+
+
 def test_stats_head_adds_a_linear_model_on_the_slotted_statistics():
     """stats_head: the logits are the deep head's plus a linear map of every modality's
     standardised region statistics in its own slot (zeros where absent), computed here by hand;

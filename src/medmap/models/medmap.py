@@ -390,10 +390,15 @@ class MedMAPClassifier(nn.Module):
                 [self.intensity_norm[self.experts.key(n)] for n in cfg.modalities],
                 pooled=cfg.shared_encoder)
             parts.append(stats.to(parts[0].dtype))
-        if cfg.region_shape:
+        if cfg.region_shape:       # one row per case, standardised once, copied to its slots
             self._need_mask(les)
-            shape = self._per_modality_norm(lesion.shape_features.expand(M, -1, -1),
-                                            present, [self.shape_norm] * M)
+            per_case = lesion.shape_features                              # (B, 8)
+            has = present.any(1).nonzero(as_tuple=True)[0]
+            norm_case = per_case.new_zeros(per_case.shape)
+            if has.numel():
+                norm_case[has] = self._standardise(self.shape_norm, per_case[has])
+            shape = (norm_case.expand(M, -1, -1)                          # (M, B, 8), absent 0
+                     * present.t()[..., None].to(norm_case.dtype)).flatten(0, 1)
             parts.append(shape.to(parts[0].dtype))
         idx = keep.nonzero(as_tuple=True)[0]                             # present slots
         f = self.merge(torch.cat(parts, dim=-1))[idx]                    # (P, d)
