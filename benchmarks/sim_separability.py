@@ -15,7 +15,9 @@ mean, std, p10, p50, p90 of v[L]; mean of the lesion core (L eroded once) and in
 (L minus core); mean of the perilesional shell D_1 - L; mean of the background ring
 D_4 - D_2 ("liver or background"); the lesion, core, rim, p10, p90 and shell means divided by
 the background ring. Shape features shared by all sequences: number of connected components
-and log lesion volume (counted once in the all-sequence set).
+and log lesion volume (counted once in the all-sequence set). With ``--manifest`` on the
+brain, one more set: the log ratio of the lesion's mean signal after and before contrast
+(T1C / T1WI, the enhancement the generator draws per class), alone.
 """
 
 from __future__ import annotations
@@ -153,6 +155,17 @@ def manifest_dataset(manifest: str, organ: str):
             np.asarray(splits))
 
 
+# post-contrast sequence -> its pre-contrast partner (the same sequence before gadolinium): their
+# lesion signals' ratio is the enhancement, which the brain generator draws per class
+CONTRAST_PAIRS = {"brain": ("T1C", "T1WI")}
+
+
+def _present_modalities(manifest: str, organ: str) -> set[str]:
+    from medmap.data.manifest import Manifest
+
+    return {m for c in Manifest.load(manifest).select(organ=organ) for m in c.modalities}
+
+
 def split_accuracy(manifest: str, organ: str) -> dict[str, float]:
     """Test accuracy of a standardised logistic regression fitted on the manifest's train + val
     cases, per feature set (missing sequences imputed by the training mean)."""
@@ -169,9 +182,18 @@ def split_accuracy(manifest: str, organ: str) -> dict[str, float]:
     ratios = list(range(PHASE_FEATURES.index("mean/bg"), len(PHASE_FEATURES)))
     sets = {"absolute intensities": absolute, "tissue-referenced ratios": ratios,
             "both": absolute + ratios}
+    xs = {name: np.hstack([feats[:, :, idx].reshape(len(y), -1), shape])
+          for name, idx in sets.items()}                          # (n, modalities * f + 2)
+    post, pre = CONTRAST_PAIRS.get(organ, (None, None))
+    present = [m for m in get_organ(organ).modalities if m in _present_modalities(manifest, organ)]
+    if post in present and pre in present:   # the lesion's post / pre-contrast signal, alone
+        mean = PHASE_FEATURES.index("mean")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.log(feats[:, present.index(post), mean] / feats[:, present.index(pre), mean])
+        xs[f"{post} / {pre} lesion mean (log), alone"] = np.where(np.isfinite(r), r,
+                                                                  np.nan)[:, None]
     out = {}
-    for name, idx in sets.items():
-        x = np.hstack([feats[:, :, idx].reshape(len(y), -1), shape])   # (n, modalities * f + 2)
+    for name, x in xs.items():
         model = make_pipeline(SimpleImputer(), StandardScaler(),
                               LogisticRegression(max_iter=5000))
         model.fit(x[fit], y[fit])

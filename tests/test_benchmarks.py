@@ -209,7 +209,8 @@ def test_sim_separability_scores_a_manifest_s_test_split(tiny_sim, capsys, tmp_p
     scored on its test split, per feature set; a case without a lesion mask, or whose mask file
     is missing, is named."""
     acc = _load("sim_separability").main(["--organ", "brain", "--manifest", str(tiny_sim)])
-    assert set(acc) == {"absolute intensities", "tissue-referenced ratios", "both"}
+    assert set(acc) == {"absolute intensities", "tissue-referenced ratios", "both",
+                        "T1C / T1WI lesion mean (log), alone"}      # the brain's contrast pair
     assert all(0.0 <= a <= 1.0 for a in acc.values())
     _assert_table(capsys.readouterr().out, "| features")
     rows = [json.loads(line) for line in tiny_sim.read_text().splitlines() if line.strip()]
