@@ -63,6 +63,39 @@ def test_checkpoints_are_written_straight_to_the_file_atomically(tmp_path, monke
     assert type(trainer.strategy.checkpoint_io).__name__ == "DirectCheckpointIO"
 
 
+def test_the_trainer_pickles_for_ddp_spawn(tmp_path):
+    """``strategy: ddp_spawn`` pickles the whole trainer into each process: its callbacks, its
+    strategy and the strategy's checkpoint IO (a local class broke `medmap finetune ...
+    finetune.devices=2 finetune.strategy=ddp_spawn` with "Can't pickle local object
+    'direct_checkpoint_io.<locals>.DirectCheckpointIO'")."""
+    import pickle
+
+    from medmap.train.engine import OptimConfig, build_trainer
+
+    cfg = OptimConfig(epochs=1, devices=2, accelerator="cpu", strategy="ddp_spawn",
+                      early_stop_patience=2, ema_decay=0.9)
+    trainer = build_trainer(tmp_path / "t", cfg, monitor="val/acc")
+    back = pickle.loads(pickle.dumps(trainer))
+    assert type(back.strategy.checkpoint_io).__name__ == "DirectCheckpointIO"
+    assert [type(c).__name__ for c in back.callbacks] == [type(c).__name__
+                                                         for c in trainer.callbacks]
+    assert "EMAWeights" in [type(c).__name__ for c in back.callbacks]
+
+
+def test_the_picklable_ema_update_is_torchs():
+    import pickle
+
+    import torch
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    from medmap.train.ema import EMAUpdate, EMAWeights
+
+    ema, cur = torch.randn(5), torch.randn(5)
+    update = pickle.loads(pickle.dumps(EMAUpdate(0.9)))
+    assert torch.equal(update(ema, cur, 3), get_ema_avg_fn(0.9)(ema, cur, 3))
+    assert isinstance(EMAWeights(decay=0.9)._kwargs["avg_fn"], EMAUpdate)
+
+
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_gradients_are_clipped_to_the_global_norm_under_a_fused_adamw(precision):
     """fp32 and bf16-mixed (no loss scaler) train with the fused AdamW, which Lightning's own
@@ -137,3 +170,31 @@ def test_a_non_finite_gradient_stops_training_before_the_weights_turn_nan(clip, 
         trainer.fit(module, data)
     assert all(bool(torch.isfinite(p).all()) for p in module.parameters())
     assert trainer.global_step == 2                  # two good steps taken, the third refused
+
+
+def test_a_fit_with_ema_ends_on_the_averaged_weights(tmp_path):
+    """ema_decay > 0: the engine's picklable EMA callback averages during the fit and leaves
+    the averaged weights in the module (not the last step's)."""
+    import torch
+    from torch import nn
+
+    from medmap.train.engine import OptimConfig, build_trainer
+    from medmap.train.modules import TrainModule
+
+    class Fit(TrainModule):
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self.model(batch[0]), batch[1])
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        torch.randn(16, 3), torch.randn(16, 1)), batch_size=4)
+    finals = {}
+    for decay in (0.0, 0.9):
+        torch.manual_seed(1)
+        cfg = OptimConfig(epochs=3, lr=1e-1, accelerator="cpu", precision="32-true",
+                          ema_decay=decay, warmup_epochs=0.0, progress=False)
+        module = Fit(nn.Linear(3, 1), None, cfg)
+        build_trainer(tmp_path / f"ema{decay}", cfg).fit(module, data)
+        finals[decay] = module.model.weight.detach().clone()
+    assert not torch.allclose(finals[0.0], finals[0.9])      # averaged, not the last step's
+    assert torch.isfinite(finals[0.9]).all()
