@@ -26,12 +26,28 @@ import torch.nn.functional as F
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from all ranks along dim 0, keeping the autograd graph (no-op alone)."""
+    """Concatenate ``x`` from all ranks along dim 0 in rank order, keeping the autograd graph
+    (no-op alone). Ranks may hold different numbers of rows (a modality-grouped sampler's last
+    batch of a group, an uneven validation shard): each pads to the largest, and the padding
+    is cut out of the result. The backward pass sums each row's gradients over the ranks."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    import torch.distributed.nn.functional as dist_fn
+    # torch's successor of the deprecated torch.distributed.nn.functional.all_gather
+    from torch.distributed import _functional_collectives as fc
 
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    world = dist.get_world_size()
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)                                   # rows per rank (no gradient)
+    sizes = [int(s) for s in sizes]
+    most = max(sizes)
+    if x.shape[0] < most:
+        x = torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+    out = fc.all_gather_single_autograd(x.contiguous(), gather_dim=0,
+                                        group=dist.group.WORLD)  # (world * most, ...)
+    if all(s == most for s in sizes):
+        return out
+    return torch.cat([out[r * most: r * most + s] for r, s in enumerate(sizes)])
 
 
 def clip_loss(v: torch.Tensor, t: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -120,11 +120,14 @@ class PretrainModule(TrainModule):
         v, t, m = gathered
         res = modality_contrastive_loss(v, t, m, self.model.logit_scale.exp(), gather=False)
         n = max(1, int(sum((m == k).sum() for k in res["per_modality"])))
-        self.log("val/contrastive_loss", res["contrastive_loss"], sync_dist=False)
-        self.log("val/retrieval_top1", res["v2t_correct"].float() / n, prog_bar=True)
-        self.log("val/retrieval_r5", _recall_at(v, t, m, 5), prog_bar=True)
+        # computed on every rank's gathered outputs, so equal on all ranks: their mean (sync_dist)
+        # is the value, and Lightning does not warn that an epoch metric is not synced
+        self.log("val/contrastive_loss", res["contrastive_loss"], sync_dist=True)
+        self.log("val/retrieval_top1", res["v2t_correct"].float() / n, prog_bar=True,
+                 sync_dist=True)
+        self.log("val/retrieval_r5", _recall_at(v, t, m, 5), prog_bar=True, sync_dist=True)
         for k, acc in per_modality_top1(v, t, m).items():
-            self.log(f"val/{self.model.cfg.modalities[k]}_retrieval_top1", acc)
+            self.log(f"val/{self.model.cfg.modalities[k]}_retrieval_top1", acc, sync_dist=True)
 
 
 class FinetuneModule(TrainModule):
@@ -189,9 +192,11 @@ class FinetuneModule(TrainModule):
         from medmap.metrics import classification_metrics
 
         met = classification_metrics(y.cpu().numpy(), p.cpu().numpy())
-        self.log("val/acc", met["accuracy"], prog_bar=True)
-        self.log("val/auc", float(np.nan_to_num(met["auc"], nan=0.5)), prog_bar=True)
-        self.log("val/balanced_acc", met["balanced_accuracy"])
+        # from every rank's gathered predictions: equal on all ranks (see PretrainModule)
+        self.log("val/acc", met["accuracy"], prog_bar=True, sync_dist=True)
+        self.log("val/auc", float(np.nan_to_num(met["auc"], nan=0.5)), prog_bar=True,
+                 sync_dist=True)
+        self.log("val/balanced_acc", met["balanced_accuracy"], sync_dist=True)
 
 
 # ---- stages -----------------------------------------------------------------------------------

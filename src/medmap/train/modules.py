@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from medmap.config import UserError
-from medmap.train.engine import OptimConfig, build_adamw
+from medmap.train.engine import OptimConfig, build_adamw, quiet_third_party
 
 
 class TrainingDivergedError(UserError):
@@ -53,6 +53,11 @@ class TrainModule(L.LightningModule):
         # Its draws come from a generator seeded by (seed, epoch, batch, rank), not from the
         # global RNG, so a resumed run replays exactly the same augmentation.
         self.augment = None
+
+    def setup(self, stage: str) -> None:
+        """Warning filters are per process: apply medmap's to the processes ``ddp_spawn``
+        starts as well (:func:`~medmap.train.engine.quiet_third_party`)."""
+        quiet_third_party()
 
     def _augmented(self, batch: dict[str, Any], batch_idx: int,
                    drop_modalities: bool = False) -> dict[str, Any]:
@@ -140,8 +145,11 @@ class TrainModule(L.LightningModule):
             return None
         out = tuple(torch.cat(x) for x in zip(*self._val))
         self._val.clear()
-        if self.trainer.world_size > 1:
-            out = tuple(self.all_gather(x).flatten(0, 1) for x in out)
+        if self.trainer.world_size > 1:      # (Lightning's all_gather calls a deprecated one)
+            from medmap.losses.contrastive import gather_with_grad
+
+            with torch.no_grad():
+                out = tuple(gather_with_grad(x) for x in out)
         return out
 
     def _log_terms(self, prefix: str, terms: dict[str, torch.Tensor], bs: int, **kw) -> None:
@@ -159,6 +167,7 @@ class TrainModule(L.LightningModule):
                        modalities: list[str]) -> None:
         """``val/<modality>_retrieval_top1`` and their mean ``val/retrieval_top1``."""
         accs = per_modality_top1(v, t, m)
-        for k, acc in accs.items():
-            self.log(f"val/{modalities[k]}_retrieval_top1", acc)
-        self.log("val/retrieval_top1", torch.stack(list(accs.values())).mean(), prog_bar=True)
+        for k, acc in accs.items():              # from gathered outputs: equal on all ranks
+            self.log(f"val/{modalities[k]}_retrieval_top1", acc, sync_dist=True)
+        self.log("val/retrieval_top1", torch.stack(list(accs.values())).mean(), prog_bar=True,
+                 sync_dist=True)
