@@ -30,3 +30,22 @@ def test_pretrain_and_finetune_stderr_hold_no_third_party_noise(tiny_experiment,
     _run(["finetune", "--config", str(yaml_path), "finetune.epochs=1", "finetune.progress=false",
           "--init", str(tmp_path / "pre" / "model"), "--run-dir", str(tmp_path / "ft")], env)
     assert (tmp_path / "ft" / "model" / "model.safetensors").exists()
+
+
+def test_every_training_process_applies_the_filters():
+    """Warning filters are per process: the module's setup (run in each process ddp_spawn
+    starts) applies medmap's, so spawned ranks stay as quiet as the main process."""
+    import warnings
+
+    import torch
+
+    from medmap.train.engine import OptimConfig
+    from medmap.train.modules import TrainModule
+
+    module = TrainModule(torch.nn.Linear(2, 1), None, OptimConfig())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()                       # a fresh process: no filters yet
+        warnings.simplefilter("always")
+        module.setup("fit")
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+    assert not [w for w in seen if "LeafSpec" in str(w.message)]
