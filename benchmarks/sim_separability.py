@@ -112,7 +112,7 @@ def cv_accuracy(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 5) -> tupl
 
 def manifest_dataset(manifest: str, organ: str):
     """(features (n, sequences, 15), NaN where a case lacks a sequence; shape features (n, 2);
-    labels (n,); splits (n,)) of one organ's cases in a manifest with ``masks: {lesion: ...}``
+    labels (n,); splits (n,); the sequences, in the features' order) of one organ's cases in a manifest with ``masks: {lesion: ...}``
     (sequences: those present in any case). Read with medmap's own manifest and volume
     readers, so NIfTI, NRRD and DICOM series all work; bad input exits naming the case."""
     from medmap.config import UserError
@@ -152,18 +152,12 @@ def manifest_dataset(manifest: str, organ: str):
         labels.append(spec.class_index(c.label))
         splits.append(c.split)
     return (np.asarray(feats, np.float64), np.asarray(shape), np.asarray(labels),
-            np.asarray(splits))
+            np.asarray(splits), present)
 
 
 # post-contrast sequence -> its pre-contrast partner (the same sequence before gadolinium): their
 # lesion signals' ratio is the enhancement, which the brain generator draws per class
 CONTRAST_PAIRS = {"brain": ("T1C", "T1WI")}
-
-
-def _present_modalities(manifest: str, organ: str) -> set[str]:
-    from medmap.data.manifest import Manifest
-
-    return {m for c in Manifest.load(manifest).select(organ=organ) for m in c.modalities}
 
 
 def split_accuracy(manifest: str, organ: str) -> dict[str, float]:
@@ -174,7 +168,7 @@ def split_accuracy(manifest: str, organ: str) -> dict[str, float]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    feats, shape, y, split = manifest_dataset(manifest, organ)
+    feats, shape, y, split, present = manifest_dataset(manifest, organ)
     fit, test = split != "test", split == "test"
     if not test.any() or len(np.unique(y[fit])) < 2:
         raise SystemExit(f"{manifest}: needs test cases and two classes among train + val")
@@ -185,13 +179,13 @@ def split_accuracy(manifest: str, organ: str) -> dict[str, float]:
     xs = {name: np.hstack([feats[:, :, idx].reshape(len(y), -1), shape])
           for name, idx in sets.items()}                          # (n, modalities * f + 2)
     post, pre = CONTRAST_PAIRS.get(organ, (None, None))
-    present = [m for m in get_organ(organ).modalities if m in _present_modalities(manifest, organ)]
     if post in present and pre in present:   # the lesion's post / pre-contrast signal, alone
         mean = PHASE_FEATURES.index("mean")
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.log(feats[:, present.index(post), mean] / feats[:, present.index(pre), mean])
-        xs[f"{post} / {pre} lesion mean (log), alone"] = np.where(np.isfinite(r), r,
-                                                                  np.nan)[:, None]
+        if np.isfinite(r[fit]).sum() >= 2:    # (positive signal in at least two fitted cases)
+            xs[f"{post} / {pre} lesion mean (log), alone"] = np.where(np.isfinite(r), r,
+                                                                      np.nan)[:, None]
     out = {}
     for name, x in xs.items():
         model = make_pipeline(SimpleImputer(), StandardScaler(),
@@ -200,7 +194,7 @@ def split_accuracy(manifest: str, organ: str) -> dict[str, float]:
         out[name] = float((model.predict(x[test]) == y[test]).mean())
     print(f"organ={organ} manifest={manifest} fit on {int(fit.sum())} train + val cases, "
           f"scored on {int(test.sum())} test cases")
-    print("| features (+ lesion count and volume) | test accuracy |\n|---|---|")
+    print("| features (+ lesion count and volume, except \"alone\") | test accuracy |\n|---|---|")
     for name, acc in out.items():
         print(f"| {name} | {acc:.3f} |")
     return out

@@ -39,7 +39,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     n = torch.tensor([x.shape[0]], device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)                                   # rows per rank (no gradient)
-    sizes = [int(s) for s in sizes]
+    sizes = torch.cat(sizes).tolist()                           # one device-to-host copy
     most = max(sizes)
     if x.shape[0] < most:
         x = torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])

@@ -39,5 +39,10 @@ class EMAWeights(EMAWeightAveraging):
         super().__init__(decay=decay, **kwargs)
         self._kwargs["avg_fn"] = EMAUpdate(decay)
 
+    @property
+    def state_key(self) -> str:
+        """Lightning's own key, so checkpoints written with ``EMAWeightAveraging`` resume."""
+        return "EMAWeightAveraging"
+
 
 __all__ = ["EMAUpdate", "EMAWeights"]
