@@ -112,9 +112,10 @@ def cv_accuracy(x: np.ndarray, y: np.ndarray, seed: int, folds: int = 5) -> tupl
 
 def manifest_dataset(manifest: str, organ: str):
     """(features (n, sequences, 15), NaN where a case lacks a sequence; shape features (n, 2);
-    labels (n,); splits (n,); the sequences, in the features' order) of one organ's cases in a manifest with ``masks: {lesion: ...}``
-    (sequences: those present in any case). Read with medmap's own manifest and volume
-    readers, so NIfTI, NRRD and DICOM series all work; bad input exits naming the case."""
+    labels (n,); splits (n,); the sequences, in the features' order) of one organ's cases in
+    a manifest with ``masks: {lesion: ...}`` (sequences: those present in any case). Read with
+    medmap's own manifest and volume readers, so NIfTI, NRRD and DICOM series all work; bad
+    input exits naming the case."""
     from medmap.config import UserError
     from medmap.data.io import read_volume
     from medmap.data.manifest import Manifest
@@ -194,7 +195,7 @@ def split_accuracy(manifest: str, organ: str) -> dict[str, float]:
         out[name] = float((model.predict(x[test]) == y[test]).mean())
     print(f"organ={organ} manifest={manifest} fit on {int(fit.sum())} train + val cases, "
           f"scored on {int(test.sum())} test cases")
-    print("| features (+ lesion count and volume, except \"alone\") | test accuracy |\n|---|---|")
+    print('| features (+ lesion count and volume, except "alone") | test accuracy |\n|---|---|')
     for name, acc in out.items():
         print(f"| {name} | {acc:.3f} |")
     return out
