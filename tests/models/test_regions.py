@@ -1,6 +1,7 @@
 """Mask-guided pooling: region masks by hand, region means by hand, mask pooling inside /
 outside the lesion, and a classifier whose prediction depends on where the mask lies."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +24,20 @@ def test_lesion_regions_of_a_cube():
     lesion, core, rim, shell = r[0]
     assert not (core * rim).any() and torch.equal(core + rim, lesion)
     assert not (shell * lesion).any()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_dilation_is_scipys_cube_dilation_up_to_the_volume_edges(k):
+    from scipy import ndimage
+
+    from medmap.models.regions import _dilate
+
+    g = torch.Generator().manual_seed(k)
+    m = (torch.rand(2, 1, 9, 11, 13, generator=g) > 0.93).float()
+    m[0, 0, 0, 0, 0] = m[1, 0, -1, -1, -1] = 1                   # voxels on the edges
+    want = [ndimage.binary_dilation(v[0].numpy(), np.ones((2 * k + 1,) * 3), border_value=0)
+            for v in m]
+    assert torch.equal(_dilate(m, k), torch.from_numpy(np.stack(want)[:, None]).float())
 
 
 def test_tiny_lesion_falls_back_to_the_lesion():

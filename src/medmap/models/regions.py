@@ -41,12 +41,15 @@ SHAPE_STATS = ("log_lesion_fraction", "log_core_fraction", "log_rim_fraction",
 
 
 def _dilate(m: torch.Tensor, k: int) -> torch.Tensor:
-    """Binary dilation of (b, 1, D, H, W) by a (2k+1)^3 cube: three separable 1D max-pools."""
+    """Binary dilation of (b, 1, D, H, W) by a (2k+1)^3 cube, zeros outside the volume: a
+    running maximum over 2k+1 voxels along each axis in turn (a zero-padded ``unfold`` and
+    ``amax``; the same values as ``F.max_pool3d`` with a 1D kernel per axis, about 4x faster
+    on a CPU, where max pooling also computes the indices of its maxima)."""
     if k <= 0:
         return m
-    n = 2 * k + 1
-    for kernel, pad in (((n, 1, 1), (k, 0, 0)), ((1, n, 1), (0, k, 0)), ((1, 1, n), (0, 0, k))):
-        m = F.max_pool3d(m, kernel, stride=1, padding=pad)
+    for dim in (2, 3, 4):
+        pad = [0, 0] * (4 - dim) + [k, k]             # F.pad lists the last axis first
+        m = F.pad(m, pad).unfold(dim, 2 * k + 1, 1).amax(-1)
     return m
 
 
