@@ -217,7 +217,7 @@ def test_shipped_demo_config_is_the_demo_for_both_organs():
         cfg = demo_config(organ, Path("medmap-demo/data/manifest.jsonl"), Path("medmap-demo/cache"),
                           DemoSettings())
         extra = (["data.preprocess.intensity=mri", "model.modality_pool=mean",   # the header's
-                  "model.region_intensity=false", "model.stats_head=false"]
+                  "model.region_intensity=false", "model.stats_head=false", "finetune.epochs=20"]
                  if organ == "brain" else [])
         shipped = load_config(ExperimentConfig, root / "configs" / "demo.yaml",
                               [f"data.organ={organ}", *extra])
