@@ -273,7 +273,7 @@ def test_stage_clock_counts_running_worker_processes():
     import multiprocessing as mp
     import time
 
-    from medmap.demo import StageClock
+    from medmap.demo_workers import StageClock
 
     clock = StageClock()
     ctx = mp.get_context("fork")
@@ -300,14 +300,58 @@ def test_the_demos_workers_are_forked_with_one_torch_thread_each():
 
     import torch
 
-    from medmap.demo import _shared_workers
-
+    from medmap.demo_workers import shared_workers
     from medmap.train.engine import available_cpus
 
-    with _shared_workers() as pool:
+    with shared_workers() as pool:
         if pool is None:                      # one core: no pool at all, by design
             assert available_cpus() < 2
             return
         assert {pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
         method = pool._mp_context.get_start_method()
         assert method == ("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def test_the_organs_side_by_side_each_get_their_own_share_of_the_cores():
+    """Two organs side by side: two workers, each pinned to its own half of the cores with as
+    many torch threads, so what it runs (cache workers, radiomics, DataLoader workers) sizes
+    itself by that half; a worker that fails stops the others."""
+    import os
+    import time
+
+    import pytest
+
+    from medmap.demo_workers import _cores, shared_workers
+    from medmap.train.engine import available_cpus
+
+    cores = _cores()
+    if len(cores) < 2 or not hasattr(os, "sched_getaffinity"):
+        pytest.skip("needs two cores and CPU affinity")
+    with shared_workers(2) as pool:
+        seen = {f.result() for f in [pool.submit(_share, 0.5) for _ in range(2)]}
+    assert sorted(sorted(s) for s, _, _ in seen) == [cores[0::2], cores[1::2]]  # disjoint halves
+    for share, threads, cpus in seen:
+        assert threads == cpus == len(share)
+    t = time.perf_counter()
+    with pytest.raises(RuntimeError, match="organ failed"):
+        with shared_workers(2) as pool:
+            pool.submit(time.sleep, 60)
+            pool.submit(_fail).result()
+    assert time.perf_counter() - t < 30          # the sleeping worker was stopped, not awaited
+    assert available_cpus() == len(cores)        # this process keeps every core
+
+
+def _share(pause: float):
+    import os
+    import time
+
+    import torch
+
+    from medmap.train.engine import available_cpus
+
+    time.sleep(pause)                  # both workers take one task each
+    return frozenset(os.sched_getaffinity(0)), torch.get_num_threads(), available_cpus()
+
+
+def _fail():
+    raise RuntimeError("organ failed")

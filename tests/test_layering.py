@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmap.inference", "medmap.fastpath", "medmap.cam"),
     ("medmap.eval", "medmap.predict", "medmap.downstream", "medmap.baselines"),
     ("medmap.api", "medmap.bundle"),
-    ("medmap.cli", "medmap.cli_downstream", "medmap.cli_baseline", "medmap.demo",
+    ("medmap.cli", "medmap.cli_downstream", "medmap.cli_baseline", "medmap.demo", "medmap.demo_workers",
      "medmap.ablation"),
 ]
 

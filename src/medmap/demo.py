@@ -22,9 +22,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import resource
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from medmap.data.preprocess import PreprocessConfig
 from medmap.models.encoders import CNNConfig, SwinConfig
 from medmap.models.medmap import MedMAPConfig
 from medmap.train.config import ExperimentConfig
+from medmap.demo_workers import StageClock, own_peak_rss_gb, peak_rss_gb, shared_workers
 from medmap.train.engine import OptimConfig
 
 
@@ -97,6 +97,10 @@ class DemoSettings:
     augment: bool = True            # random flips and intensity scale / shift in training
     n_boot: int = 500               # bootstrap resamples of the confidence intervals
     organs: tuple[str, ...] = ("liver", "brain")   # run_demo(organs=...) / --organs override
+    # with two or more organs and cores: train the organs side by side, one worker process per
+    # share of the cores (on two cores, one torch thread each: the same work in ~0.7x the CPU
+    # time of two threads in one process); False: one organ after the other in this process
+    parallel_organs: bool = True
 
     @classmethod
     def full(cls) -> DemoSettings:
@@ -165,54 +169,6 @@ def demo_config(organ: str, manifest: Path, cache: Path, s: DemoSettings,
     return cfg
 
 
-class StageClock:
-    """Wall and CPU seconds (user + sys, this process and its children: finished ones, and on
-    Linux the running ones, such as a worker pool kept across stages) per named stage:
-    ``with clock("liver: fine-tuning"): ...``; ``table`` maps each name to both."""
-
-    def __init__(self):
-        self.table: dict[str, dict[str, float]] = {}
-
-    @staticmethod
-    def _cpu() -> float:
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return (own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-                + _running_children_cpu())
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        t, c = time.perf_counter(), self._cpu()
-        try:
-            yield
-        finally:
-            self.table[name] = {"wall_s": round(time.perf_counter() - t, 1),
-                                "cpu_s": round(self._cpu() - c, 1)}
-
-
-def _running_children_cpu() -> float:
-    """User + sys seconds of this process's running children (``/proc``; 0 elsewhere)."""
-    import multiprocessing
-    import os
-
-    tick, total = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100, 0.0
-    for child in multiprocessing.active_children():
-        try:
-            stat = Path(f"/proc/{child.pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()       # after "pid (comm)": state is field 0
-        total += (int(fields[11]) + int(fields[12])) / tick   # utime, stime
-    return total
-
-
-def peak_rss_gb() -> float:
-    """Peak resident memory of this process and its finished children, GB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024 ** 2
-
-
 def _warm_organ(cfg: ExperimentConfig, manifest: Path, pool=None) -> int:
     """Preprocess every volume (and lesion mask) of the organ's cases into the cache, all
     splits, with one process per core (``pool``: the demo's shared workers)."""
@@ -226,45 +182,6 @@ def _warm_organ(cfg: ExperimentConfig, manifest: Path, pool=None) -> int:
     return warm_cache(ds, pool=pool)
 
 
-def _one_thread() -> None:
-    """Initialiser of the demo's workers: one torch thread each (one worker per core)."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _worker_context():
-    """``fork`` on Linux (the workers inherit this process's imports instead of paying ~5 s
-    each to import torch and MONAI again; the demo starts them before it trains anything),
-    ``spawn`` elsewhere."""
-    import sys
-    from multiprocessing import get_all_start_methods, get_context
-
-    if sys.platform.startswith("linux") and "fork" in get_all_start_methods():
-        return get_context("fork")
-    return get_context("spawn")
-
-
-@contextlib.contextmanager
-def _shared_workers():
-    """A process pool with one worker per core, one torch thread each (None on one core); its
-    workers start when the block begins and stop when it ends."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from medmap.train.engine import available_cpus
-
-    cores = available_cpus()
-    if cores < 2:
-        yield None
-        return
-    pool = ProcessPoolExecutor(cores, mp_context=_worker_context(), initializer=_one_thread)
-    pool.submit(int).result()       # a forking pool starts every worker now, before training
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def language_summary(zs: dict[str, Any], rt: dict[str, Any]) -> dict[str, Any]:
     """``summary[organ]["zeroshot"]`` / ``["retrieval"]`` (per-sequence, report -> volume,
     averaged over sequences) of the demo's summary.json."""
@@ -275,19 +192,137 @@ def language_summary(zs: dict[str, Any], rt: dict[str, Any]) -> dict[str, Any]:
                           "gallery": int(round(rt["per_sequence"]["gallery"]))}}
 
 
+def _say(line: str) -> None:
+    """Print one line in one write (organs side by side share the terminal)."""
+    import sys
+
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _organ_training(organ: str, cfg: ExperimentConfig, manifest: Path, runs: Path,
+                    s: DemoSettings, seed: int, t0: float, pool=None) -> dict[str, Any]:
+    """One organ's preprocessing, pre-training, fine-tuning, zero-shot and retrieval."""
+    from medmap.downstream.retrieval import retrieval
+    from medmap.downstream.zeroshot import zeroshot
+    from medmap.train.medmap import finetune, pretrain
+
+    clock = StageClock()
+    _say(f"[2/5] {organ}: modality-aware pre-training (up to {s.pretrain_epochs} epochs) "
+          f"[{time.time() - t0:.0f} s]")
+    with clock(f"{organ}: preprocessing (volume cache)"):
+        _warm_organ(cfg, manifest, pool)  # every split once: training, zero-shot, evaluation
+    with clock(f"{organ}: pre-training"):
+        pre = pretrain(cfg, runs / "pretrain", overwrite=True)   # the demo owns its folder
+    _say(f"[3/5] {organ}: fine-tuning MedMAP ({s.finetune_epochs[organ]} epochs) "
+          f"[{time.time() - t0:.0f} s]")
+    with clock(f"{organ}: fine-tuning"):
+        finetune(cfg, runs / "finetune", init=pre, overwrite=True)
+    _say(f"[4/5] {organ}: zero-shot and retrieval with the pre-trained model "
+          f"[{time.time() - t0:.0f} s]")
+    with clock(f"{organ}: zero-shot and retrieval"):
+        zs = zeroshot(pre, manifest, split="test", out_dir=runs / "zeroshot",
+                      cache_dir=cfg.data.cache_dir, n_boot=s.n_boot, seed=seed,
+                      batch_size=s.eval_batch_size)
+        rt = retrieval(pre, manifest, split="test", out_dir=runs / "retrieval",
+                       cache_dir=cfg.data.cache_dir, seed=seed, batch_size=s.eval_batch_size)
+    return {"pre": pre, "zs": zs, "rt": rt, "stages": clock.table,
+            "process": (os.getpid(), own_peak_rss_gb())}
+
+
+def _organ_radiomics(organ: str, manifest: Path, runs: Path, s: DemoSettings, seed: int,
+                     t0: float, pool=None) -> dict[str, Any]:
+    """One organ's radiomics baseline (it needs only the simulated data)."""
+    from medmap.baselines.radiomics import run_radiomics
+
+    clock = StageClock()
+    _say(f"[5/5] {organ}: radiomics baseline [{time.time() - t0:.0f} s]")
+    with clock(f"{organ}: radiomics baseline"):
+        rad = run_radiomics(manifest, organ, runs / "radiomics", n_boot=s.n_boot, seed=seed,
+                            pool=pool)
+    return {"rad": rad, "stages": clock.table, "process": (os.getpid(), own_peak_rss_gb())}
+
+
+def _organ_evaluation(organ: str, cfg: ExperimentConfig, manifest: Path, runs: Path,
+                      s: DemoSettings, t0: float, trained: dict[str, Any],
+                      radiomics: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuned model on the test split, beside the language results and the baseline:
+    the organ's report and its part of summary.json."""
+    from medmap.eval.curves import read_curves
+    from medmap.eval.evaluate import evaluate
+
+    clock = StageClock()
+    rad, zs, rt = radiomics["rad"], trained["zs"], trained["rt"]
+    _say(f"[5/5] {organ}: evaluation on the test split [{time.time() - t0:.0f} s]")
+    with clock(f"{organ}: evaluation and report"):
+        res = evaluate(runs / "finetune", manifest, split="test", n_boot=s.n_boot,
+                       cache_dir=cfg.data.cache_dir, batch_size=s.eval_batch_size,
+                       language={"zeroshot": zs, "retrieval": rt, "model": str(trained["pre"])},
+                       baselines={"radiomics + logistic regression": {
+                           **rad, "note": f"{rad['n_features']} IBSI features "
+                                          f"({rad['library']}) of the lesion per sequence"}})
+    m = res["metrics"]
+    epochs = len(read_curves(runs / "pretrain").get("val/retrieval_r5", []))
+    part = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+            "auc": m["auc"], "n_test": m["n"], "chance": 1 / len(m["classes"]),
+            "ci": m.get("ci"), "report": str(res["files"]["report"]),
+            "pretrain_epochs_run": epochs,
+            "radiomics": {k: rad["metrics"][k] for k in ("accuracy", "auc", "ci")},
+            **language_summary(zs, rt)}
+    lo = (m.get("ci") or {}).get("accuracy", [0.0])[0]
+    # an accuracy whose 95% CI reaches down to chance is no evidence of learning
+    part["above_chance"] = bool(lo > part["chance"])
+    return {"organ": organ, "summary": part, "stages": clock.table, "process": (os.getpid(), own_peak_rss_gb())}
+
+
+def _organs_in_turn(organs, cfgs, manifest, out, s, seed, t0, pool) -> list[dict[str, Any]]:
+    """Every organ's stages one after the other in this process (its torch threads on every
+    core), the pool's workers preprocessing and extracting radiomics."""
+    done = []
+    for organ in organs:
+        runs = out / "runs" / organ
+        trained = _organ_training(organ, cfgs[organ], manifest, runs, s, seed, t0, pool)
+        rad = _organ_radiomics(organ, manifest, runs, s, seed, t0, pool)
+        done += [trained, rad, _organ_evaluation(organ, cfgs[organ], manifest, runs, s, t0,
+                                                 trained, rad)]
+    return done
+
+
+def _organs_side_by_side(organs, cfgs, manifest, out, s, seed, t0, pool) -> list[dict[str, Any]]:
+    """The organs trained side by side, one per worker (each on its share of the cores: on two
+    cores one thread each, which does ~1.4x the work per CPU second of two threads in one
+    process); the radiomics baselines queue behind the trainings and run on the first worker
+    free (the organs are listed largest first, so that is the last organ's), and each organ's
+    evaluation as soon as its training and its baseline are done."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    runs = {o: out / "runs" / o for o in organs}
+    train = {o: pool.submit(_organ_training, o, cfgs[o], manifest, runs[o], s, seed, t0)
+             for o in organs}
+    rad = {o: pool.submit(_organ_radiomics, o, manifest, runs[o], s, seed, t0)
+           for o in reversed(organs)}
+    jobs = [*train.values(), *rad.values()]
+    evals: dict[str, Any] = {}
+    while len(evals) < len(organs):
+        wait([f for f in jobs if not f.done()], return_when=FIRST_COMPLETED)
+        for f in jobs:
+            if f.done():
+                f.result()                               # a failed organ stops the demo here
+        for o in organs:
+            if o not in evals and train[o].done() and rad[o].done():
+                evals[o] = pool.submit(_organ_evaluation, o, cfgs[o], manifest, runs[o], s, t0,
+                                       train[o].result(), rad[o].result())
+                jobs.append(evals[o])
+    return [f.result() for f in jobs]
+
+
 def run_demo(out_dir: str | Path = "medmap-demo", full: bool = False, seed: int = 0,
              settings: DemoSettings | None = None, organs: tuple[str, ...] | None = None,
              quick: bool = False) -> dict[str, Any]:
     """Run the demo; returns (and writes to ``OUT/summary.json``) the headline metrics.
     ``organs``: the organs to run (None: the settings' own, both for the default demo, the
     brain for ``quick``)."""
-    from medmap.baselines.radiomics import run_radiomics
     from medmap.data.sim import SimConfig, simulate
-    from medmap.downstream.retrieval import retrieval
-    from medmap.downstream.zeroshot import zeroshot
-    from medmap.eval.curves import read_curves
-    from medmap.eval.evaluate import evaluate
-    from medmap.train.medmap import finetune, pretrain
 
     if full and quick:
         raise UserError("choose --full or --quick, not both")
@@ -310,58 +345,36 @@ def run_demo(out_dir: str | Path = "medmap-demo", full: bool = False, seed: int 
                  config=SimConfig(lesion_radius_mm=s.lesion_radius_mm,
                                   split_fractions=s.split_fractions), progress=True)
     summary: dict[str, Any] = {"settings": asdict(s), "seed": seed, "organs": list(organs)}
-    # one pool of worker processes (started once) for every organ's preprocessing and
-    # radiomics, instead of one per job
-    with _shared_workers() as pool:
-        for organ in organs:
-            cfg = demo_config(organ, manifest, out / "cache", s, seed)
-            runs = out / "runs" / organ
-            print(f"[2/5] {organ}: modality-aware pre-training (up to {s.pretrain_epochs} epochs) "
-                  f"[{time.time() - t0:.0f} s]", flush=True)
-            with clock(f"{organ}: preprocessing (volume cache)"):
-                _warm_organ(cfg, manifest, pool)  # every split once: training, zero-shot, eval
-            with clock(f"{organ}: pre-training"):
-                pre = pretrain(cfg, runs / "pretrain", overwrite=True)   # the demo owns its folder
-            print(f"[3/5] {organ}: fine-tuning MedMAP ({s.finetune_epochs[organ]} epochs) "
-                  f"[{time.time() - t0:.0f} s]", flush=True)
-            with clock(f"{organ}: fine-tuning"):
-                finetune(cfg, runs / "finetune", init=pre, overwrite=True)
-            print(f"[4/5] {organ}: zero-shot and retrieval with the pre-trained model "
-                  f"[{time.time() - t0:.0f} s]", flush=True)
-            with clock(f"{organ}: zero-shot and retrieval"):
-                zs = zeroshot(pre, manifest, split="test", out_dir=runs / "zeroshot",
-                              cache_dir=cfg.data.cache_dir, n_boot=s.n_boot, seed=seed,
-                              batch_size=s.eval_batch_size)
-                rt = retrieval(pre, manifest, split="test", out_dir=runs / "retrieval",
-                               cache_dir=cfg.data.cache_dir, seed=seed,
-                               batch_size=s.eval_batch_size)
-            print(f"[5/5] {organ}: radiomics baseline and evaluation on the test split "
-                  f"[{time.time() - t0:.0f} s]", flush=True)
-            with clock(f"{organ}: radiomics baseline"):
-                rad = run_radiomics(manifest, organ, runs / "radiomics", n_boot=s.n_boot,
-                                    seed=seed, pool=pool)
-            with clock(f"{organ}: evaluation and report"):
-                res = evaluate(runs / "finetune", manifest, split="test", n_boot=s.n_boot,
-                               cache_dir=cfg.data.cache_dir, batch_size=s.eval_batch_size,
-                               language={"zeroshot": zs, "retrieval": rt, "model": str(pre)},
-                               baselines={"radiomics + logistic regression": {
-                                   **rad, "note": f"{rad['n_features']} IBSI features "
-                                                  f"({rad['library']}) of the lesion per sequence"}})
-            m = res["metrics"]
-            epochs = len(read_curves(runs / "pretrain").get("val/retrieval_r5", []))
-            summary[organ] = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-                              "auc": m["auc"], "n_test": m["n"], "chance": 1 / len(m["classes"]),
-                              "ci": m.get("ci"), "report": str(res["files"]["report"]),
-                              "pretrain_epochs_run": epochs,
-                              "radiomics": {k: rad["metrics"][k] for k in ("accuracy", "auc", "ci")},
-                              **language_summary(zs, rt)}
-            lo = (m.get("ci") or {}).get("accuracy", [0.0])[0]
-            # an accuracy whose 95% CI reaches down to chance is no evidence of learning
-            summary[organ]["above_chance"] = bool(lo > summary[organ]["chance"])
-    summary["stages"] = clock.table
+    cfgs = {o: demo_config(o, manifest, out / "cache", s, seed) for o in organs}
+    side_by_side = s.parallel_organs and len(organs) > 1
+    if side_by_side:          # two runs' progress bars would overwrite each other: one line
+        for cfg in cfgs.values():                 # per epoch instead
+            for stage in (cfg.pretrain, cfg.finetune):
+                stage.progress = "epochs" if stage.progress is True else stage.progress
+    # one pool of worker processes (started once) for every organ's jobs, instead of one per job
+    with shared_workers(len(organs) if side_by_side else None) as pool:
+        if pool is not None and side_by_side:
+            done = _organs_side_by_side(organs, cfgs, manifest, out, s, seed, t0, pool)
+        else:
+            side_by_side = False
+            done = _organs_in_turn(organs, cfgs, manifest, out, s, seed, t0, pool)
+    for job in done:
+        clock.table.update(job["stages"])
+    parts = {job["organ"]: job["summary"] for job in done if "summary" in job}
+    for organ in organs:
+        summary[organ] = parts[organ]
+    summary["stages"] = {k: clock.table[k] for k in ["simulation"] + [
+        f"{o}: {stage}" for o in organs for stage in (
+            "preprocessing (volume cache)", "pre-training", "fine-tuning",
+            "zero-shot and retrieval", "radiomics baseline", "evaluation and report")]}
+    summary["organs_side_by_side"] = side_by_side
     summary["wall_s"] = round(time.time() - t0, 1)
     summary["cpu_s"] = round(StageClock._cpu(), 1)
-    summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    # side by side: every process's own peak added up (the most that could be resident at
+    # once); in turn: the largest process's
+    peaks = {pid: gb for pid, gb in (job["process"] for job in done)}
+    summary["peak_rss_gb"] = round(own_peak_rss_gb() + sum(peaks.values()) if side_by_side
+                                   else peak_rss_gb(), 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print("\nmedmap demo: test-split results")
     for organ in organs:

@@ -32,8 +32,11 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,8 +109,13 @@ def volume_format(path: str | Path) -> str:
     )
 
 
+_QUIETED: list[bool] = []
+
+
 def _reader(fmt: str):
-    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    if not _QUIETED:    # once: Logger.setLevel clears every logger's cache (~0.5 ms a call)
+        logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+        _QUIETED.append(True)
     from monai.data import NibabelReader, NrrdReader, PydicomReader
 
     if fmt == "nifti":
@@ -155,6 +163,38 @@ def read_volume(path: str | Path, series: str | None = None) -> Volume:
     arr = _as_3d(arr, p)
     affine = np.asarray(img.affine, dtype=np.float64) if hasattr(img, "affine") else np.eye(4)
     return Volume(arr.astype(np.float32, copy=False), affine, str(p))
+
+
+# the last files read by read_recent: (path, mtime_ns, size, inode) -> Volume
+_RECENT: OrderedDict[tuple, Volume] = OrderedDict()
+RECENT_FILES = 2
+
+
+def read_recent(path: str | Path) -> Volume:
+    """:func:`read_volume`, remembering the last :data:`RECENT_FILES` files read (by path and
+    stat stamp: a rewritten file is read again). Preprocessing reads a case's ROI mask once
+    for the crop and once for the reference tissue of every sequence; this reads it once per
+    case. Returns a copy each time (callers may modify it); DICOM folders are not remembered.
+
+    Example:
+        >>> a = read_recent("case/lesion.nii.gz"); b = read_recent("case/lesion.nii.gz")  # doctest: +SKIP
+    """
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return read_volume(path)
+    if stat.S_ISDIR(st.st_mode):
+        return read_volume(path)
+    key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+    hit = _RECENT.get(key)
+    if hit is None:
+        hit = read_volume(path)
+        _RECENT[key] = hit
+        while len(_RECENT) > RECENT_FILES:
+            _RECENT.popitem(last=False)
+    else:
+        _RECENT.move_to_end(key)
+    return Volume(hit.array.copy(), hit.affine.copy(), hit.path)
 
 
 def _reader_error(e: Exception) -> str:

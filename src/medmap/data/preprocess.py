@@ -314,15 +314,16 @@ class Preprocessor:
         roi = [] if crop is None else [crop]
         return Compose(self._spatial_pre(mask) + roi + self._spatial_post(mask))
 
-    def roi_crop(self, img, roi: str | Path | Volume | None):
+    def roi_crop(self, img, roi: str | Path | Volume | None, *, oriented=None):
         """The ``SpatialCrop`` to the ROI mask's bounding box (+ margin) on ``img``'s grid after
         orientation and resampling; ``None`` when ``cfg.roi_mask`` is unset.
 
-        ``img`` is a loaded MetaTensor (:meth:`load`); ``roi`` the organ mask file. Raises
+        ``img`` is a loaded MetaTensor (:meth:`load`); ``roi`` the organ mask file
+        (``oriented``: that mask already on the grid, :meth:`_roi_on_grid`). Raises
         ValueError naming the file when the mask is required but missing, or empty.
         """
         from monai.data.utils import affine_to_spacing
-        from monai.transforms import Compose, SpatialCrop
+        from monai.transforms import SpatialCrop
 
         key = self.cfg.roi_mask
         if key is None:
@@ -334,7 +335,7 @@ class Preprocessor:
                 f"its case's {key!r} mask, and none was given; add masks.{key} to the case in "
                 "the manifest (predict: put the mask in the case folder or pass --roi), or set "
                 "preprocess.roi_mask to null")
-        r = self._run(Compose(self._spatial_pre(mask=True)), self._onto_grid(self.load(roi), img))
+        r = oriented if oriented is not None else self._roi_on_grid(img, roi)
         spacing = affine_to_spacing(r.affine, r=3).tolist()
         margin = [int(np.ceil(self.cfg.roi_margin_mm / float(sp))) for sp in spacing]
         start, end = foreground_box(r, margin)
@@ -343,6 +344,12 @@ class Preprocessor:
                 f"{r.meta.get('filename_or_obj', roi)}: the {key!r} ROI mask is empty (no voxel "
                 f"> 0) on the grid of {name}; check the mask, or set preprocess.roi_mask to null")
         return SpatialCrop(roi_start=start, roi_end=end)
+
+    def _roi_on_grid(self, img, roi):
+        """The ROI mask (a file, a :class:`Volume`) oriented and resampled like ``img``."""
+        from monai.transforms import Compose
+
+        return self._run(Compose(self._spatial_pre(mask=True)), self._onto_grid(self.load(roi), img))
 
     def _onto_grid(self, m, ref):
         """``m`` resampled (nearest) onto ``ref``'s voxel grid when the grids differ."""
@@ -369,8 +376,8 @@ class Preprocessor:
 
         if isinstance(src, Volume):
             vol = src
-        else:
-            vol = mio.read_volume(src)       # (reader-plugin chatter is filtered in io)
+        else:     # a case's ROI mask is read for every sequence: remembered (io.read_recent)
+            vol = mio.read_recent(src)       # (reader-plugin chatter is filtered in io)
         arr = np.asarray(vol.array, dtype=np.float32)
         finite = np.isfinite(arr)
         if not finite.all():
@@ -393,23 +400,30 @@ class Preprocessor:
 
         ``roi``: the case's organ mask, required when ``cfg.roi_mask`` is set."""
         img = self.load(src)
-        crop = self.roi_crop(img, roi)
+        # the mask on the image's grid once, for the crop and for the reference tissue
+        oriented = (self._roi_on_grid(img, roi) if roi is not None
+                    and self.cfg.roi_mask is not None else None)
+        crop = self.roi_crop(img, roi, oriented=oriented)
         ref = None
         if self.cfg.intensity_for(modality) == "mri_reference":
-            ref = self.reference_mask(img, roi, crop)
+            ref = self.reference_mask(img, roi, crop, oriented=oriented)
         out = self._run(self.transform(modality, crop=crop, reference=ref), img)
         return _finish(out, img, "image")
 
-    def reference_mask(self, img, roi, crop) -> torch.Tensor:
+    def reference_mask(self, img, roi, crop, *, oriented=None) -> torch.Tensor:
         """The reference tissue of ``"mri_reference"`` on ``img``'s oriented, resampled and
         cropped grid: (1, x, y, z) bool, a ``reference_mm`` shell outside the ROI mask
-        (``reference="shell"``) or the ROI mask itself (``"inside"``)."""
+        (``reference="shell"``) or the ROI mask itself (``"inside"``); ``oriented``: the ROI
+        mask already on ``img``'s grid (:meth:`_roi_on_grid`)."""
         from monai.data.utils import affine_to_spacing
         from monai.transforms import Compose
         from scipy import ndimage as ndi
 
-        r = self._run(Compose(self._spatial_pre(mask=True) + [crop]),
-                      self._onto_grid(self.load(roi), img))
+        if oriented is not None and crop is not None:
+            r = self._run(crop, oriented)
+        else:
+            r = self._run(Compose(self._spatial_pre(mask=True) + [crop]),
+                          self._onto_grid(self.load(roi), img))
         inside = np.asarray(r[0]) > 0
         if self.cfg.reference == "inside":
             return torch.from_numpy(inside)[None]

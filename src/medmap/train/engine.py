@@ -71,7 +71,9 @@ class OptimConfig:
     # frozen, batch norm included, for this many epochs while the new modules learn on their
     # features, then everything trains (linear probing then fine-tuning, "LP-FT"); 0: off
     freeze_pretrained_epochs: int = 0
-    progress: bool = True
+    # true: Lightning's progress bar; "epochs": one printed line per epoch instead (for logs and
+    # for runs that share a terminal, such as the demo's organs trained side by side)
+    progress: bool | Literal["epochs"] = True
     log_every_n_steps: int = 10
 
     def __post_init__(self) -> None:
@@ -354,6 +356,10 @@ def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = N
 
         callbacks.append(EMAWeights(decay=cfg.ema_decay,
                                     update_starting_at_epoch=int(math.ceil(cfg.warmup_epochs))))
+    if cfg.progress == "epochs":
+        from medmap.train.epoch_lines import EpochLines
+
+        callbacks.append(EpochLines(f"{run_dir.parent.name}/{run_dir.name}", cfg.epochs))
     callbacks += extra_callbacks or []
     loggers = [CSVLogger(run_dir, name="logs", version=""),
                TensorBoardLogger(run_dir, name="tensorboard", version="")]
@@ -362,7 +368,7 @@ def build_trainer(run_dir: str | Path, cfg: OptimConfig, monitor: str | None = N
         devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy, precision=precision,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.gradient_clip or None, callbacks=callbacks, logger=loggers,
-        enable_progress_bar=cfg.progress, log_every_n_steps=cfg.log_every_n_steps,
+        enable_progress_bar=cfg.progress is True, log_every_n_steps=cfg.log_every_n_steps,
         use_distributed_sampler=False, deterministic=False, enable_model_summary=False,
         num_sanity_val_steps=0,
         # FSDP and DeepSpeed save their own (sharded) checkpoints
