@@ -46,6 +46,46 @@ def test_shapes_range_and_absent_rows(model):
     assert all("feature_map" not in vars(e) for e in model.experts.encoders.values())
 
 
+def test_cam_needs_no_weight_gradient_and_leaves_the_weights_trainable():
+    """Backward stops at the taps (the weights are frozen for the call): the same maps as with
+    weight gradients computed, and every weight that was trainable is trainable again."""
+    torch.manual_seed(2)
+    cfg = MedMAPConfig.tiny(MODS, ["a", "b", "c"])
+    m = MedMAPClassifier(cfg, torch.randn(2, 3, cfg.text_dim)).eval()
+    m.head[1].weight.requires_grad_(False)                     # one frozen by its user
+    x = torch.randn(2, 2, 1, 32, 32, 32)
+    present = torch.ones(2, 2, dtype=torch.bool)
+    seen = []
+    hook = torch.nn.modules.module.register_module_full_backward_hook(
+        lambda mod, gi, go: seen.append(any(p.requires_grad for p in mod.parameters(False))))
+    try:
+        cams = gradcam(m, x, present)
+    finally:
+        hook.remove()
+    assert seen and not any(seen)                  # no module's weights took part in backward
+    assert [p.requires_grad for p in m.parameters()].count(False) == 1
+    assert not m.head[1].weight.requires_grad and all(p.grad is None for p in m.parameters())
+    # against the maps with every weight's gradient computed (the gradient at a tap is the same)
+    import medmap.cam as cam_mod
+
+    full = {}
+    grads_on = [p for p in m.parameters() if p.requires_grad]
+    net = cam_mod._TappedModel(m, MODS)
+    hooked = cam_mod._hooks_cls()(net, [f"taps.{n}" for n in MODS], register_forward=True,
+                                  register_backward=True)
+    with torch.enable_grad():
+        idx = m(x, present)["logits"].argmax(1)
+        _, actis, grads = hooked(x, class_idx=idx, present=present)
+    assert any(p.grad is not None for p in grads_on)           # weights did get gradients here
+    for name, a, g in zip(MODS, actis, grads):
+        w = g.float().flatten(2).mean(2)[..., None, None, None]
+        c = F.relu((w * a.float()).sum(1, keepdim=True))
+        c = F.interpolate(c, size=(32, 32, 32), mode="trilinear", align_corners=False)
+        full[name] = normalise_cam(c[:, 0]).detach()
+        assert torch.allclose(full[name], cams[name], atol=1e-6), name
+    m.zero_grad(set_to_none=True)
+
+
 def test_modality_absent_everywhere_is_omitted(model):
     x = torch.randn(2, 2, 1, 32, 32, 32)
     cams = gradcam(model, x, torch.tensor([[True, False], [True, False]]))

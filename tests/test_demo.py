@@ -310,6 +310,23 @@ def test_the_demos_workers_are_forked_with_one_torch_thread_each():
         assert {pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
         method = pool._mp_context.get_start_method()
         assert method == ("fork" if sys.platform.startswith("linux") else "spawn")
+    # what this process imported before forking them, its workers have without importing it
+    assert "wave" not in sys.modules or pytest_skip_wave()
+    with shared_workers(preload=("wave",)) as pool:
+        if pool._mp_context.get_start_method() == "fork":
+            assert pool.submit(_imported, "wave").result()
+
+
+def pytest_skip_wave():
+    import pytest
+
+    pytest.skip("the stdlib module used as a marker is already imported")
+
+
+def _imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
 
 
 def test_the_organs_side_by_side_each_get_their_own_share_of_the_cores():
@@ -355,3 +372,37 @@ def _share(pause: float):
 
 def _fail():
     raise RuntimeError("organ failed")
+
+
+def test_a_worker_that_dies_while_the_organs_train_side_by_side_is_a_clear_error(
+        tmp_path, monkeypatch):
+    """A worker killed under the demo (the kernel's OOM killer, say) ends the demo with an
+    error that names the fix (--in-turn), not a BrokenProcessPool traceback."""
+    import pytest
+
+    import medmap.demo as demo
+    from medmap.config import UserError
+    from medmap.train.engine import available_cpus
+
+    if available_cpus() < 2:
+        pytest.skip("side by side needs two cores")
+    monkeypatch.setattr(demo, "_organ_training", _killed)     # the forked workers see it
+    tiny = DemoSettings(cases={"liver": 8, "brain": 8}, sim_size={"liver": 32, "brain": 32},
+                        size=16, pretrain_epochs=1, finetune_epochs={"liver": 1, "brain": 1})
+    with pytest.raises(UserError, match="died while the organs trained side by side.*--in-turn"):
+        demo.run_demo(tmp_path / "d", settings=tiny)
+
+
+def _killed(*args, **kwargs):
+    import os
+
+    os._exit(9)
+
+
+def test_demo_in_turn_flag_reaches_run_demo(monkeypatch):
+    import medmap.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: seen.update(k))
+    assert main(["demo", "--in-turn", "--out", "x"]) == 0 and seen["side_by_side"] is False
+    assert main(["demo", "--out", "x"]) == 0 and seen["side_by_side"] is None

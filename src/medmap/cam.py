@@ -162,7 +162,12 @@ def gradcam(model: nn.Module, images: torch.Tensor, present: torch.Tensor,
     was_training = model.training
     model.eval()
     out: dict[str, torch.Tensor] = {}
+    # only the gradient at each tap is needed: with the weights frozen for the call, backward
+    # stops at the taps and computes no weight gradient (about half of its work)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     try:
+        for p in trainable:
+            p.requires_grad_(False)
         with torch.enable_grad():
             idx = _class_indices(class_index, B)
             if idx is None:
@@ -185,6 +190,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, present: torch.Tensor,
                 out[name] = full
             net.zero_grad(set_to_none=True)
     finally:
+        for p in trainable:
+            p.requires_grad_(True)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return out

@@ -232,7 +232,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from medmap.demo import run_demo
 
     run_demo(a.out, full=a.full, seed=a.seed, quick=a.quick,
-             organs=tuple(a.organs) if a.organs else None)
+             organs=tuple(a.organs) if a.organs else None,
+             side_by_side=False if a.in_turn else None)
     return 0
 
 
@@ -400,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger, slower setting: 64^3, Swin experts, 350 + 200 cases, 60 epochs")
     d.add_argument("--seed", type=int, default=0,
                    help="seed of the simulation and the training runs (default: 0)")
+    d.add_argument("--in-turn", action="store_true",
+                   help="train the organs one after the other in this process instead of side "
+                        "by side, one worker per core (about half the memory, ~1.2x the CPU)")
     d.set_defaults(func=_cmd_demo)
 
     add_downstream_parsers(sub)

@@ -192,6 +192,11 @@ def language_summary(zs: dict[str, Any], rt: dict[str, Any]) -> dict[str, Any]:
                           "gallery": int(round(rt["per_sequence"]["gallery"]))}}
 
 
+# what the demo's workers import (preprocessing, training, text, radiomics): imported once
+# here before they are forked instead of once in each
+WORKER_IMPORTS = ("monai", "lightning", "transformers", "mirp", "sklearn.linear_model")
+
+
 def _say(line: str) -> None:
     """Print one line in one write (organs side by side share the terminal)."""
     import sys
@@ -204,6 +209,7 @@ def _organ_training(organ: str, cfg: ExperimentConfig, manifest: Path, runs: Pat
                     s: DemoSettings, seed: int, t0: float, pool=None) -> dict[str, Any]:
     """One organ's preprocessing, pre-training, fine-tuning, zero-shot and retrieval."""
     from medmap.downstream.retrieval import retrieval
+    from medmap.downstream.vlm import load_vlm
     from medmap.downstream.zeroshot import zeroshot
     from medmap.train.medmap import finetune, pretrain
 
@@ -221,10 +227,14 @@ def _organ_training(organ: str, cfg: ExperimentConfig, manifest: Path, runs: Pat
     _say(f"[4/5] {organ}: zero-shot and retrieval with the pre-trained model "
           f"[{time.time() - t0:.0f} s]")
     with clock(f"{organ}: zero-shot and retrieval"):
-        zs = zeroshot(pre, manifest, split="test", out_dir=runs / "zeroshot",
+        # one loaded model for both, its text encoder reading the run's text-embedding cache
+        # (the class prompts were encoded in training)
+        vlm = load_vlm(pre, seed=seed)
+        vlm.text_encoder(cache_dir=cfg.text.cache_dir)
+        zs = zeroshot(vlm, manifest, split="test", out_dir=runs / "zeroshot",
                       cache_dir=cfg.data.cache_dir, n_boot=s.n_boot, seed=seed,
                       batch_size=s.eval_batch_size)
-        rt = retrieval(pre, manifest, split="test", out_dir=runs / "retrieval",
+        rt = retrieval(vlm, manifest, split="test", out_dir=runs / "retrieval",
                        cache_dir=cfg.data.cache_dir, seed=seed, batch_size=s.eval_batch_size)
     return {"pre": pre, "zs": zs, "rt": rt, "stages": clock.table,
             "process": (os.getpid(), own_peak_rss_gb())}
@@ -318,10 +328,14 @@ def _organs_side_by_side(organs, cfgs, manifest, out, s, seed, t0, pool) -> list
 
 def run_demo(out_dir: str | Path = "medmap-demo", full: bool = False, seed: int = 0,
              settings: DemoSettings | None = None, organs: tuple[str, ...] | None = None,
-             quick: bool = False) -> dict[str, Any]:
+             quick: bool = False, side_by_side: bool | None = None) -> dict[str, Any]:
     """Run the demo; returns (and writes to ``OUT/summary.json``) the headline metrics.
     ``organs``: the organs to run (None: the settings' own, both for the default demo, the
-    brain for ``quick``)."""
+    brain for ``quick``); ``side_by_side``: train the organs side by side, one worker process
+    per share of the cores (None: the settings' ``parallel_organs``; it needs two organs and
+    two cores), or one after the other in this process (False)."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from medmap.data.sim import SimConfig, simulate
 
     if full and quick:
@@ -346,15 +360,21 @@ def run_demo(out_dir: str | Path = "medmap-demo", full: bool = False, seed: int 
                                   split_fractions=s.split_fractions), progress=True)
     summary: dict[str, Any] = {"settings": asdict(s), "seed": seed, "organs": list(organs)}
     cfgs = {o: demo_config(o, manifest, out / "cache", s, seed) for o in organs}
-    side_by_side = s.parallel_organs and len(organs) > 1
+    side_by_side = (s.parallel_organs if side_by_side is None else side_by_side) and len(organs) > 1
     if side_by_side:          # two runs' progress bars would overwrite each other: one line
         for cfg in cfgs.values():                 # per epoch instead
             for stage in (cfg.pretrain, cfg.finetune):
                 stage.progress = "epochs" if stage.progress is True else stage.progress
     # one pool of worker processes (started once) for every organ's jobs, instead of one per job
-    with shared_workers(len(organs) if side_by_side else None) as pool:
+    with shared_workers(len(organs) if side_by_side else None, preload=WORKER_IMPORTS) as pool:
         if pool is not None and side_by_side:
-            done = _organs_side_by_side(organs, cfgs, manifest, out, s, seed, t0, pool)
+            try:
+                done = _organs_side_by_side(organs, cfgs, manifest, out, s, seed, t0, pool)
+            except BrokenProcessPool:
+                raise UserError("a worker process of `medmap demo` died while the organs "
+                                "trained side by side (out of memory?); run it again with "
+                                "--in-turn (one organ after the other, about half the memory)"
+                                ) from None
         else:
             side_by_side = False
             done = _organs_in_turn(organs, cfgs, manifest, out, s, seed, t0, pool)

@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -110,11 +111,14 @@ def _worker_context(threads: int):
 
 
 @contextlib.contextmanager
-def shared_workers(n_workers: int | None = None):
+def shared_workers(n_workers: int | None = None, preload: Sequence[str] = ()):
     """A process pool of ``n_workers`` workers (None: one per core), each pinned to its share
     of the cores with as many torch threads (None when there is only one core); its workers
     start when the block begins and stop when it ends (killed if the block raises, so a
-    failed organ does not leave the other one training)."""
+    failed organ does not leave the other one training). ``preload``: modules this process
+    imports before forking them, so that each worker inherits them instead of importing them
+    itself (~7 s of CPU each for MONAI, Lightning, transformers and MIRP)."""
+    import importlib
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -124,6 +128,9 @@ def shared_workers(n_workers: int | None = None):
         return
     n = min(cores, n_workers or cores)
     ctx = _worker_context(cores // n)
+    if ctx.get_start_method() == "fork":
+        for name in preload:
+            importlib.import_module(name)
     pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_pin_worker,
                                initargs=(ctx.Value("i", 0), n))
     for f in [pool.submit(int) for _ in range(n)]:   # start every worker now, before training
