@@ -311,16 +311,11 @@ def test_the_demos_workers_are_forked_with_one_torch_thread_each():
         method = pool._mp_context.get_start_method()
         assert method == ("fork" if sys.platform.startswith("linux") else "spawn")
     # what this process imported before forking them, its workers have without importing it
-    assert "wave" not in sys.modules or pytest_skip_wave()
-    with shared_workers(preload=("wave",)) as pool:
-        if pool._mp_context.get_start_method() == "fork":
-            assert pool.submit(_imported, "wave").result()
-
-
-def pytest_skip_wave():
-    import pytest
-
-    pytest.skip("the stdlib module used as a marker is already imported")
+    marker = "wave"                          # a standard-library module nothing here imports
+    if marker not in sys.modules:
+        with shared_workers(preload=(marker,)) as pool:
+            if pool._mp_context.get_start_method() == "fork":
+                assert pool.submit(_imported, marker).result()
 
 
 def _imported(name: str) -> bool:

@@ -282,7 +282,8 @@ def _organ_evaluation(organ: str, cfg: ExperimentConfig, manifest: Path, runs: P
     lo = (m.get("ci") or {}).get("accuracy", [0.0])[0]
     # an accuracy whose 95% CI reaches down to chance is no evidence of learning
     part["above_chance"] = bool(lo > part["chance"])
-    return {"organ": organ, "summary": part, "stages": clock.table, "process": (os.getpid(), own_peak_rss_gb())}
+    return {"organ": organ, "summary": part, "stages": clock.table,
+            "process": (os.getpid(), own_peak_rss_gb())}
 
 
 def _organs_in_turn(organs, cfgs, manifest, out, s, seed, t0, pool) -> list[dict[str, Any]]:

@@ -131,17 +131,18 @@ def shared_workers(n_workers: int | None = None, preload: Sequence[str] = ()):
     if ctx.get_start_method() == "fork":
         for name in preload:
             importlib.import_module(name)
+    before = {c.pid for c in multiprocessing.active_children()}
     pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_pin_worker,
                                initargs=(ctx.Value("i", 0), n))
     for f in [pool.submit(int) for _ in range(n)]:   # start every worker now, before training
         f.result()
+    workers = [c for c in multiprocessing.active_children() if c.pid not in before]
     ok = False
     try:
         yield pool
         ok = True
     finally:
         if not ok:
-            for child in multiprocessing.active_children():
-                if child.pid in pool._processes:
-                    child.terminate()
+            for child in workers:
+                child.terminate()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,6 @@ import torch
 from torch.utils.data import DataLoader
 
 import medmap.data.cache as dcache
-from medmap.data import io as mio
 from medmap.data.cache import VolumeCache
 from medmap.data.datasets import (
     CaseDataset,
@@ -32,20 +31,6 @@ def write_nii(path: Path, seed: int = 0, shape=(20, 20, 20)) -> Path:
     arr[4:-4, 4:-4, 4:-4] = 100 + 10 * rng.standard_normal(tuple(s - 8 for s in shape))
     nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
     return path
-
-
-@pytest.fixture
-def count_reads(monkeypatch):
-    """Counts raw-volume decodes (the preprocessor reads through medmap.data.io.read_volume)."""
-    calls = []
-    real = mio.read_volume
-
-    def counting(path):
-        calls.append(str(path))
-        return real(path)
-
-    monkeypatch.setattr(mio, "read_volume", counting)
-    return calls
 
 
 @pytest.fixture

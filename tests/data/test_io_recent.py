@@ -17,16 +17,9 @@ def _write(path, value, shape=(12, 12, 12)):
     return path
 
 
-@pytest.fixture
-def decodes(monkeypatch):
-    calls = []
-    real = mio.read_volume
-    monkeypatch.setattr(mio, "read_volume", lambda p, *a: calls.append(str(p)) or real(p, *a))
-    monkeypatch.setattr(mio, "_RECENT", type(mio._RECENT)())
-    return calls
-
-
-def test_the_last_files_are_decoded_once_and_every_caller_gets_its_own_copy(tmp_path, decodes):
+def test_the_last_files_are_decoded_once_and_every_caller_gets_its_own_copy(tmp_path,
+                                                                            count_reads):
+    decodes = count_reads
     a, b, c = (_write(tmp_path / f"{n}.nii", v) for n, v in (("a", 1), ("b", 2), ("c", 3)))
     first = mio.read_recent(a)
     first.array[:] = -1                             # a caller modifying its copy
@@ -40,7 +33,8 @@ def test_the_last_files_are_decoded_once_and_every_caller_gets_its_own_copy(tmp_
     assert decodes[-1] == str(b) and len(decodes) == 4
 
 
-def test_a_rewritten_file_is_decoded_again(tmp_path, decodes):
+def test_a_rewritten_file_is_decoded_again(tmp_path, count_reads):
+    decodes = count_reads
     a = _write(tmp_path / "a.nii", 1)
     assert mio.read_recent(a).array.max() == 1
     _write(a, 5)
@@ -49,12 +43,14 @@ def test_a_rewritten_file_is_decoded_again(tmp_path, decodes):
     assert mio.read_recent(a).array.max() == 5 and len(decodes) == 2
 
 
-def test_missing_files_still_raise_the_readers_error(tmp_path, decodes):
+def test_missing_files_still_raise_the_readers_error(tmp_path, count_reads):
+    decodes = count_reads
     with pytest.raises(mio.VolumeReadError, match="file not found"):
         mio.read_recent(tmp_path / "none.nii")
 
 
-def test_preprocessing_every_sequence_decodes_the_roi_mask_once(tmp_path, decodes):
+def test_preprocessing_every_sequence_decodes_the_roi_mask_once(tmp_path, count_reads):
+    decodes = count_reads
     """mri_reference with a lesion ROI reads the mask for the crop and for the reference
     tissue of every sequence; the results are those of fresh reads."""
     roi = _write(tmp_path / "lesion.nii", 1, shape=(20, 20, 20))
